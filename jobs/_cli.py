@@ -1,0 +1,46 @@
+"""Shared CLI plumbing for the job scripts: config loading, logging, local Ray start-up."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from onestep.config import Config, ConfigError, load_config
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="tiny",
+                        help="preset (tiny, small, base) or a YAML file; default: tiny")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="dotted override, e.g. --set model.depth=4 "
+                        "(repeatable)")
+
+
+def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Config:
+    try:
+        return load_config(args.config, list(extra) + args.overrides)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+
+def init_ray(cfg: Config | None = None) -> None:
+    """Join the cluster given by RAY_ADDRESS (as under `ray job submit`), else start a local one.
+
+    A local Ray gets at least as many logical CPUs as the Train workers plus two for Ray Data, so
+    the data pipeline is never starved by the trainers on a small machine.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"])
+        return
+    need = 2 + (cfg.train.num_workers * cfg.train.cpus_per_worker if cfg else 0)
+    ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False)

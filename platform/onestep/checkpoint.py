@@ -1,0 +1,90 @@
+"""Checkpoint layout, and loading a generator for inference from a checkpoint alone.
+
+A checkpoint directory (what Ray Train persists to the run's storage) holds:
+
+    config.yaml          the full run config (reproduce or resume from this alone)
+    state.json           stage, step, clips seen, world size
+    model.safetensors    consolidated EMA generator weights: the inference export
+    engines/<net>/       DeepSpeed ZeRO shards (weights + optimiser) per rank, for resuming
+    ema/<net>-rank<r>.safetensors   each rank's EMA partition, for resuming
+
+`load_generator(path)` needs only config.yaml + model.safetensors, from a folder or S3, and never
+unpickles anything (safetensors + YAML).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from onestep.config import Config, from_dict
+from onestep.model import build_model
+from onestep.storage import resolve
+
+CONFIG, STATE, WEIGHTS = "config.yaml", "state.json", "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def write_metadata(directory: Path, cfg: Config, state: dict) -> None:
+    (directory / CONFIG).write_text(cfg.to_yaml())
+    (directory / STATE).write_text(json.dumps(state, indent=2))
+
+
+def read_state(directory: Path) -> dict:
+    return json.loads((directory / STATE).read_text())
+
+
+def fetch(uri: str, endpoint_url: str = "") -> Path:
+    """A local folder holding a checkpoint's config and weights (downloaded if on S3)."""
+    loc = resolve(uri, endpoint_url)
+    if not loc.is_s3:
+        path = Path(loc.path)
+        for name in (CONFIG, WEIGHTS):
+            if not (path / name).is_file():
+                raise CheckpointError(f"{uri}: not a onestep checkpoint (no {name}); pass a "
+                                      "checkpoint_* folder of a run or an export folder")
+        return path
+    local = Path(tempfile.mkdtemp(prefix="onestep-ckpt-"))
+    for name in (CONFIG, WEIGHTS, STATE):
+        src = loc.join(name)
+        if name == STATE and not src.exists():
+            continue
+        (local / name).write_bytes(src.read_bytes())
+    return local
+
+
+def checkpoint_names(run) -> list[str]:
+    """A run's checkpoint folders, oldest first (Ray names them by timestamp)."""
+    return sorted(n for n in run.listdir()
+                  if n.startswith("checkpoint_") and not n.endswith(".json"))
+
+
+def latest_checkpoint(run_uri: str, endpoint_url: str = "") -> str:
+    """The newest checkpoint_* folder of a run."""
+    run = resolve(run_uri, endpoint_url)
+    names = checkpoint_names(run)
+    if not names:
+        raise CheckpointError(f"{run_uri}: no checkpoint_* folders in this run")
+    return run.join(names[-1]).uri
+
+
+def load_generator(uri: str, endpoint_url: str = "", device: str = "cpu"
+                   ) -> tuple[torch.nn.Module, Config]:
+    """Build the network from the saved config and load the EMA weights."""
+    path = fetch(uri, endpoint_url)
+    cfg = from_dict(yaml.safe_load((path / CONFIG).read_text()))
+    model = build_model(cfg)
+    state = load_file(str(path / WEIGHTS), device="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{uri}: weights do not match the config's model "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.to(device).eval(), cfg

@@ -1,0 +1,292 @@
+"""One typed config object per job: dataclasses, loaded from YAML, overridden with dotted keys.
+
+A run is described entirely by a `Config`; it is printed at start and saved with every checkpoint
+so that any result can be reproduced from the checkpoint alone. Unknown keys are rejected by name
+(with the valid keys listed) because a silently ignored typo wastes a GPU-day.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key and what was expected."""
+
+
+@dataclass
+class SynthConfig:
+    """SynthTalk, the procedural talking-head data set (see onestep.synth)."""
+
+    num_clips: int = 96
+    clip_seconds: float = 2.4
+    resolution: int = 32
+    fps: int = 25
+    sample_rate: int = 16000
+    num_identities: int = 24
+    test_identity_fraction: float = 0.25
+    degraded_fraction: float = 0.2
+    background_noise: float = 0.05
+    clips_per_shard: int = 16
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """How shards become training batches (Ray Data) and what one training example is."""
+
+    uri: str = "data/synthtalk"  # folder or s3://bucket/prefix holding manifest.json + shards
+    frames: int = 8  # F: frames per training window and per generated chunk
+    motion_frames: int = 2  # M: leading frames of a chunk conditioned on the previous chunk
+    motion_prob: float = 0.5  # fraction of windows trained with motion-frame context
+    windows_per_clip: int = 4
+    split: str = "train"
+    shuffle_buffer: int = 64
+    on_corrupt: str = "skip"  # "skip" logs and counts a bad clip; "fail" stops the job
+    seed: int = 0
+
+
+@dataclass
+class AudioConfig:
+    """Audio encoder: `logmel` needs no weights; `wav2vec2` loads a local transformers model."""
+
+    encoder: str = "logmel"
+    sample_rate: int = 16000
+    feature_rate: int = 50  # encoder frames per second (Wav2Vec2's native rate)
+    n_mels: int = 40
+    wav2vec2_path: str = ""
+
+
+@dataclass
+class CodecConfig:
+    """Latent codec between pixels and the DiT (space_to_depth is lossless and weight-free)."""
+
+    kind: str = "space_to_depth"
+    factor: int = 2
+
+
+@dataclass
+class ModelConfig:
+    """Wan-style video DiT with reference, motion-frame and audio conditioning."""
+
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    patch: list[int] = field(default_factory=lambda: [1, 2, 2])  # (frames, height, width)
+    audio_context: int = 2  # TurboTalk Eq. 1: ±k neighbouring audio features per position
+    audio_tokens: int = 4  # TurboTalk Eq. 2: adapter tokens per video frame
+    audio_dim: int = 128
+
+
+@dataclass
+class FlowConfig:
+    """Rectified-flow training: timestep distribution and condition dropout for CFG."""
+
+    timestep_shift: float = 1.0
+    logit_normal: bool = True
+    audio_drop: float = 0.1  # drop audio only: learns v(ref, ∅) for the audio CFG term
+    all_drop: float = 0.05  # drop audio and reference: learns v(∅, ∅)
+
+
+@dataclass
+class SampleConfig:
+    """Sampling: Euler steps and multi-condition CFG (FADA Eq. 9)."""
+
+    steps: int = 20
+    audio_scale: float = 2.0
+    ref_scale: float = 1.0
+    timestep_shift: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and distribution. Progress is counted in clips so runs survive rescaling."""
+
+    stage: str = "teacher"
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    zero_stage: int = 3
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    global_batch: int = 16
+    total_clips: int = 512
+    lr: float = 5e-4
+    warmup_clips: int = 64
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    checkpoint_every_clips: int = 256
+    log_every_steps: int = 5
+    max_failures: int = 1
+    torch_threads: int = 1
+
+
+@dataclass
+class RunConfig:
+    """Where the run lives: checkpoints, metrics and exports go under `<root>/<name>`."""
+
+    name: str = "teacher-tiny"
+    root: str = "runs"  # folder or s3://bucket/prefix
+    s3_endpoint_url: str = ""  # S3-compatible store; empty uses AWS_ENDPOINT_URL or AWS itself
+
+
+@dataclass
+class Config:
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def resolution(self) -> int:
+        return self.synth.resolution
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def validate(self) -> "Config":
+        """Cross-field checks that no single field's type can express."""
+        checks = [
+            (self.resolution % (self.codec.factor * self.model.patch[1]) == 0,
+             "synth.resolution", f"a multiple of codec.factor*model.patch[1] = "
+             f"{self.codec.factor * self.model.patch[1]}"),
+            (self.model.dim % self.model.heads == 0, "model.dim", "divisible by model.heads"),
+            ((self.model.dim // self.model.heads) % 2 == 0, "model.heads",
+             "an even head size (dim/heads) for 3D RoPE"),
+            (0 <= self.data.motion_frames < self.data.frames, "data.motion_frames",
+             "in [0, data.frames)"),
+            (self.train.zero_stage in (0, 1, 2, 3), "train.zero_stage", "0, 1, 2 or 3"),
+            (self.train.global_batch % self.train.num_workers == 0, "train.global_batch",
+             f"divisible by train.num_workers={self.train.num_workers}"),
+            (self.data.on_corrupt in ("skip", "fail"), "data.on_corrupt", "'skip' or 'fail'"),
+            (self.audio.encoder in ("logmel", "wav2vec2"), "audio.encoder",
+             "'logmel' or 'wav2vec2'"),
+            (self.audio.feature_rate % self.synth.fps == 0, "audio.feature_rate",
+             f"a multiple of synth.fps={self.synth.fps}"),
+            (self.train.precision in ("auto", "fp32", "bf16"), "train.precision",
+             "'auto', 'fp32' or 'bf16'"),
+        ]
+        for ok, key, expected in checks:
+            if not ok:
+                raise ConfigError(f"{key}: expected {expected}")
+        return self
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check a YAML value against a dataclass field type, allowing int→float only."""
+    origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {typ.__name__} fields, got {value!r}")
+        return _build(typ, value, key + ".")
+    if origin is list:
+        (item,) = typing.get_args(typ)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if typ is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if typ in (float, str) and not isinstance(value, typ):
+        raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    types = _field_types(cls)
+    unknown = sorted(set(data) - set(types))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]!s}; valid keys under "
+            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(types)}")
+    kwargs = {k: _coerce(v, types[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in patch.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    return _build(Config, _merge(Config().to_dict(), data)).validate()
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`model.depth=4` → {"model": {"depth": 4}}; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. model.depth=4")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A preset name (`tiny`, `small`, `base`) or a YAML file path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    preset = PRESETS_DIR / f"{name_or_path}.yaml"
+    if not preset.is_file():
+        names = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown config preset {name_or_path!r}; presets: {', '.join(names)} "
+                          "(or pass a .yaml path)")
+    return preset
+
+
+def load_config(name_or_path: str = "tiny", overrides: list[str] | None = None) -> Config:
+    """Load a preset or YAML file, apply dotted overrides, validate."""
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for text in overrides or []:
+        data = _merge(data, parse_override(text))
+    try:
+        return from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

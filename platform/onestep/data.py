@@ -1,0 +1,133 @@
+"""Shards → training examples, streamed with Ray Data.
+
+read_parquet (file order shuffled, seeded) → decode MP4 with PyAV and compute audio features in
+Ray Data CPU tasks (never in the training workers) → random windows of F frames with a reference
+frame and a motion-frame flag → normalised float arrays → each Train worker's dataset shard, with a
+local shuffle buffer. Nothing holds the data set in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections import defaultdict
+
+import numpy as np
+
+from onestep.audio_features import build_audio_encoder
+from onestep.config import Config
+from onestep.media import MediaError, decode_video, pcm16_array
+from onestep.shards import read_manifest, shard_uris
+from onestep.storage import resolve
+
+log = logging.getLogger(__name__)
+COLUMNS = ["clip_id", "mp4", "audio_pcm16", "sample_rate", "fps", "split"]
+
+
+class CorruptClip(ValueError):
+    pass
+
+
+def to_unit(frames: np.ndarray) -> np.ndarray:
+    """uint8 (..., H, W, 3) → float32 (3, ..., H, W) in [-1, 1]."""
+    x = frames.astype(np.float32) / 127.5 - 1.0
+    return np.moveaxis(x, -1, 0)
+
+
+def clip_windows(row: dict, cfg: Config, encoder, rng: np.random.Generator) -> list[dict]:
+    """Cut one decoded clip into `windows_per_clip` training examples."""
+    clip_id = row["clip_id"]
+    try:
+        frames, fps = decode_video(row["mp4"])
+    except MediaError as e:
+        raise CorruptClip(f"clip {clip_id}: {e}") from None
+    if int(round(fps)) != cfg.synth.fps or int(row["sample_rate"]) != cfg.audio.sample_rate:
+        raise CorruptClip(f"clip {clip_id}: {fps} fps / {row['sample_rate']} Hz, expected "
+                          f"{cfg.synth.fps} fps / {cfg.audio.sample_rate} Hz")
+    if frames.shape[1] != cfg.resolution or frames.shape[2] != cfg.resolution:
+        raise CorruptClip(f"clip {clip_id}: {frames.shape[2]}x{frames.shape[1]} frames, expected "
+                          f"{cfg.resolution}x{cfg.resolution}")
+    audio = pcm16_array(row["audio_pcm16"])
+    per_frame = cfg.audio.feature_rate // cfg.synth.fps
+    feats = encoder(audio)
+    n = min(len(frames), len(feats) // per_frame)
+    f_len = cfg.data.frames
+    if n < f_len:
+        raise CorruptClip(f"clip {clip_id}: {n} usable frames, need at least {f_len}")
+    out = []
+    for _ in range(cfg.data.windows_per_clip):
+        start = int(rng.integers(0, n - f_len + 1))
+        ref_index = int(rng.integers(0, n))
+        out.append({
+            "video": to_unit(frames[start:start + f_len]),  # (3, F, H, W)
+            "ref": to_unit(frames[ref_index]),  # (3, H, W)
+            "audio": feats[start * per_frame:(start + f_len) * per_frame],  # (F·r, D)
+            "use_motion": np.bool_(rng.random() < cfg.data.motion_prob),
+        })
+    return out
+
+
+class WindowMaker:
+    """Ray Data callable class: holds the audio encoder (e.g. Wav2Vec2 weights) per actor/task."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.encoder = build_audio_encoder(cfg.audio)
+        self.visits: dict[str, int] = defaultdict(int)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        examples: list[dict] = []
+        for i, clip_id in enumerate(batch["clip_id"]):
+            if batch["split"][i] != self.cfg.data.split:
+                continue
+            row = {k: batch[k][i] for k in COLUMNS}
+            # A clip gets fresh windows each time it is visited, reproducibly from the seed.
+            rng = np.random.default_rng([self.cfg.data.seed, zlib.crc32(clip_id.encode()),
+                                         self.visits[clip_id]])
+            self.visits[clip_id] += 1
+            try:
+                examples.extend(clip_windows(row, self.cfg, self.encoder, rng))
+            except CorruptClip as e:
+                if self.cfg.data.on_corrupt == "fail":
+                    raise
+                log.warning("skipping corrupt clip: %s", e)
+                _corrupt_counter().inc()
+        if not examples:
+            return _empty(self.cfg)
+        return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def _empty(cfg: Config) -> dict[str, np.ndarray]:
+    r, f, s = cfg.audio.feature_rate // cfg.synth.fps, cfg.data.frames, cfg.resolution
+    from onestep.audio_features import feature_dim
+
+    return {"video": np.zeros((0, 3, f, s, s), np.float32),
+            "ref": np.zeros((0, 3, s, s), np.float32),
+            "audio": np.zeros((0, f * r, feature_dim(cfg.audio)), np.float32),
+            "use_motion": np.zeros((0,), bool)}
+
+
+_COUNTER = None
+
+
+def _corrupt_counter():
+    """A Ray metric (visible in the dashboard / Prometheus) counting skipped clips."""
+    global _COUNTER
+    if _COUNTER is None:
+        from ray.util.metrics import Counter
+
+        _COUNTER = Counter("onestep_corrupt_clips", description="clips skipped as corrupt")
+    return _COUNTER
+
+
+def build_dataset(cfg: Config):
+    """The streaming Ray Dataset of training examples for `cfg.data`."""
+    import ray.data
+    from ray.data.datasource.file_based_datasource import FileShuffleConfig
+
+    root = resolve(cfg.data.uri, cfg.run.s3_endpoint_url)
+    paths = shard_uris(root, read_manifest(root))
+    ds = ray.data.read_parquet(paths, filesystem=root.fs, columns=COLUMNS,
+                               shuffle=FileShuffleConfig(seed=cfg.data.seed))
+    return ds.map_batches(WindowMaker, fn_constructor_kwargs={"cfg": cfg}, batch_size=4,
+                          concurrency=(1, 2), batch_format="numpy")

@@ -1,0 +1,110 @@
+"""Rectified flow: the one noise process and sampler shared by training, evaluation and serving.
+
+Convention: x_t = (1 − t)·x_0 + t·ε with t = 1 pure noise; the network predicts the velocity
+v = ε − x_0, and sampling integrates dx/dt = v from t = 1 down to t = 0 with Euler steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from onestep.config import FlowConfig
+from onestep.model.dit import Conditions
+
+Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t (B,)) → v
+
+
+def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3/Wan timestep shift: shift > 1 spends more of the schedule at high noise."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def sample_training_timesteps(batch: int, cfg: FlowConfig, generator: torch.Generator | None,
+                              device=None) -> torch.Tensor:
+    u = torch.randn(batch, generator=generator, device=device)
+    t = torch.sigmoid(u) if cfg.logit_normal else torch.rand(batch, generator=generator,
+                                                             device=device)
+    return shift_timesteps(t, cfg.timestep_shift)
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    t = t.view(-1, *([1] * (x0.dim() - 1)))
+    return (1 - t) * x0 + t * noise
+
+
+def condition_dropout(batch: int, cfg: FlowConfig, generator: torch.Generator | None,
+                      device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (drop_audio, drop_ref): teaches v(ref, ∅) and v(∅, ∅) for multi-CFG."""
+    u = torch.rand(batch, generator=generator, device=device)
+    drop_all = u < cfg.all_drop
+    drop_audio = u < cfg.all_drop + cfg.audio_drop
+    return drop_audio, drop_all
+
+
+def flow_matching_loss(model, x0: torch.Tensor, cond: Conditions, cfg: FlowConfig,
+                       generator: torch.Generator | None = None):
+    """Teacher objective: MSE between predicted and true velocity. Returns (loss, logs)."""
+    b = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    t = sample_training_timesteps(b, cfg, generator, x0.device).to(x0.dtype)
+    drop_audio, drop_ref = condition_dropout(b, cfg, generator, x0.device)
+    cond = Conditions(cond.ref, cond.audio, cond.motion, cond.motion_mask, drop_audio, drop_ref)
+    pred = model(add_noise(x0, noise, t), t, cond)
+    loss = F.mse_loss(pred.float(), (noise - x0).float())
+    return loss, {"loss": loss.detach(), "t_mean": t.mean().detach()}
+
+
+def sampling_timesteps(steps: int, shift: float = 1.0, device=None) -> torch.Tensor:
+    """steps+1 times from 1 to 0, shifted."""
+    return shift_timesteps(torch.linspace(1.0, 0.0, steps + 1, device=device), shift)
+
+
+def euler_sample(velocity: Velocity, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """Integrate from timesteps[0] to timesteps[-1]. Exact when the velocity field is constant."""
+    x = noise
+    for t_cur, t_next in zip(timesteps[:-1], timesteps[1:]):
+        t = torch.full((x.shape[0],), float(t_cur), device=x.device, dtype=x.dtype)
+        x = x + (t_next - t_cur) * velocity(x, t)
+    return x
+
+
+@dataclass
+class GuidedVelocity:
+    """Multi-condition CFG, FADA Eq. 9:
+
+        v = v(∅,∅) + s_ref·(v(ref,∅) − v(∅,∅)) + s_audio·(v(ref,audio) − v(ref,∅))
+
+    Terms whose scale is 1 cancel and are not evaluated, so NFE per step is 1, 2 or 3; `nfe`
+    counts evaluations per sample (a batched CFG forward still counts each condition).
+    """
+
+    model: torch.nn.Module
+    cond: Conditions
+    audio_scale: float = 1.0
+    ref_scale: float = 1.0
+    nfe: int = 0
+
+    def branches(self) -> list[tuple[bool, bool]]:
+        """(drop_audio, drop_ref) for each model evaluation a step needs."""
+        out = [(False, False)]
+        if self.audio_scale != 1.0 or self.ref_scale != 1.0:
+            out.append((True, False))
+        if self.ref_scale != 1.0:
+            out.append((True, True))
+        return out
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        branches = self.branches()
+        n = len(branches)
+        cond = Conditions.cat([self.cond.repeat(1, a, r) for a, r in branches])
+        v = self.model(x.repeat(n, *([1] * (x.dim() - 1))), t.repeat(n), cond).chunk(n)
+        self.nfe += n
+        if n == 1:
+            return v[0]
+        v_full, v_ref = v[0], v[1]
+        v_none = v[2] if n == 3 else v_ref
+        return v_none + self.ref_scale * (v_ref - v_none) + self.audio_scale * (v_full - v_ref)

@@ -1,0 +1,172 @@
+"""A Wan-style video DiT with audio cross-attention (TurboTalk §3.1). Pure PyTorch.
+
+Conditioning, as in Wan image-to-video plus InfiniteTalk's motion frames:
+- reference latent (broadcast over frames) and motion-frame latents + their mask are concatenated
+  to the noisy latent on channels;
+- identity cross-attention over reference-image tokens (the slot Wan uses for text/CLIP);
+- audio cross-attention after it in every block, each frame attending only to its own audio tokens;
+- adaLN-Zero timestep modulation; 3D RoPE in self-attention over all video tokens.
+Dropping audio / reference (per sample) swaps in learned null tokens and zero latents, which is
+what classifier-free guidance evaluates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from onestep.model.audio_adapter import AudioAdapter
+from onestep.model.rope import apply_rope, rope_angles
+
+
+@dataclass
+class Conditions:
+    """Everything a denoising step is conditioned on (latent space)."""
+
+    ref: torch.Tensor  # (B, C, h, w) reference frame latent
+    audio: torch.Tensor  # (B, F·r, D_a) audio features, r per video frame
+    motion: torch.Tensor  # (B, C, F, h, w) motion-frame latents, zero where not given
+    motion_mask: torch.Tensor  # (B, 1, F, h, w) 1 on motion frames
+    drop_audio: torch.Tensor | None = None  # (B,) bool
+    drop_ref: torch.Tensor | None = None  # (B,) bool
+
+    def repeat(self, n: int, drop_audio: bool, drop_ref: bool) -> "Conditions":
+        """The batch repeated with fixed dropout flags (for batched CFG evaluation)."""
+        b = self.ref.shape[0]
+        flag = lambda v: torch.full((b * n,), v, dtype=torch.bool, device=self.ref.device)  # noqa
+        rep = lambda t: t.repeat(n, *([1] * (t.dim() - 1)))  # noqa: E731
+        return Conditions(rep(self.ref), rep(self.audio), rep(self.motion), rep(self.motion_mask),
+                          flag(drop_audio), flag(drop_ref))
+
+    @staticmethod
+    def cat(parts: list["Conditions"]) -> "Conditions":
+        c = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+        return Conditions(c("ref"), c("audio"), c("motion"), c("motion_mask"), c("drop_audio"),
+                          c("drop_ref"))
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of t·1000 (t in [0, 1])."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+    args = (t.float() * 1000)[:, None] * freqs[None]
+    return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim or dim, 2 * dim)
+        self.q_norm, self.k_norm = nn.RMSNorm(dim // heads), nn.RMSNorm(dim // heads)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x, context=None, angles=None):
+        """x (B, N, D), context (B, M, Dc) or None for self-attention."""
+        b, n, d = x.shape
+        ctx = x if context is None else context
+        q = self.q(x).view(b, n, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(ctx).view(b, ctx.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if angles is not None:
+            q, k = apply_rope(q, angles), apply_rope(k, angles)
+        o = F.scaled_dot_product_attention(q, k, v)
+        return self.out(o.transpose(1, 2).reshape(b, n, d))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.self_attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.identity_attn = Attention(dim, heads)
+        self.norm3 = nn.LayerNorm(dim, eps=1e-6)
+        self.audio_attn = Attention(dim, heads)
+        self.norm4 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"),
+                                 nn.Linear(hidden, dim))
+        self.modulation = nn.Linear(dim, 6 * dim)  # adaLN-Zero: zero-initialised by the DiT
+
+    def forward(self, x, t_emb, identity_tokens, audio_tokens, angles, frames: int):
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(t_emb)[:, None].chunk(6, -1)
+        x = x + gate1 * self.self_attn(self.norm1(x) * (1 + scale1) + shift1, angles=angles)
+        x = x + self.identity_attn(self.norm2(x), identity_tokens)
+        # Per-frame audio cross-attention: the tokens of frame i only see frame i's audio tokens.
+        b, n, d = x.shape
+        per_frame = self.norm3(x).reshape(b * frames, n // frames, d)
+        audio = audio_tokens.reshape(b * frames, -1, d)
+        x = x + self.audio_attn(per_frame, audio).reshape(b, n, d)
+        return x + gate2 * self.mlp(self.norm4(x) * (1 + scale2) + shift2)
+
+
+class VideoDiT(nn.Module):
+    def __init__(self, latent_channels: int, audio_feature_dim: int, audio_per_frame: int,
+                 dim: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0,
+                 patch: tuple[int, int, int] = (1, 2, 2), audio_context: int = 2,
+                 audio_tokens: int = 4, audio_dim: int = 128):
+        super().__init__()
+        self.c, self.patch, self.dim, self.heads = latent_channels, tuple(patch), dim, heads
+        in_ch = 3 * latent_channels + 1  # noisy latent, reference, motion latents, motion mask
+        self.patch_embed = nn.Conv3d(in_ch, dim, kernel_size=self.patch, stride=self.patch)
+        self.ref_embed = nn.Conv2d(latent_channels, dim, kernel_size=self.patch[1:],
+                                   stride=self.patch[1:])
+        self.null_identity = nn.Parameter(torch.zeros(1, 1, dim))
+        self.audio_adapter = AudioAdapter(audio_feature_dim, audio_context,
+                                          audio_per_frame * self.patch[0], audio_dim, dim,
+                                          audio_tokens)
+        self.null_audio = nn.Parameter(torch.zeros(1, 1, audio_tokens, dim))
+        self.t_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.blocks = nn.ModuleList(DiTBlock(dim, heads, mlp_ratio) for _ in range(depth))
+        self.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.final_modulation = nn.Linear(dim, 2 * dim)
+        self.final = nn.Linear(dim, latent_channels * math.prod(self.patch))
+        self._init()
+
+    def _init(self):
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.null_identity, std=0.02)
+        nn.init.normal_(self.null_audio, std=0.02)
+        for blk in self.blocks:  # adaLN-Zero: every block starts as the identity
+            nn.init.zeros_(blk.modulation.weight)
+            nn.init.zeros_(blk.modulation.bias)
+        for layer in (self.final_modulation, self.final):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        """Velocity prediction. x (B, C, F, h, w), t (B,) in [0, 1] (1 = pure noise)."""
+        b, _, n_frames, h, w = x.shape
+        pf, ph, pw = self.patch
+        grid = (n_frames // pf, h // ph, w // pw)
+        keep_ref = (~cond.drop_ref).float() if cond.drop_ref is not None else x.new_ones(b)
+        ref = cond.ref * keep_ref[:, None, None, None]
+        inp = torch.cat([x, ref[:, :, None].expand(-1, -1, n_frames, -1, -1), cond.motion,
+                         cond.motion_mask], dim=1)
+        tokens = self.patch_embed(inp).flatten(2).transpose(1, 2)  # (B, N, D)
+
+        identity = self.ref_embed(ref).flatten(2).transpose(1, 2)  # (B, hw, D)
+        identity = torch.where(keep_ref[:, None, None] > 0, identity,
+                               self.null_identity.expand(b, identity.shape[1], -1))
+        audio = self.audio_adapter(cond.audio)  # (B, F', tokens, D)
+        if cond.drop_audio is not None:
+            audio = torch.where(cond.drop_audio[:, None, None, None],
+                                self.null_audio.expand_as(audio), audio)
+
+        t_emb = self.t_embed(timestep_embedding(t, 256))
+        angles = rope_angles(grid, self.dim // self.heads).to(x.device)
+        for blk in self.blocks:
+            tokens = blk(tokens, t_emb, identity, audio, angles, grid[0])
+        shift, scale = self.final_modulation(t_emb)[:, None].chunk(2, -1)
+        out = self.final(self.final_norm(tokens) * (1 + scale) + shift)  # (B, N, p·C)
+        out = out.view(b, *grid, pf, ph, pw, self.c).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return out.reshape(b, self.c, n_frames, h, w)

@@ -1,0 +1,58 @@
+"""EMA of a network's weights that works on ZeRO-3 partitions.
+
+Each rank averages only the slice of every parameter it owns (`ds_tensor`), so the EMA is sharded
+exactly like the model and costs 1/N of its memory per rank. To export, the EMA slices are swapped
+into the parameters, DeepSpeed gathers the full tensors, and the live weights are swapped back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from onestep.train.engine import full_state_dict, local_shard
+
+
+class ShardedEMA:
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.module, self.decay = module, decay
+        self.names = [n for n, _ in module.named_parameters()]
+        self.shadow = [local_shard(p).detach().float().clone() for p in module.parameters()]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        # Warm-up as in DiT/edm2 practice: early weights are noise; don't average them for long.
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for s, p in zip(self.shadow, self.module.parameters()):
+            s.lerp_(local_shard(p).float(), 1 - decay)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        params = list(self.module.parameters())
+        backup = [local_shard(p).detach().clone() for p in params]
+        for s, p in zip(self.shadow, params):
+            local_shard(p).copy_(s)
+        try:
+            yield
+        finally:
+            for b, p in zip(backup, params):
+                local_shard(p).copy_(b)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Consolidated EMA weights (collective: every rank must call)."""
+        with self.swapped_in():
+            return full_state_dict(self.module)
+
+    def save_shard(self, path: str) -> None:
+        save_file({n: s.contiguous() for n, s in zip(self.names, self.shadow)}, path)
+
+    def load_shard(self, path: str) -> None:
+        state = load_file(path)
+        for i, n in enumerate(self.names):
+            if state[n].shape != self.shadow[i].shape:
+                raise ValueError(f"{path}: EMA shard {n} has shape {tuple(state[n].shape)}, "
+                                 f"expected {tuple(self.shadow[i].shape)} (resumed with a "
+                                 "different number of workers?)")
+            self.shadow[i].copy_(state[n])

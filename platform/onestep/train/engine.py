@@ -1,0 +1,132 @@
+"""DeepSpeed in one place: engine config, ZeRO stage, precision, backend and gathering.
+
+Model code never imports DeepSpeed; stages ask this module for engines. On CPU DeepSpeed runs with
+its CPU accelerator and the gloo backend, in fp32; on GPU with NCCL and bf16. Frozen networks (the
+teacher in DMD) are sharded for inference with ZeRO-3 too, so per-rank memory falls with workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+
+import torch
+
+from onestep.config import Config
+
+
+def configure_accelerator(use_gpu: bool) -> None:
+    """Must run before `import deepspeed`: picks DeepSpeed's accelerator from the config."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_gpu else "cpu")
+
+
+def precision(cfg: Config) -> str:
+    if cfg.train.precision == "auto":
+        return "bf16" if cfg.train.use_gpu else "fp32"
+    return cfg.train.precision
+
+
+def init_distributed(cfg: Config) -> None:
+    """Join (or, in a plain single process, create) the process group DeepSpeed will use."""
+    configure_accelerator(cfg.train.use_gpu)
+    import deepspeed
+
+    if not torch.distributed.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("LOCAL_RANK", "0")
+    deepspeed.init_distributed(dist_backend="nccl" if cfg.train.use_gpu else "gloo")
+
+
+def world() -> tuple[int, int]:
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def ds_config(cfg: Config, micro_batch: int, trainable: bool = True) -> dict:
+    prec = precision(cfg)
+    conf = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": cfg.train.zero_stage,
+                              "stage3_param_persistence_threshold": 0},
+        "bf16": {"enabled": prec == "bf16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+    if trainable:
+        conf["gradient_clipping"] = cfg.train.grad_clip
+    return conf
+
+
+def lr_lambda(cfg: Config):
+    """Linear warm-up then cosine decay to min_lr_ratio, in optimiser steps derived from clips."""
+    warm = max(1, cfg.train.warmup_clips // cfg.train.global_batch)
+    total = max(warm + 1, math.ceil(cfg.train.total_clips / cfg.train.global_batch))
+
+    def fn(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / (total - warm))
+        return cfg.train.min_lr_ratio + (1 - cfg.train.min_lr_ratio) * 0.5 * (
+            1 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def make_engine(model: torch.nn.Module, cfg: Config, lr: float | None = None,
+                trainable: bool = True):
+    """Wrap a network in a DeepSpeed engine (AdamW + schedule when trainable)."""
+    import deepspeed
+
+    _, world_size = world()
+    micro = cfg.train.global_batch // world_size
+    if not trainable:
+        model.requires_grad_(False)
+        engine, *_ = deepspeed.initialize(model=model, config=ds_config(cfg, micro, False))
+        engine.eval()
+        return engine
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr or cfg.train.lr, betas=(0.9, 0.99),
+                            weight_decay=cfg.train.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
+                                      config=ds_config(cfg, micro))
+    return engine
+
+
+def local_shard(p: torch.nn.Parameter) -> torch.Tensor:
+    """The part of a parameter this rank owns: the ZeRO-3 partition, or the whole tensor."""
+    return p.ds_tensor if hasattr(p, "ds_tensor") else p.data
+
+
+@contextlib.contextmanager
+def gathered(params, modifier_rank: int | None = None):
+    """Full parameters inside the block on every rank (a no-op without ZeRO-3)."""
+    params = [p for p in params if hasattr(p, "ds_id")]
+    if not params:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
+        yield
+
+
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Consolidated fp32 weights on every rank (collective under ZeRO-3: all ranks must call)."""
+    with gathered(list(module.parameters())):
+        return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,176 @@
+"""The one training loop: runs any stage under DeepSpeed, inside Ray Train or a plain process.
+
+Ray stays at the edges: the loop talks to the outside through `Hooks` (report metrics and a
+checkpoint directory; find the checkpoint to resume from). `onestep.train.ray_job` fills them with
+`ray.train.report` / `ray.train.get_checkpoint`; pytest can fill them with plain functions.
+Progress is counted in clips seen (not steps) so a run can change its worker count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator
+
+import torch
+from safetensors.torch import save_file
+
+from onestep.checkpoint import WEIGHTS, read_state, write_metadata
+from onestep.config import Config
+from onestep.model import count_parameters
+from onestep.train.ema import ShardedEMA
+from onestep.train.engine import init_distributed, local_shard, make_engine, memory_mb, world
+
+log = logging.getLogger("onestep.train")
+
+
+@contextlib.contextmanager
+def _no_checkpoint():
+    yield None
+
+
+@dataclass
+class Hooks:
+    report: Callable[[dict, Path | None], None] = lambda metrics, checkpoint: None
+    restore_dir: Callable[[], ContextManager[Path | None]] = _no_checkpoint
+    tensorboard_dir: Path | None = None
+
+
+@dataclass
+class _Meter:
+    """Averages of per-step logs plus timing between two reports."""
+
+    sums: dict = field(default_factory=dict)
+    steps: int = 0
+    data_wait: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, logs: dict, wait: float) -> None:
+        for k, v in logs.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.steps += 1
+        self.data_wait += wait
+
+    def summary(self, clips_per_step: int) -> dict:
+        elapsed = max(1e-9, time.perf_counter() - self.started)
+        out = {k: v / self.steps for k, v in self.sums.items()}
+        out.update(samples_per_s=self.steps * clips_per_step / elapsed,
+                   data_wait_frac=self.data_wait / elapsed, step_time_s=elapsed / self.steps)
+        return out
+
+
+def _save(directory: Path, cfg: Config, stage, engines: dict, emas: dict, state: dict) -> None:
+    """Collective: every rank writes its shards; rank 0 writes the export and metadata."""
+    rank, _ = world()
+    for name, engine in engines.items():
+        engine.save_checkpoint(str(directory / "engines" / name), tag="state")
+    (directory / "ema").mkdir(parents=True, exist_ok=True)
+    for name, ema in emas.items():
+        ema.save_shard(str(directory / "ema" / f"{name}-rank{rank}.safetensors"))
+    export = emas[stage.export].full_state_dict()
+    if rank == 0:
+        save_file(export, str(directory / WEIGHTS))
+        write_metadata(directory, cfg, state)
+
+
+def _restore(directory: Path, engines: dict, emas: dict) -> dict:
+    rank, world_size = world()
+    state = read_state(directory)
+    if state.get("world_size", world_size) != world_size:
+        raise RuntimeError(f"{directory}: saved with {state['world_size']} workers, resuming with "
+                           f"{world_size}; ZeRO shards need the same train.num_workers")
+    for name, engine in engines.items():
+        path, _ = engine.load_checkpoint(str(directory / "engines" / name), tag="state")
+        if path is None:
+            raise RuntimeError(f"{directory}: no DeepSpeed state for network {name!r}")
+    for name, ema in emas.items():
+        ema.load_shard(str(directory / "ema" / f"{name}-rank{rank}.safetensors"))
+    return state
+
+
+def _eta(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(max(0, seconds)))
+
+
+def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks = Hooks()) -> dict:
+    """Train `stage` on `batches` (per-rank micro-batches) until cfg.train.total_clips."""
+    init_distributed(cfg)
+    rank, world_size = world()
+    torch.set_num_threads(cfg.train.torch_threads)
+    torch.manual_seed(cfg.data.seed)  # identical initial weights on every rank
+    networks = stage.build_networks()
+    if rank == 0:
+        for name, net in networks.items():
+            log.info("%s: %.2fM parameters", name, count_parameters(net) / 1e6)
+    engines = {name: make_engine(networks[name], cfg) for name in stage.trained}
+    emas = {stage.export: ShardedEMA(engines[stage.export].module, cfg.train.ema_decay)}
+    exported = engines[stage.export].module
+    # What ZeRO leaves on this rank: ≈ 1/world_size of the parameters under stage 3.
+    params_local_fraction = (sum(local_shard(p).numel() for p in exported.parameters())
+                             / count_parameters(exported))
+
+    state = {"stage": stage.name, "step": 0, "clips_seen": 0, "world_size": world_size,
+             "resumed_at_steps": []}
+    with hooks.restore_dir() as directory:
+        if directory is not None:
+            state = _restore(Path(directory), engines, emas)
+            state["resumed_at_steps"] = state.get("resumed_at_steps", []) + [state["step"]]
+            if rank == 0:
+                log.info("resumed from %s at step %d (%d clips)", directory, state["step"],
+                         state["clips_seen"])
+
+    writer = None
+    if rank == 0 and hooks.tensorboard_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(hooks.tensorboard_dir), purge_step=state["step"])
+
+    batch_size = cfg.train.global_batch
+    total_steps = math.ceil(cfg.train.total_clips / batch_size)
+    ckpt_every = max(1, cfg.train.checkpoint_every_clips // batch_size)
+    generator = torch.Generator().manual_seed(cfg.data.seed * 100003 + rank * 7919 + state["step"])
+    meter, metrics, run_start, start_step = _Meter(), {}, time.perf_counter(), state["step"]
+
+    while state["step"] < total_steps:
+        t0 = time.perf_counter()
+        batch = next(batches)
+        wait = time.perf_counter() - t0
+        logs = stage.train_step(batch, engines, generator)
+        for name, ema in emas.items():
+            ema.update(state["step"])
+        state["step"] += 1
+        state["clips_seen"] += batch_size
+        meter.add(logs, wait)
+
+        last = state["step"] == total_steps
+        checkpoint_now = state["step"] % ckpt_every == 0 or last
+        if state["step"] % cfg.train.log_every_steps == 0 or checkpoint_now:
+            metrics = meter.summary(batch_size)
+            metrics.update(step=state["step"], clips_seen=state["clips_seen"],
+                           lr=engines[stage.trained[0]].get_lr()[0], memory_mb=memory_mb(),
+                           params_local_fraction=params_local_fraction)
+            if rank == 0:
+                rate = (state["step"] - start_step) / (time.perf_counter() - run_start)
+                log.info("step %d/%d | clips %d | loss %.4f | %.1f clips/s | data wait %.0f%% | "
+                         "ETA %s", state["step"], total_steps, state["clips_seen"],
+                         metrics.get("loss", float("nan")), metrics["samples_per_s"],
+                         100 * metrics["data_wait_frac"], _eta((total_steps - state["step"]) / rate))
+                if writer is not None:
+                    for k, v in metrics.items():
+                        writer.add_scalar(f"{stage.name}/{k}", v, state["step"])
+                    writer.flush()
+            meter = _Meter()
+            if checkpoint_now:
+                with tempfile.TemporaryDirectory(prefix="onestep-ckpt-") as tmp:
+                    _save(Path(tmp), cfg, stage, engines, emas, dict(state))
+                    hooks.report(metrics, Path(tmp))
+            else:
+                hooks.report(metrics, None)
+    if writer is not None:
+        writer.close()
+    return metrics

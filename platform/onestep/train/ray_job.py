@@ -1,0 +1,109 @@
+"""The Ray Train job: TorchTrainer over the stage loop, Ray Data in, checkpoints to run storage.
+
+This is the one place where Ray Train meets the loop: it fills `Hooks` with `ray.train.report`
+and `ray.train.get_checkpoint`, hands each worker its dataset shard, and configures storage
+(local or S3), failure handling (failed workers restart from the last checkpoint) and resources.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import ray
+import ray.train
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from onestep.checkpoint import checkpoint_names
+from onestep.config import Config, from_dict
+from onestep.data import build_dataset
+from onestep.stages import build_stage
+from onestep.storage import Location, check_reachable, resolve
+from onestep.train.engine import world
+from onestep.train.loop import Hooks, run_stage
+
+log = logging.getLogger("onestep.train")
+
+
+class RunExistsError(RuntimeError):
+    pass
+
+
+def _batches(cfg: Config) -> Iterator[dict]:
+    """This worker's micro-batches, epoch after epoch, from its Ray Data shard."""
+    _, world_size = world()
+    shard = ray.train.get_dataset_shard("train")
+    epoch = 0
+    while True:
+        n = 0
+        for batch in shard.iter_torch_batches(
+                batch_size=cfg.train.global_batch // world_size, drop_last=True,
+                local_shuffle_buffer_size=cfg.data.shuffle_buffer,
+                local_shuffle_seed=cfg.data.seed + epoch, device="cpu"):
+            n += 1
+            yield batch
+        if n == 0:
+            raise RuntimeError(f"{cfg.data.uri}: no training windows for split "
+                               f"{cfg.data.split!r} (too few clips for the batch size?)")
+        epoch += 1
+
+
+def _report(metrics: dict, checkpoint: Path | None) -> None:
+    ckpt = ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
+    ray.train.report({k: float(v) for k, v in metrics.items()}, checkpoint=ckpt)
+
+
+@contextlib.contextmanager
+def _restore_dir():
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        yield None
+        return
+    with ckpt.as_directory() as directory:
+        yield Path(directory)
+
+
+def tensorboard_dir(cfg: Config) -> Path:
+    """TensorBoard events beside the run when it is local; a local cache for S3 runs."""
+    run = resolve(cfg.run.root, cfg.run.s3_endpoint_url)
+    if run.is_s3:
+        return Path.home() / ".cache" / "onestep" / "tensorboard" / cfg.run.name
+    return Path(run.path) / cfg.run.name / "tensorboard"
+
+
+def train_worker(config: dict) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        force=True)
+    cfg = from_dict(config)
+    hooks = Hooks(report=_report, restore_dir=_restore_dir, tensorboard_dir=tensorboard_dir(cfg))
+    run_stage(cfg, build_stage(cfg), _batches(cfg), hooks)
+
+
+def run_location(cfg: Config) -> Location:
+    return resolve(cfg.run.root, cfg.run.s3_endpoint_url).join(cfg.run.name)
+
+
+def launch(cfg: Config, resume: bool = False) -> ray.train.Result:
+    """Train `cfg.train.stage`; with `resume`, continue the run's latest checkpoint."""
+    root = resolve(cfg.run.root, cfg.run.s3_endpoint_url)
+    check_reachable(root, create=True)
+    run = run_location(cfg)
+    if checkpoint_names(run) and not resume:
+        raise RunExistsError(f"{run.uri} already has checkpoints: pass --resume to continue it, "
+                             "or choose another name with --set run.name=...")
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=cfg.to_dict(),
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=RunConfig(
+            name=cfg.run.name, storage_path=root.path, storage_filesystem=root.fs,
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=3)),
+        datasets={"train": build_dataset(cfg)},
+    )
+    return trainer.fit()

@@ -1,0 +1,61 @@
+import pytest
+
+from onestep.config import ConfigError, from_dict, load_config
+
+
+def test_presets_load_and_scale_up():
+    tiny, small, base = (load_config(n) for n in ("tiny", "small", "base"))
+    assert tiny.model.dim < small.model.dim < base.model.dim
+    assert not tiny.train.use_gpu and small.train.use_gpu and base.train.use_gpu
+    assert base.run.root.startswith("s3://")
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config("tiny", ["model.depth=6", "train.lr=1e-3", "train.use_gpu=false",
+                               "model.patch=[1, 4, 4]"])
+    assert cfg.model.depth == 6 and cfg.train.lr == 1e-3 and cfg.model.patch == [1, 4, 4]
+
+
+def test_unknown_key_names_the_key_and_valid_keys():
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", ["model.detph=6"])
+    assert "model.detph" in str(e.value) and "depth" in str(e.value) and "heads" in str(e.value)
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match="train.global_batch: expected an integer"):
+        load_config("tiny", ["train.global_batch=big"])
+
+
+def test_cross_field_validation():
+    with pytest.raises(ConfigError, match="train.global_batch"):
+        load_config("tiny", ["train.global_batch=15"])  # 2 workers
+    with pytest.raises(ConfigError, match="synth.resolution"):
+        load_config("tiny", ["synth.resolution=30"])
+
+
+def test_unknown_preset_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="presets: base, small, tiny"):
+        load_config("huge")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config("small", ["model.depth=3"])
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(str(path)) == cfg
+    assert from_dict(cfg.to_dict()) == cfg
+
+
+def test_cli_reports_config_errors_without_a_traceback():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = subprocess.run([sys.executable, str(ROOT / "jobs" / "distill.py"), "--set",
+                          "train.bogus=1"], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "unknown config key train.bogus" in out.stderr and "Traceback" not in out.stderr

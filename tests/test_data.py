@@ -1,0 +1,39 @@
+"""Ray Data pipeline: decoding in Ray tasks, windows, corrupt rows (skipped or fatal)."""
+
+import pytest
+
+from onestep.config import SynthConfig
+from onestep.data import build_dataset
+from onestep.shards import clip_row, rows_to_parquet, shard_name, write_manifest
+from onestep.storage import resolve
+from onestep.synth import make_clip
+
+
+def _write_shard_with_a_corrupt_row(root_dir, cfg):
+    synth = SynthConfig(**{**cfg.synth.__dict__, "test_identity_fraction": 0.0})
+    rows = [clip_row(make_clip(i, synth), synth.fps, synth.sample_rate) for i in range(3)]
+    rows[1]["mp4"] = b"\x00\x00\x00\x18ftypmp42 then garbage"
+    root = resolve(str(root_dir))
+    root.join(shard_name(0)).write_bytes(rows_to_parquet(rows))
+    write_manifest(root, [{"name": shard_name(0), "rows": 3}], {"kind": "test"})
+    return rows[1]["clip_id"]
+
+
+def test_windows_have_the_training_shapes(ray_cluster, tmp_path, tiny_config):
+    cfg = tiny_config(**{"data.uri": str(tmp_path)})
+    _write_shard_with_a_corrupt_row(tmp_path, cfg)
+    batches = list(build_dataset(cfg).iter_torch_batches(batch_size=2))
+    windows = sum(len(b["video"]) for b in batches)
+    assert windows == 2 * cfg.data.windows_per_clip  # the corrupt clip was skipped
+    b = batches[0]
+    assert tuple(b["video"].shape[1:]) == (3, 8, 32, 32)
+    assert tuple(b["ref"].shape[1:]) == (3, 32, 32)
+    assert tuple(b["audio"].shape[1:]) == (16, 40)  # 2 audio features per frame
+    assert -1.0 <= b["video"].min() and b["video"].max() <= 1.0
+
+
+def test_corrupt_clip_is_fatal_when_configured(ray_cluster, tmp_path, tiny_config):
+    cfg = tiny_config(**{"data.uri": str(tmp_path), "data.on_corrupt": "fail"})
+    bad_id = _write_shard_with_a_corrupt_row(tmp_path, cfg)
+    with pytest.raises(Exception, match=bad_id):
+        list(build_dataset(cfg).iter_torch_batches(batch_size=2))

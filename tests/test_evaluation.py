@@ -1,0 +1,60 @@
+"""The evaluation's bounds: ground truth scores near-perfect sync, shuffled audio near zero."""
+
+import numpy as np
+import pytest
+
+from onestep.config import SynthConfig
+from onestep.evaluation import metrics as M
+from onestep.evaluation.mouth_reader import load_or_train
+from onestep.synth import make_clip
+
+CFG = SynthConfig(resolution=32, clip_seconds=2.4)
+
+
+@pytest.fixture(scope="module")
+def reader(tmp_path_factory):
+    path = tmp_path_factory.mktemp("reader") / "reader.safetensors"
+    model, ceiling = load_or_train(path, CFG, clips=48, epochs=3)
+    reloaded, saved_ceiling = load_or_train(path, CFG)  # reused, not retrained
+    assert saved_ceiling == pytest.approx(ceiling)
+    return reloaded, ceiling
+
+
+def test_ground_truth_video_has_near_perfect_sync_and_shuffled_has_none(reader):
+    model, ceiling = reader
+    assert ceiling > 0.85
+    clips = [make_clip(i, CFG) for i in range(500, 508)]
+    true_sync, shuffled = [], []
+    for i, clip in enumerate(clips):
+        read, _ = model.read(clip.clean_frames)
+        true_sync.append(M.correlation(read, clip.labels["mouth_open"]))
+        shuffled.append(M.correlation(read, clips[(i + 1) % len(clips)].labels["mouth_open"]))
+        assert M.best_offset(read, clip.labels["mouth_open"])[0] == 0
+    assert np.mean(true_sync) > 0.85
+    assert abs(np.mean(shuffled)) < 0.2
+
+
+def test_offset_is_recovered():
+    rng = np.random.default_rng(0)
+    truth = np.convolve(rng.standard_normal(200), np.ones(3) / 3, mode="same")
+    lagged = np.concatenate([np.zeros(3), truth[:-3]])  # video 3 frames late
+    assert M.best_offset(lagged, truth)[0] == 3
+
+
+def test_image_metric_bounds():
+    rng = np.random.default_rng(0)
+    a = (rng.random((4, 32, 32, 3)) * 255).astype(np.uint8)
+    assert M.ssim(a, a) == pytest.approx(1.0)
+    assert M.psnr(a, a) > 90
+    smooth = np.broadcast_to(np.linspace(40, 200, 32)[None, None, :, None],
+                             (4, 32, 32, 3)).astype(np.uint8)
+    noisy = np.clip(smooth + rng.integers(-40, 40, smooth.shape), 0, 255).astype(np.uint8)
+    assert M.psnr(smooth, noisy) < 25 and M.ssim(smooth, noisy) < 0.5
+    assert M.flicker(np.repeat(a[:1], 5, axis=0)) == 0
+    assert M.identity_similarity(a[:1], a[0]) == pytest.approx(1.0)
+
+
+def test_frechet_distance_is_zero_for_equal_sets_and_grows_with_shift():
+    f = np.random.default_rng(0).standard_normal((500, 8))
+    assert M.frechet_distance(f, f) == pytest.approx(0.0, abs=1e-6)
+    assert M.frechet_distance(f, f + 1.0) == pytest.approx(8.0, rel=1e-3)
