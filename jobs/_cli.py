@@ -43,4 +43,4 @@ def init_ray(cfg: Config | None = None) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"])
         return
     need = 2 + (cfg.train.num_workers * cfg.train.cpus_per_worker if cfg else 0)
-    ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False)
+    ray.init(num_cpus=max(os.cpu_count() or 1, need))

@@ -17,12 +17,14 @@ import sys
 from pathlib import Path
 
 import _cli
+import torch
 from generate import resolve_checkpoint
 
 from onestep.checkpoint import CheckpointError, load_generator
 from onestep.evaluation.mouth_reader import load_or_train
 from onestep.evaluation.run import evaluate, load_eval_clips, write_report
 from onestep.generate import AvatarGenerator, Sampling
+from onestep.model import build_model
 from onestep.storage import StorageError
 
 
@@ -38,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="mouth reader weights (trained and saved here if missing)")
     p.add_argument("--reader-clips", type=int, default=160,
                    help="SynthTalk clips to train a missing mouth reader on")
+    p.add_argument("--untrained", action="store_true",
+                   help="also evaluate a freshly initialised network of the first checkpoint's "
+                        "config (the floor every trained number is read against)")
     p.add_argument("--out", default="reports/eval")
     p.add_argument("--s3-endpoint-url", default="")
     args = p.parse_args(argv if argv is not None else sys.argv[1:])
@@ -54,6 +59,10 @@ def main(argv: list[str] | None = None) -> None:
             sampling = Sampling.from_config(cfg, steps=args.steps, audio_scale=args.audio_scale)
             results[name or Path(uri).name] = evaluate(AvatarGenerator(model, cfg), sampling,
                                                        clips, reader)
+            if args.untrained and "untrained" not in results:
+                torch.manual_seed(cfg.data.seed)
+                results["untrained"] = evaluate(AvatarGenerator(build_model(cfg), cfg), sampling,
+                                                clips, reader)
     except (CheckpointError, StorageError, ValueError) as e:
         sys.exit(f"error: {e}")
     command = "python jobs/evaluate.py " + shlex.join(argv if argv is not None else sys.argv[1:])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from onestep.config import Config, from_dict
 from onestep.model import build_model
@@ -33,7 +33,11 @@ class CheckpointError(ValueError):
     pass
 
 
-def write_metadata(directory: Path, cfg: Config, state: dict) -> None:
+def save_export(directory: Path, weights: dict[str, torch.Tensor], cfg: Config,
+                state: dict) -> None:
+    """The inference export: what `load_generator` (jobs, Serve) needs and nothing else."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(directory / WEIGHTS))
     (directory / CONFIG).write_text(cfg.to_yaml())
     (directory / STATE).write_text(json.dumps(state, indent=2))
 

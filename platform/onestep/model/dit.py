@@ -92,17 +92,22 @@ class DiTBlock(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"),
                                  nn.Linear(hidden, dim))
-        self.modulation = nn.Linear(dim, 6 * dim)  # adaLN-Zero: zero-initialised by the DiT
+        # adaLN-Zero (zero-initialised by the DiT): shift/scale/gate for self-attention and MLP,
+        # plus a timestep gate on the audio branch (see forward).
+        self.modulation = nn.Linear(dim, 7 * dim)
 
     def forward(self, x, t_emb, identity_tokens, audio_tokens, angles, frames: int):
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(t_emb)[:, None].chunk(6, -1)
+        shift1, scale1, gate1, shift2, scale2, gate2, gate_audio = (
+            self.modulation(t_emb)[:, None].chunk(7, -1))
         x = x + gate1 * self.self_attn(self.norm1(x) * (1 + scale1) + shift1, angles=angles)
         x = x + self.identity_attn(self.norm2(x), identity_tokens)
         # Per-frame audio cross-attention: the tokens of frame i only see frame i's audio tokens.
+        # Its output is gated by the timestep: ungated, loud audio onsets swamped the timestep
+        # signal and the sampler left those frames noisy (reports/teacher.md).
         b, n, d = x.shape
         per_frame = self.norm3(x).reshape(b * frames, n // frames, d)
         audio = audio_tokens.reshape(b * frames, -1, d)
-        x = x + self.audio_attn(per_frame, audio).reshape(b, n, d)
+        x = x + gate_audio * self.audio_attn(per_frame, audio).reshape(b, n, d)
         return x + gate2 * self.mlp(self.norm4(x) * (1 + scale2) + shift2)
 
 

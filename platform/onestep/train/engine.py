@@ -48,11 +48,18 @@ def world() -> tuple[int, int]:
 
 
 def ds_config(cfg: Config, micro_batch: int, trainable: bool = True) -> dict:
+    """DeepSpeed config. Bucket sizes follow the model width (dim²), as HF's "auto" does:
+    DeepSpeed's defaults (5e8 elements) allocate gigabytes of flat buffers even for a tiny model.
+    Persistence threshold 0: every parameter is partitioned under ZeRO-3, none kept whole."""
     prec = precision(cfg)
+    bucket = max(cfg.model.dim ** 2, 2 ** 20)  # ≥ 1M elements: few, not tiny, collectives
     conf = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": 1,
         "zero_optimization": {"stage": cfg.train.zero_stage,
+                              "reduce_bucket_size": bucket,
+                              "allgather_bucket_size": bucket,
+                              "stage3_prefetch_bucket_size": int(0.9 * bucket),
                               "stage3_param_persistence_threshold": 0},
         "bf16": {"enabled": prec == "bf16"},
         "zero_allow_untested_optimizer": True,
@@ -79,6 +86,25 @@ def lr_lambda(cfg: Config):
     return fn
 
 
+def _safe_checkpoint_engine(ds_config_params):
+    """DeepSpeed's torch checkpoint engine, but loading with `weights_only=True`.
+
+    DeepSpeed unpickles its shards with weights_only=False; resuming from storage other people can
+    write to would then run their code. Its ZeRO files need only two non-tensor types, allowed
+    here explicitly.
+    """
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    class SafeTorchCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location=None):
+            with torch.serialization.safe_globals([ZeroStageEnum, LossScaler]):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    return SafeTorchCheckpointEngine(ds_config_params)
+
+
 def make_engine(model: torch.nn.Module, cfg: Config, lr: float | None = None,
                 trainable: bool = True):
     """Wrap a network in a DeepSpeed engine (AdamW + schedule when trainable)."""
@@ -97,6 +123,7 @@ def make_engine(model: torch.nn.Module, cfg: Config, lr: float | None = None,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                       config=ds_config(cfg, micro))
+    engine.checkpoint_engine = _safe_checkpoint_engine(engine._config)
     return engine
 
 

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
 import torch
-from safetensors.torch import save_file
 
-from onestep.checkpoint import WEIGHTS, read_state, write_metadata
+from onestep.checkpoint import read_state, save_export
 from onestep.config import Config
 from onestep.model import count_parameters
 from onestep.train.ema import ShardedEMA
@@ -74,8 +73,7 @@ def _save(directory: Path, cfg: Config, stage, engines: dict, emas: dict, state:
         ema.save_shard(str(directory / "ema" / f"{name}-rank{rank}.safetensors"))
     export = emas[stage.export].full_state_dict()
     if rank == 0:
-        save_file(export, str(directory / WEIGHTS))
-        write_metadata(directory, cfg, state)
+        save_export(directory, export, cfg, state)
 
 
 def _restore(directory: Path, engines: dict, emas: dict) -> dict:

@@ -1,0 +1,132 @@
+"""Validate a generation request before any model work. Pure: no Ray, no HTTP framework.
+
+Every rejection is a `RequestError` with the HTTP status and a message that names the field and
+what was expected, so the endpoint can answer with a JSON body a client can act on.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import av
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from onestep.media import MediaError, load_audio, load_image
+
+IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
+AUDIO_CONTAINERS = {"wav", "flac", "mp3", "ogg", "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"}
+
+
+class RequestError(ValueError):
+    def __init__(self, status: int, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.status, self.field, self.message = status, field, message
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_image_mb: float = 10.0
+    max_audio_mb: float = 20.0
+    max_audio_seconds: float = 60.0
+    max_steps: int = 50
+    min_fps: int = 5
+    max_fps: int = 60
+    max_resolution: int = 1024
+
+
+@dataclass
+class GenerationRequest:
+    image: np.ndarray  # (H, W, 3) uint8 at the model resolution
+    audio: np.ndarray  # mono float32 at the model sample rate
+    steps: int | None
+    seed: int | None
+    audio_scale: float | None
+    ref_scale: float | None
+    fps: int
+    resolution: int
+
+
+def _check_size(data: bytes, field: str, max_mb: float) -> None:
+    if len(data) > max_mb * 2 ** 20:
+        raise RequestError(413, field, f"{len(data) / 2 ** 20:.1f} MB is over the "
+                                       f"{max_mb:g} MB limit")
+    if not data:
+        raise RequestError(422, field, "is empty")
+
+
+def _image_format(data: bytes) -> str:
+    try:
+        return Image.open(io.BytesIO(data)).format or ""
+    except (UnidentifiedImageError, OSError):
+        raise RequestError(415, "image", "is not a readable image; send PNG, JPEG or "
+                                         "WebP") from None
+
+
+def _audio_container(data: bytes) -> str:
+    try:
+        with av.open(io.BytesIO(data)) as box:
+            if not box.streams.audio:
+                raise RequestError(415, "audio", "has no audio stream")
+            return box.format.name
+    except av.error.FFmpegError:
+        raise RequestError(415, "audio", "is not decodable audio; send WAV, FLAC, MP3, OGG or "
+                                         "M4A") from None
+
+
+def _number(value, field: str, kind, lo, hi):
+    if value is None or value == "":
+        return None
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise RequestError(422, field, f"expected {kind.__name__}, got {value!r}") from None
+    if not lo <= number <= hi:
+        raise RequestError(422, field, f"must be in [{lo}, {hi}], got {number}")
+    return number
+
+
+def validate(image: bytes, audio: bytes, params: dict, limits: Limits, resolution: int,
+             fps: int, sample_rate: int) -> GenerationRequest:
+    """Check sizes, types, parameters and duration; decode the media. Raises RequestError."""
+    _check_size(image, "image", limits.max_image_mb)
+    _check_size(audio, "audio", limits.max_audio_mb)
+    unknown = sorted(set(params) - {"steps", "seed", "audio_scale", "ref_scale", "fps",
+                                    "resolution"})
+    if unknown:
+        raise RequestError(422, unknown[0], "unknown parameter; expected steps, seed, "
+                                            "audio_scale, ref_scale, fps, resolution")
+    steps = _number(params.get("steps"), "steps", int, 1, limits.max_steps)
+    seed = _number(params.get("seed"), "seed", int, 0, 2 ** 31 - 1)
+    audio_scale = _number(params.get("audio_scale"), "audio_scale", float, 0.0, 20.0)
+    ref_scale = _number(params.get("ref_scale"), "ref_scale", float, 0.0, 20.0)
+    out_fps = _number(params.get("fps"), "fps", int, limits.min_fps, limits.max_fps) or fps
+    out_res = _number(params.get("resolution"), "resolution", int, 16,
+                      limits.max_resolution) or resolution
+    if out_res % 2:
+        raise RequestError(422, "resolution", f"must be even (H.264), got {out_res}")
+
+    fmt = _image_format(image)
+    if fmt not in IMAGE_FORMATS:
+        raise RequestError(415, "image", f"format {fmt} is not supported; send PNG, JPEG or WebP")
+    container = _audio_container(audio)
+    if container not in AUDIO_CONTAINERS:
+        raise RequestError(415, "audio", f"container {container!r} is not supported; send WAV, "
+                                         "FLAC, MP3, OGG or M4A")
+    try:
+        wave = load_audio(audio, sample_rate)
+    except MediaError as e:
+        raise RequestError(422, "audio", str(e).split(": ", 1)[-1]) from None
+    seconds = len(wave) / sample_rate
+    if seconds > limits.max_audio_seconds:
+        raise RequestError(422, "audio", f"{seconds:.1f} s is longer than the "
+                                         f"{limits.max_audio_seconds:g} s limit")
+    if seconds < 1.0 / fps:
+        raise RequestError(422, "audio", f"{seconds * 1000:.0f} ms is shorter than one frame")
+    try:
+        picture = load_image(image, resolution)
+    except MediaError as e:
+        raise RequestError(422, "image", str(e).split(": ", 1)[-1]) from None
+    return GenerationRequest(picture, wave, steps, seed, audio_scale, ref_scale, out_fps,
+                             out_res)
