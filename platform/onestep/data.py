@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from onestep.audio_features import build_audio_encoder
+from onestep.audio_features import build_audio_encoder, feature_dim
 from onestep.config import Config
 from onestep.media import MediaError, decode_video, pcm16_array
 from onestep.shards import read_manifest, shard_uris
@@ -99,8 +99,6 @@ class WindowMaker:
 
 def _empty(cfg: Config) -> dict[str, np.ndarray]:
     r, f, s = cfg.audio.feature_rate // cfg.synth.fps, cfg.data.frames, cfg.resolution
-    from onestep.audio_features import feature_dim
-
     return {"video": np.zeros((0, 3, f, s, s), np.float32),
             "ref": np.zeros((0, 3, s, s), np.float32),
             "audio": np.zeros((0, f * r, feature_dim(cfg.audio)), np.float32),

@@ -49,10 +49,6 @@ class GenerationStats:
     nfe_per_chunk: int = 0  # model evaluations per chunk (steps × CFG branches)
     seconds: float = 0.0
 
-    @property
-    def video_seconds_per_second(self) -> float:
-        return self.frames / 25.0 / max(self.seconds, 1e-9)
-
 
 def chunk_starts(n_frames: int, frames: int, motion: int) -> list[int]:
     """Start frame of each chunk; consecutive chunks overlap by `motion` frames."""

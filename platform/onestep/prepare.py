@@ -10,8 +10,8 @@ import ray
 from tqdm import tqdm
 
 from onestep.config import SynthConfig
-from onestep.shards import (clip_row, read_manifest, rows_to_parquet, shard_name, synth_source,
-                            video_clips, write_manifest, write_synth_shard)
+from onestep.shards import (clip_row, rows_to_parquet, shard_name, synth_source, video_clips,
+                            write_manifest, write_synth_shard)
 from onestep.storage import Location, check_reachable, resolve
 
 log = logging.getLogger(__name__)
@@ -77,5 +77,3 @@ def ingest_videos(folder: str, cfg: SynthConfig, out: Location) -> dict:
     return write_manifest(out, [s for s in shards if s["rows"]],
                           {"kind": "videos", "folder": str(folder), "count": len(videos)})
 
-
-__all__ = ["prepare_synthtalk", "ingest_videos", "read_manifest"]

@@ -12,7 +12,7 @@ import io
 import json
 import time
 from dataclasses import asdict
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -149,14 +149,3 @@ def shard_uris(root: Location, manifest: dict) -> list[str]:
 
 def synth_source(cfg: SynthConfig) -> dict:
     return {"kind": "synthtalk", "config": asdict(cfg)}
-
-
-def batched(items: Iterable, n: int) -> Iterator[list]:
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

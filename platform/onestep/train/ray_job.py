@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -77,6 +78,9 @@ def tensorboard_dir(cfg: Config) -> Path:
 def train_worker(config: dict) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         force=True)
+    # DeepSpeed calls collectives torch has renamed; torch warns on every step, burying our logs.
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            message=r".*is deprecated\. Please use `torch\.distributed\.")
     cfg = from_dict(config)
     hooks = Hooks(report=_report, restore_dir=_restore_dir, tensorboard_dir=tensorboard_dir(cfg))
     run_stage(cfg, build_stage(cfg), _batches(cfg), hooks)
