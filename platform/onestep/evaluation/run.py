@@ -100,7 +100,7 @@ def evaluate(generator: AvatarGenerator, sampling: Sampling, clips: list[EvalCli
 
 
 TABLE = [("sync", "lip-sync corr ↑"), ("sync_shuffled_audio", "shuffled-audio corr"),
-         ("sync_ground_truth", "ground-truth corr"), ("abs_offset_frames", "|offset| frames ↓"),
+         ("sync_ground_truth", "ground-truth corr"), ("abs_offset_frames", "abs. offset (frames) ↓"),
          ("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("frechet", "Fréchet ↓"),
          ("identity", "identity ↑"), ("flicker", "flicker"), ("nfe_per_chunk", "NFE/chunk"),
          ("compute_s_per_video_s", "compute s / video s")]
