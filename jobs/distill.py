@@ -37,8 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     if result.error:
         sys.exit(f"training failed: {result.error}")
     run = run_location(cfg)
-    print(f"done: {result.metrics.get('clips_seen', 0):.0f} clips, final loss "
-          f"{result.metrics.get('loss', float('nan')):.4f}")
+    metrics = result.metrics or {}  # empty when a resumed run had already finished
+    if metrics:
+        print(f"done: {metrics['clips_seen']:.0f} clips, final loss {metrics['loss']:.4f}")
     print(f"latest checkpoint: {latest_checkpoint(run.uri, cfg.run.s3_endpoint_url)}")
 
 

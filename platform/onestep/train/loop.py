@@ -95,8 +95,9 @@ def _eta(seconds: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(max(0, seconds)))
 
 
-def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks = Hooks()) -> dict:
+def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None = None) -> dict:
     """Train `stage` on `batches` (per-rank micro-batches) until cfg.train.total_clips."""
+    hooks = hooks or Hooks()
     init_distributed(cfg)
     rank, world_size = world()
     torch.set_num_threads(cfg.train.torch_threads)
@@ -130,6 +131,9 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks = Hooks(
 
     batch_size = cfg.train.global_batch
     total_steps = math.ceil(cfg.train.total_clips / batch_size)
+    if state["step"] >= total_steps and rank == 0:
+        log.info("nothing to do: the run already reached %d clips (train.total_clips=%d)",
+                 state["clips_seen"], cfg.train.total_clips)
     ckpt_every = max(1, cfg.train.checkpoint_every_clips // batch_size)
     generator = torch.Generator().manual_seed(cfg.data.seed * 100003 + rank * 7919 + state["step"])
     meter, metrics, run_start, start_step = _Meter(), {}, time.perf_counter(), state["step"]
@@ -139,7 +143,7 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks = Hooks(
         batch = next(batches)
         wait = time.perf_counter() - t0
         logs = stage.train_step(batch, engines, generator)
-        for name, ema in emas.items():
+        for ema in emas.values():
             ema.update(state["step"])
         state["step"] += 1
         state["clips_seen"] += batch_size
