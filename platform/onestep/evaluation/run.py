@@ -56,8 +56,8 @@ def load_eval_clips(data_uri: str, endpoint: str = "", split: str = "test", limi
     return clips
 
 
-def sync_scores(reader: MouthReader, frames: np.ndarray, truth: np.ndarray) -> dict:
-    read, _ = reader.read(frames)
+def sync_scores(read: np.ndarray, truth: np.ndarray) -> dict:
+    """Lip-sync of a mouth readout (one value per frame) against the ground truth."""
     lag, best = M.best_offset(read, truth)
     return {"sync": M.correlation(read, truth), "offset": lag, "sync_at_offset": best}
 
@@ -65,24 +65,24 @@ def sync_scores(reader: MouthReader, frames: np.ndarray, truth: np.ndarray) -> d
 def evaluate(generator: AvatarGenerator, sampling: Sampling, clips: list[EvalClip],
              reader: MouthReader) -> dict:
     rows, gen_feats, real_feats, shuffled, gt_sync = [], [], [], [], []
-    videos = []
+    readouts = []  # mouth opening read from each generated video
     for clip in clips:
         frames, stats = generator.generate(clip.reference, clip.audio, sampling)
         n = min(len(frames), len(clip.clean_frames))
         frames, clean = frames[:n], clip.clean_frames[:n]
-        videos.append(frames)
-        s = sync_scores(reader, frames, clip.mouth_open[:n])
-        gen_feats.append(reader.read(frames)[1])
-        real_feats.append(reader.read(clean)[1])
-        gt_sync.append(sync_scores(reader, clean, clip.mouth_open[:n])["sync"])
+        (read, feats), (read_gt, feats_gt) = reader.read(frames), reader.read(clean)
+        readouts.append(read)
+        s = sync_scores(read, clip.mouth_open[:n])
+        gen_feats.append(feats)
+        real_feats.append(feats_gt)
+        gt_sync.append(sync_scores(read_gt, clip.mouth_open[:n])["sync"])
         rows.append({**s, "psnr": M.psnr(frames, clean), "ssim": M.ssim(frames, clean),
                      "identity": M.identity_similarity(frames, clip.reference),
                      "flicker": M.flicker(frames), "flicker_gt": M.flicker(clean),
                      "nfe_per_chunk": stats.nfe_per_chunk,
                      "compute_s_per_video_s": stats.seconds / (n / generator.fps)})
-    for i, frames in enumerate(videos):  # generated video vs another clip's ground truth
-        other = clips[(i + 1) % len(clips)].mouth_open
-        shuffled.append(M.correlation(reader.read(frames)[0], other))
+    for i, read in enumerate(readouts):  # generated video vs another clip's ground truth
+        shuffled.append(M.correlation(read, clips[(i + 1) % len(clips)].mouth_open))
     mean = lambda k: float(np.mean([r[k] for r in rows]))  # noqa: E731
     return {
         "clips": len(clips), "steps": sampling.steps, "audio_scale": sampling.audio_scale,
