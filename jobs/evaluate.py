@@ -18,9 +18,8 @@ from pathlib import Path
 
 import _cli
 import torch
-from generate import resolve_checkpoint
 
-from onestep.checkpoint import CheckpointError, load_generator
+from onestep.checkpoint import CheckpointError, load_generator, resolve_checkpoint
 from onestep.evaluation.mouth_reader import load_or_train
 from onestep.evaluation.run import evaluate, load_eval_clips, write_report
 from onestep.generate import AvatarGenerator, Sampling

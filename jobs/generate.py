@@ -15,17 +15,10 @@ from pathlib import Path
 
 import _cli
 
-from onestep.checkpoint import CheckpointError, latest_checkpoint, load_generator
+from onestep.checkpoint import CheckpointError, load_generator, resolve_checkpoint
 from onestep.generate import AvatarGenerator, Sampling
 from onestep.media import MediaError, encode_mp4, load_audio, load_image
-from onestep.storage import StorageError, resolve
-
-
-def resolve_checkpoint(uri: str, endpoint: str = "") -> str:
-    """A checkpoint folder as given, or a run folder's latest checkpoint."""
-    if resolve(uri, endpoint).join("config.yaml").exists():
-        return uri
-    return latest_checkpoint(uri, endpoint)
+from onestep.storage import StorageError
 
 
 def main(argv: list[str] | None = None) -> None:

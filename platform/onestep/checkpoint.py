@@ -80,6 +80,13 @@ def latest_checkpoint(run_uri: str, endpoint_url: str = "") -> str:
     return run.join(names[-1]).uri
 
 
+def resolve_checkpoint(uri: str, endpoint_url: str = "") -> str:
+    """A checkpoint folder as given, or a run folder's latest checkpoint."""
+    if resolve(uri, endpoint_url).join(CONFIG).exists():
+        return uri
+    return latest_checkpoint(uri, endpoint_url)
+
+
 def load_generator(uri: str, endpoint_url: str = "", device: str = "cpu"
                    ) -> tuple[torch.nn.Module, Config]:
     """Build the network from the saved config and load the EMA weights."""

@@ -18,6 +18,19 @@ from onestep.model.dit import Conditions
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t (B,)) → v
 
 
+def cfg_branches(audio_scale: float, ref_scale: float) -> list[tuple[bool, bool]]:
+    """(drop_audio, drop_ref) of each model evaluation a guided step needs (FADA Eq. 9).
+
+    Terms whose scale is 1 cancel, so a step costs 1, 2 or 3 evaluations.
+    """
+    out = [(False, False)]
+    if audio_scale != 1.0 or ref_scale != 1.0:
+        out.append((True, False))
+    if ref_scale != 1.0:
+        out.append((True, True))
+    return out
+
+
 def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
     """SD3/Wan timestep shift: shift > 1 spends more of the schedule at high noise."""
     return shift * t / (1 + (shift - 1) * t)
@@ -88,17 +101,8 @@ class GuidedVelocity:
     ref_scale: float = 1.0
     nfe: int = 0
 
-    def branches(self) -> list[tuple[bool, bool]]:
-        """(drop_audio, drop_ref) for each model evaluation a step needs."""
-        out = [(False, False)]
-        if self.audio_scale != 1.0 or self.ref_scale != 1.0:
-            out.append((True, False))
-        if self.ref_scale != 1.0:
-            out.append((True, True))
-        return out
-
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        branches = self.branches()
+        branches = cfg_branches(self.audio_scale, self.ref_scale)
         n = len(branches)
         cond = Conditions.cat([self.cond.repeat(1, a, r) for a, r in branches])
         v = self.model(x.repeat(n, *([1] * (x.dim() - 1))), t.repeat(n), cond).chunk(n)

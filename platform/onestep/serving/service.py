@@ -8,11 +8,11 @@ import time
 import numpy as np
 from PIL import Image
 
-from onestep.checkpoint import latest_checkpoint, load_generator
+from onestep.checkpoint import load_generator, resolve_checkpoint
+from onestep.flow import cfg_branches
 from onestep.generate import AvatarGenerator, GenerationStats, Sampling
 from onestep.media import encode_mp4
 from onestep.serving.validation import GenerationRequest
-from onestep.storage import resolve
 
 log = logging.getLogger("onestep.serve")
 
@@ -31,9 +31,7 @@ def retime_and_resize(frames: np.ndarray, src_fps: int, fps: int, resolution: in
 
 class AvatarService:
     def __init__(self, checkpoint: str, endpoint_url: str = "", device: str = "cpu"):
-        loc = resolve(checkpoint, endpoint_url)
-        if not loc.join("config.yaml").exists():
-            checkpoint = latest_checkpoint(checkpoint, endpoint_url)
+        checkpoint = resolve_checkpoint(checkpoint, endpoint_url)
         model, self.cfg = load_generator(checkpoint, endpoint_url, device)
         self.checkpoint = checkpoint
         self.generator = AvatarGenerator(model, self.cfg, device)
@@ -49,7 +47,7 @@ class AvatarService:
 
     def describe(self) -> dict:
         s = self.cfg.sample
-        branches = 1 + (s.audio_scale != 1 or s.ref_scale != 1) + (s.ref_scale != 1)
+        branches = len(cfg_branches(s.audio_scale, s.ref_scale))
         return {"checkpoint": self.checkpoint, "stage": self.cfg.train.stage,
                 "steps": s.steps, "resolution": self.cfg.resolution, "fps": self.cfg.synth.fps,
                 "nfe_per_chunk": s.steps * branches, "chunk_frames": self.cfg.data.frames,
