@@ -1,8 +1,14 @@
 """Train a stage of the onestep recipe on Ray Train + DeepSpeed.
 
     python jobs/distill.py --stage teacher --config tiny
+    python jobs/distill.py --stage dmd --teacher runs/teacher-tiny
+    python jobs/distill.py --stage adversarial --student runs/dmd-tiny/exports/4step
     python jobs/distill.py --stage teacher --config tiny --resume
     ray job submit --working-dir . -- python jobs/distill.py --stage teacher --config small
+
+--teacher / --student take a checkpoint folder or a run folder (its latest checkpoint), local or
+s3://. Each stage publishes its finished models under <run>/exports/ (teacher, 4step, then 3step,
+2step, 1step); jobs/generate.py, jobs/evaluate.py and Serve load those folders directly.
 """
 
 from __future__ import annotations
@@ -12,22 +18,55 @@ import sys
 
 import _cli
 
-from onestep.checkpoint import latest_checkpoint
+from onestep.checkpoint import CheckpointError, checkpoint_names, latest_checkpoint, read_config
+from onestep.config import Config
+from onestep.stages import STAGES, stage_class
 from onestep.storage import StorageError
 from onestep.train.ray_job import RunExistsError, launch, run_location
+
+
+def _keep_sources(cfg: Config, keys: tuple[str, ...]) -> None:
+    """A resumed run restarts its frozen networks from the checkpoints it was pinned to, even
+    if their runs have trained on since."""
+    run = run_location(cfg)
+    if not checkpoint_names(run):
+        return
+    saved = read_config(latest_checkpoint(run.uri, cfg.run.s3_endpoint_url),
+                        cfg.run.s3_endpoint_url)
+    for key in keys:
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, getattr(getattr(saved, section), name))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", default=None, choices=["teacher"],
+    parser.add_argument("--stage", default=None, choices=list(STAGES),
                         help="recipe stage (default: the config's train.stage)")
+    parser.add_argument("--teacher", default=None,
+                        help="teacher checkpoint or run (sets dmd.teacher, adversarial.teacher)")
+    parser.add_argument("--student", default=None,
+                        help="DMD student checkpoint or run (sets adversarial.student)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run's latest checkpoint (same --config/run.name)")
     _cli.add_config_args(parser)
     args = parser.parse_args(argv)
     _cli.setup_logging()
-    cfg = _cli.config_from_args(args, [f"train.stage={args.stage}"] if args.stage else [])
+    extra = [f"train.stage={args.stage}"] if args.stage else []
+    if args.teacher:
+        extra += [f"dmd.teacher={args.teacher}", f"adversarial.teacher={args.teacher}"]
+    if args.student:
+        extra += [f"adversarial.student={args.student}"]
+    cfg = _cli.config_from_args(args, extra)
+    stage = stage_class(cfg.train.stage)
+    try:
+        if args.resume:
+            _keep_sources(cfg, stage.sources)
+        for line in stage.resolve_sources(cfg):
+            print(f"# {line}", flush=True)
+        cfg.validate()
+    except (CheckpointError, StorageError, ValueError) as e:
+        sys.exit(f"error: {e}")
     print(f"# onestep config\n{cfg.to_yaml()}", flush=True)
     _cli.init_ray(cfg)
     try:
@@ -39,8 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     run = run_location(cfg)
     metrics = result.metrics or {}  # empty when a resumed run had already finished
     if metrics:
-        print(f"done: {metrics['clips_seen']:.0f} clips, final loss {metrics['loss']:.4f}")
+        losses = ", ".join(f"{k} {metrics[k]:.4f}" for k in stage.headline if k in metrics)
+        print(f"done: {metrics['clips_seen']:.0f} clips, final {losses}")
     print(f"latest checkpoint: {latest_checkpoint(run.uri, cfg.run.s3_endpoint_url)}")
+    exports = run.join("exports")
+    for name in exports.listdir():
+        print(f"export: {exports.join(name).uri}")
 
 
 if __name__ == "__main__":

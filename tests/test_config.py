@@ -59,3 +59,21 @@ def test_cli_reports_config_errors_without_a_traceback():
                           "train.bogus=1"], capture_output=True, text=True)
     assert out.returncode != 0
     assert "unknown config key train.bogus" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_run_name_defaults_to_stage_and_preset():
+    assert load_config("tiny").run.name == "teacher-tiny"
+    assert load_config("tiny", ["train.stage=dmd"]).run.name == "dmd-tiny"
+    assert load_config("tiny", ["train.stage=dmd", "run.name=mine"]).run.name == "mine"
+
+
+@pytest.mark.parametrize("override,key", [
+    ("adversarial.phases=[2, 3]", "adversarial.phases"),
+    ("adversarial.phases=[]", "adversarial.phases"),
+    ("adversarial.loss=wgan", "adversarial.loss"),
+    ("dmd.critic_steps=0", "dmd.critic_steps"),
+    ("adversarial.disc_timestep=[0.5, 0.1]", "adversarial.disc_timestep"),
+])
+def test_distillation_settings_are_checked(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config("tiny", [override])

@@ -87,15 +87,43 @@ def resolve_checkpoint(uri: str, endpoint_url: str = "") -> str:
     return latest_checkpoint(uri, endpoint_url)
 
 
-def load_generator(uri: str, endpoint_url: str = "", device: str = "cpu"
-                   ) -> tuple[torch.nn.Module, Config]:
-    """Build the network from the saved config and load the EMA weights."""
+def read_config(uri: str, endpoint_url: str = "") -> Config:
+    """The config saved in a checkpoint (without fetching its weights)."""
+    loc = resolve(uri, endpoint_url).join(CONFIG)
+    if not loc.exists():
+        raise CheckpointError(f"{uri}: not a onestep checkpoint (no {CONFIG})")
+    return from_dict(yaml.safe_load(loc.read_bytes()))
+
+
+def load_export(uri: str, endpoint_url: str = "") -> tuple[dict[str, torch.Tensor], Config]:
+    """A checkpoint's inference weights and the config they were trained with."""
     path = fetch(uri, endpoint_url)
     cfg = from_dict(yaml.safe_load((path / CONFIG).read_text()))
-    model = build_model(cfg)
-    state = load_file(str(path / WEIGHTS), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    return load_file(str(path / WEIGHTS), device="cpu"), cfg
+
+
+def load_weights_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], uri: str) -> None:
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{uri}: weights do not match the config's model "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def load_generator(uri: str, endpoint_url: str = "", device: str = "cpu"
+                   ) -> tuple[torch.nn.Module, Config]:
+    """Build the network from the saved config and load the EMA weights."""
+    weights, cfg = load_export(uri, endpoint_url)
+    model = build_model(cfg)
+    load_weights_into(model, weights, uri)
     return model.to(device).eval(), cfg
+
+
+def inherit_architecture(cfg: Config, source: Config) -> list[str]:
+    """Give `cfg` the network, codec and audio encoder of the checkpoint it starts from (a
+    distillation stage cannot change them). Returns the keys that changed, to tell the user."""
+    changed = []
+    for section in ("model", "codec", "audio"):
+        mine, theirs = getattr(cfg, section).__dict__, getattr(source, section).__dict__
+        changed += [f"{section}.{k}" for k in mine if mine[k] != theirs[k]]
+        setattr(cfg, section, type(getattr(source, section))(**dict(theirs)))
+    return changed

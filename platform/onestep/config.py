@@ -120,7 +120,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
     global_batch: int = 16
     total_clips: int = 512
-    lr: float = 5e-4
+    lr: float = 5e-4  # the teacher's; distillation stages set their own (dmd.lr, adversarial.lr)
     warmup_clips: int = 64
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
@@ -133,10 +133,43 @@ class TrainConfig:
 
 
 @dataclass
+class DMDConfig:
+    """Stage `dmd` (TurboTalk §3.1, DMD2): distribution matching from a frozen teacher."""
+
+    teacher: str = ""  # teacher checkpoint or run (folder or s3://); required by this stage
+    student_steps: int = 4  # the student's Euler steps; 1 gives direct 1-step DMD
+    critic_steps: int = 5  # two-time-scale: fake-score updates per generator update
+    lr: float = 1.0e-4  # generator
+    critic_lr: float = 2.0e-4
+    audio_scale: float = 2.0  # multi-CFG baked into the real score (FADA Eq. 9)
+    ref_scale: float = 1.0
+    backward_simulation: bool = True  # student's own trajectory makes its intermediate inputs
+
+
+@dataclass
+class AdversarialConfig:
+    """Stage `adversarial` (TurboTalk §3.2–3.4): progressive step reduction with a GAN."""
+
+    student: str = ""  # the DMD student (initialises the generator; the self-compare reference)
+    teacher: str = ""  # discriminator backbone; empty: the teacher the student was distilled from
+    phases: list[int] = field(default_factory=lambda: [3, 2, 1])  # [1]: direct 4→1
+    clips_per_phase: int = 4096  # the stage trains len(phases) × this (train.total_clips unused)
+    loss: str = "r3gan"  # r3gan (relativistic), hinge or gan (non-saturating)
+    dynamic_timesteps: bool = True
+    warmup_steps: int = 500  # dynamic-timestep warm-up, in generator updates, per phase
+    self_compare_weight: float = 0.5  # λ; 0 disables self-compare
+    reg_weight: float = 1.0  # R1/R2 strength (γ); 0 disables
+    reg_sigma: float = 0.05  # noise perturbation that approximates the gradient penalty
+    lr: float = 5.0e-5  # generator
+    disc_lr: float = 2.0e-4
+    disc_timestep: list[float] = field(default_factory=lambda: [0.0, 0.5])  # features at t ~ U
+
+
+@dataclass
 class RunConfig:
     """Where the run lives: checkpoints, metrics and exports go under `<root>/<name>`."""
 
-    name: str = "teacher-tiny"
+    name: str = ""  # empty: "<stage>-<preset>", e.g. dmd-tiny
     root: str = "runs"  # folder or s3://bucket/prefix
     s3_endpoint_url: str = ""  # S3-compatible store; empty uses AWS_ENDPOINT_URL or AWS itself
 
@@ -151,6 +184,8 @@ class Config:
     flow: FlowConfig = field(default_factory=FlowConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dmd: DMDConfig = field(default_factory=DMDConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     @property
@@ -184,6 +219,16 @@ class Config:
              f"a multiple of synth.fps={self.synth.fps}"),
             (self.train.precision in ("auto", "fp32", "bf16"), "train.precision",
              "'auto', 'fp32' or 'bf16'"),
+            (self.dmd.student_steps >= 1, "dmd.student_steps", "≥ 1"),
+            (self.dmd.critic_steps >= 1, "dmd.critic_steps", "≥ 1"),
+            (self.adversarial.loss in ("r3gan", "hinge", "gan"), "adversarial.loss",
+             "'r3gan', 'hinge' or 'gan'"),
+            (bool(self.adversarial.phases) and self.adversarial.phases[-1] >= 1 and all(
+                a > b for a, b in zip(self.adversarial.phases, self.adversarial.phases[1:])),
+             "adversarial.phases", "decreasing step counts ≥ 1, e.g. [3, 2, 1]"),
+            (len(self.adversarial.disc_timestep) == 2
+             and 0 <= self.adversarial.disc_timestep[0] <= self.adversarial.disc_timestep[1] <= 1,
+             "adversarial.disc_timestep", "[low, high] with 0 ≤ low ≤ high ≤ 1"),
         ]
         for ok, key, expected in checks:
             if not ok:
@@ -287,6 +332,9 @@ def load_config(name_or_path: str = "tiny", overrides: list[str] | None = None) 
     for text in overrides or []:
         data = _merge(data, parse_override(text))
     try:
-        return from_dict(data)
+        cfg = from_dict(data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    if not cfg.run.name:
+        cfg.run.name = f"{cfg.train.stage}-{path.stem}"
+    return cfg

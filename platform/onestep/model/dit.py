@@ -148,8 +148,10 @@ class VideoDiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
-        """Velocity prediction. x (B, C, F, h, w), t (B,) in [0, 1] (1 = pure noise)."""
+    def features(self, x: torch.Tensor, t: torch.Tensor, cond: Conditions
+                 ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int]]:
+        """The transformer trunk: tokens (B, N, D) after the last block, the timestep embedding
+        and the token grid. The velocity head reads them; so does the discriminator's head."""
         b, _, n_frames, h, w = x.shape
         pf, ph, pw = self.patch
         grid = (n_frames // pf, h // ph, w // pw)
@@ -171,6 +173,13 @@ class VideoDiT(nn.Module):
         angles = rope_angles(grid, self.dim // self.heads).to(x.device)
         for blk in self.blocks:
             tokens = blk(tokens, t_emb, identity, audio, angles, grid[0])
+        return tokens, t_emb, grid
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        """Velocity prediction. x (B, C, F, h, w), t (B,) in [0, 1] (1 = pure noise)."""
+        b, _, n_frames, h, w = x.shape
+        pf, ph, pw = self.patch
+        tokens, t_emb, grid = self.features(x, t, cond)
         shift, scale = self.final_modulation(t_emb)[:, None].chunk(2, -1)
         out = self.final(self.final_norm(tokens) * (1 + scale) + shift)  # (B, N, p·C)
         out = out.view(b, *grid, pf, ph, pw, self.c).permute(0, 7, 1, 4, 2, 5, 3, 6)

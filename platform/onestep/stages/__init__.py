@@ -1,14 +1,20 @@
 """Training stages. Each says which networks it trains and how to compute one update; the loop in
 onestep.train.loop runs any of them under Ray Train + DeepSpeed (or in one plain process)."""
 
+from onestep.stages.adversarial import AdversarialStage
+from onestep.stages.dmd import DMDStage
 from onestep.stages.teacher import TeacherStage
 
-STAGES = {"teacher": TeacherStage}
+STAGES = {"teacher": TeacherStage, "dmd": DMDStage, "adversarial": AdversarialStage}
+
+
+def stage_class(name: str):
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise ValueError(f"train.stage: unknown stage {name!r}; available: "
+                         f"{', '.join(STAGES)}") from None
 
 
 def build_stage(cfg):
-    try:
-        return STAGES[cfg.train.stage](cfg)
-    except KeyError:
-        raise ValueError(f"train.stage: unknown stage {cfg.train.stage!r}; available: "
-                         f"{', '.join(STAGES)}") from None
+    return stage_class(cfg.train.stage)(cfg)

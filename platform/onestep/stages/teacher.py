@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from onestep.config import Config
 from onestep.flow import flow_matching_loss
-from onestep.model import build_codec, build_model
+from onestep.model import build_model
+from onestep.stages.base import Stage
 from onestep.stages.batch import prepare_batch
 
 
-class TeacherStage:
+class TeacherStage(Stage):
     name = "teacher"
-    trained = ("generator",)  # networks with optimisers, in update order
-    export = "generator"  # the network whose EMA becomes model.safetensors
-
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-        self.codec = build_codec(cfg)
+    trained = ("generator",)
 
     def build_networks(self) -> dict[str, torch.nn.Module]:
         return {"generator": build_model(self.cfg)}
 
-    def train_step(self, batch: dict, engines: dict, generator: torch.Generator) -> dict:
+    def train_step(self, batch: dict, engines: dict, generator: torch.Generator,
+                   step: int) -> dict:
         engine = engines["generator"]
         x0, cond = prepare_batch(batch, self.codec, self.cfg)
         loss, logs = flow_matching_loss(engine, x0, cond, self.cfg.flow, generator)

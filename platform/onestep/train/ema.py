@@ -22,8 +22,15 @@ class ShardedEMA:
         self.shadow = [local_shard(p).detach().float().clone() for p in module.parameters()]
 
     @torch.no_grad()
+    def reset(self) -> None:
+        """Start averaging afresh from the live weights."""
+        for s, p in zip(self.shadow, self.module.parameters()):
+            s.copy_(local_shard(p).float())
+
+    @torch.no_grad()
     def update(self, step: int) -> None:
-        # Warm-up as in DiT/edm2 practice: early weights are noise; don't average them for long.
+        """`step`: updates since the average (re)started. Warm-up as in DiT/edm2 practice:
+        early weights are noise; don't average them for long."""
         decay = min(self.decay, (1 + step) / (10 + step))
         for s, p in zip(self.shadow, self.module.parameters()):
             s.lerp_(local_shard(p).float(), 1 - decay)

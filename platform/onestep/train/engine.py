@@ -71,10 +71,15 @@ def ds_config(cfg: Config, micro_batch: int, trainable: bool = True) -> dict:
     return conf
 
 
-def lr_lambda(cfg: Config):
-    """Linear warm-up then cosine decay to min_lr_ratio, in optimiser steps derived from clips."""
-    warm = max(1, cfg.train.warmup_clips // cfg.train.global_batch)
-    total = max(warm + 1, math.ceil(cfg.train.total_clips / cfg.train.global_batch))
+def lr_lambda(cfg: Config, update_every: int = 1, total_clips: int | None = None):
+    """Linear warm-up then cosine decay to min_lr_ratio, in optimiser steps derived from clips.
+
+    `update_every`: training steps per optimiser step of this network (a DMD generator steps
+    once per `dmd.critic_steps`), so its schedule spans the run like the others'.
+    """
+    warm = max(1, cfg.train.warmup_clips // (cfg.train.global_batch * update_every))
+    total_clips = total_clips or cfg.train.total_clips
+    total = max(warm + 1, math.ceil(total_clips / (cfg.train.global_batch * update_every)))
 
     def fn(step: int) -> float:
         if step < warm:
@@ -106,8 +111,9 @@ def _safe_checkpoint_engine(ds_config_params):
 
 
 def make_engine(model: torch.nn.Module, cfg: Config, lr: float | None = None,
-                trainable: bool = True):
-    """Wrap a network in a DeepSpeed engine (AdamW + schedule when trainable)."""
+                trainable: bool = True, update_every: int = 1, total_clips: int | None = None):
+    """Wrap a network in a DeepSpeed engine: AdamW + schedule when trainable; otherwise an
+    inference engine whose weights ZeRO-3 still shards (a frozen teacher costs 1/N per rank)."""
     import deepspeed
 
     _, world_size = world()
@@ -120,7 +126,7 @@ def make_engine(model: torch.nn.Module, cfg: Config, lr: float | None = None,
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr or cfg.train.lr, betas=(0.9, 0.99),
                             weight_decay=cfg.train.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, update_every, total_clips))
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                       config=ds_config(cfg, micro))
     engine.checkpoint_engine = _safe_checkpoint_engine(engine._config)
@@ -130,6 +136,23 @@ def make_engine(model: torch.nn.Module, cfg: Config, lr: float | None = None,
 def local_shard(p: torch.nn.Parameter) -> torch.Tensor:
     """The part of a parameter this rank owns: the ZeRO-3 partition, or the whole tensor."""
     return p.ds_tensor if hasattr(p, "ds_tensor") else p.data
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module):
+    """No parameter gradients inside the block, while gradients still flow *through* the module.
+
+    A generator's adversarial loss backpropagates through the discriminator; its parameters must
+    not collect gradients then, or ZeRO-3 would reduce them into the discriminator's next update.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 @contextlib.contextmanager

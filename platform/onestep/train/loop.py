@@ -38,13 +38,17 @@ class Hooks:
     report: Callable[[dict, Path | None], None] = lambda metrics, checkpoint: None
     restore_dir: Callable[[], ContextManager[Path | None]] = _no_checkpoint
     tensorboard_dir: Path | None = None
+    # Rank 0 only: keep a finished model (a stage's milestone, e.g. "1step") under a stable name.
+    publish: Callable[[str, Path], None] = lambda name, checkpoint: None
 
 
 @dataclass
 class _Meter:
-    """Averages of per-step logs plus timing between two reports."""
+    """Averages of per-step logs plus timing between two reports. A key is averaged over the
+    steps that logged it (a DMD generator loss exists only on generator steps)."""
 
     sums: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
     steps: int = 0
     data_wait: float = 0.0
     started: float = field(default_factory=time.perf_counter)
@@ -52,12 +56,13 @@ class _Meter:
     def add(self, logs: dict, wait: float) -> None:
         for k, v in logs.items():
             self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
         self.steps += 1
         self.data_wait += wait
 
     def summary(self, clips_per_step: int) -> dict:
         elapsed = max(1e-9, time.perf_counter() - self.started)
-        out = {k: v / self.steps for k, v in self.sums.items()}
+        out = {k: v / self.counts[k] for k, v in self.sums.items()}
         out.update(samples_per_s=self.steps * clips_per_step / elapsed,
                    data_wait_frac=self.data_wait / elapsed, step_time_s=elapsed / self.steps)
         return out
@@ -66,24 +71,25 @@ class _Meter:
 def _save(directory: Path, cfg: Config, stage, engines: dict, emas: dict, state: dict) -> None:
     """Collective: every rank writes its shards; rank 0 writes the export and metadata."""
     rank, _ = world()
-    for name, engine in engines.items():
+    for name in stage.trained:  # frozen networks are rebuilt from their pinned sources
+        engine = engines[name]
         engine.save_checkpoint(str(directory / "engines" / name), tag="state")
     (directory / "ema").mkdir(parents=True, exist_ok=True)
     for name, ema in emas.items():
         ema.save_shard(str(directory / "ema" / f"{name}-rank{rank}.safetensors"))
     export = emas[stage.export].full_state_dict()
     if rank == 0:
-        save_export(directory, export, cfg, state)
+        save_export(directory, export, stage.export_config(state["step"]), state)
 
 
-def _restore(directory: Path, engines: dict, emas: dict) -> dict:
+def _restore(directory: Path, stage, engines: dict, emas: dict) -> dict:
     rank, world_size = world()
     state = read_state(directory)
     if state.get("world_size", world_size) != world_size:
         raise RuntimeError(f"{directory}: saved with {state['world_size']} workers, resuming with "
                            f"{world_size}; ZeRO shards need the same train.num_workers")
-    for name, engine in engines.items():
-        path, _ = engine.load_checkpoint(str(directory / "engines" / name), tag="state")
+    for name in stage.trained:
+        path, _ = engines[name].load_checkpoint(str(directory / "engines" / name), tag="state")
         if path is None:
             raise RuntimeError(f"{directory}: no DeepSpeed state for network {name!r}")
     for name, ema in emas.items():
@@ -96,7 +102,7 @@ def _eta(seconds: float) -> str:
 
 
 def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None = None) -> dict:
-    """Train `stage` on `batches` (per-rank micro-batches) until cfg.train.total_clips."""
+    """Train `stage` on `batches` (per-rank micro-batches) until stage.total_clips()."""
     hooks = hooks or Hooks()
     init_distributed(cfg)
     rank, world_size = world()
@@ -106,7 +112,13 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
     if rank == 0:
         for name, net in networks.items():
             log.info("%s: %.2fM parameters", name, count_parameters(net) / 1e6)
-    engines = {name: make_engine(networks[name], cfg) for name in stage.trained}
+    engines = {}
+    for name in stage.trained:
+        lr, update_every = stage.optimizer(name)
+        engines[name] = make_engine(networks[name], cfg, lr, update_every=update_every,
+                                    total_clips=stage.total_clips())
+    for name in stage.frozen:
+        engines[name] = make_engine(networks[name], cfg, trainable=False)
     emas = {stage.export: ShardedEMA(engines[stage.export].module, cfg.train.ema_decay)}
     exported = engines[stage.export].module
     # What ZeRO leaves on this rank: ≈ 1/world_size of the parameters under stage 3.
@@ -117,7 +129,7 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
              "resumed_at_steps": []}
     with hooks.restore_dir() as directory:
         if directory is not None:
-            state = _restore(Path(directory), engines, emas)
+            state = _restore(Path(directory), stage, engines, emas)
             state["resumed_at_steps"] = state.get("resumed_at_steps", []) + [state["step"]]
             if rank == 0:
                 log.info("resumed from %s at step %d (%d clips)", directory, state["step"],
@@ -130,10 +142,10 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
         writer = SummaryWriter(str(hooks.tensorboard_dir), purge_step=state["step"])
 
     batch_size = cfg.train.global_batch
-    total_steps = math.ceil(cfg.train.total_clips / batch_size)
+    total_steps = math.ceil(stage.total_clips() / batch_size)
     if state["step"] >= total_steps and rank == 0:
-        log.info("nothing to do: the run already reached %d clips (train.total_clips=%d)",
-                 state["clips_seen"], cfg.train.total_clips)
+        log.info("nothing to do: the run already reached %d clips (the stage trains on %d)",
+                 state["clips_seen"], stage.total_clips())
     ckpt_every = max(1, cfg.train.checkpoint_every_clips // batch_size)
     generator = torch.Generator().manual_seed(cfg.data.seed * 100003 + rank * 7919 + state["step"])
     meter, metrics, run_start, start_step = _Meter(), {}, time.perf_counter(), state["step"]
@@ -142,15 +154,20 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
         t0 = time.perf_counter()
         batch = next(batches)
         wait = time.perf_counter() - t0
-        logs = stage.train_step(batch, engines, generator)
+        logs = stage.train_step(batch, engines, generator, state["step"])
+        if stage.restarts_ema(state["step"]):
+            state["ema_since"] = state["step"]
+            for ema in emas.values():
+                ema.reset()
         for ema in emas.values():
-            ema.update(state["step"])
+            ema.update(state["step"] - state.get("ema_since", 0))
         state["step"] += 1
         state["clips_seen"] += batch_size
         meter.add(logs, wait)
 
         last = state["step"] == total_steps
-        checkpoint_now = state["step"] % ckpt_every == 0 or last
+        milestone = stage.milestone(state["step"], total_steps)
+        checkpoint_now = state["step"] % ckpt_every == 0 or last or milestone is not None
         if state["step"] % cfg.train.log_every_steps == 0 or checkpoint_now:
             metrics = meter.summary(batch_size)
             metrics.update(step=state["step"], clips_seen=state["clips_seen"],
@@ -158,10 +175,11 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
                            params_local_fraction=params_local_fraction)
             if rank == 0:
                 rate = (state["step"] - start_step) / (time.perf_counter() - run_start)
-                log.info("step %d/%d | clips %d | loss %.4f | %.1f clips/s | data wait %.0f%% | "
-                         "ETA %s", state["step"], total_steps, state["clips_seen"],
-                         metrics.get("loss", float("nan")), metrics["samples_per_s"],
-                         100 * metrics["data_wait_frac"], _eta((total_steps - state["step"]) / rate))
+                losses = " | ".join(f"{k} {metrics[k]:.4g}" for k in stage.headline if k in metrics)
+                log.info("step %d/%d | clips %d | %s | %.1f clips/s | data wait %.0f%% | ETA %s",
+                         state["step"], total_steps, state["clips_seen"], losses,
+                         metrics["samples_per_s"], 100 * metrics["data_wait_frac"],
+                         _eta((total_steps - state["step"]) / rate))
                 if writer is not None:
                     for k, v in metrics.items():
                         writer.add_scalar(f"{stage.name}/{k}", v, state["step"])
@@ -170,6 +188,9 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
             if checkpoint_now:
                 with tempfile.TemporaryDirectory(prefix="onestep-ckpt-") as tmp:
                     _save(Path(tmp), cfg, stage, engines, emas, dict(state))
+                    if milestone is not None and rank == 0:
+                        hooks.publish(milestone, Path(tmp))
+                        log.info("published %s", milestone)
                     hooks.report(metrics, Path(tmp))
             else:
                 hooks.report(metrics, None)

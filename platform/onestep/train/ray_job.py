@@ -18,7 +18,7 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from onestep.checkpoint import checkpoint_names
+from onestep.checkpoint import CONFIG, STATE, WEIGHTS, checkpoint_names
 from onestep.config import Config, from_dict
 from onestep.data import build_dataset
 from onestep.stages import build_stage
@@ -75,6 +75,19 @@ def tensorboard_dir(cfg: Config) -> Path:
     return Path(run.path) / cfg.run.name / "tensorboard"
 
 
+def export_location(cfg: Config, name: str) -> Location:
+    """Where a stage's milestone model is kept: <run>/exports/<name> (e.g. exports/1step)."""
+    return run_location(cfg).join("exports", name)
+
+
+def _publisher(cfg: Config):
+    def publish(name: str, checkpoint: Path) -> None:
+        dest = export_location(cfg, name)
+        for f in (WEIGHTS, STATE, CONFIG):  # config.yaml last: it marks a complete export
+            dest.join(f).write_bytes((checkpoint / f).read_bytes())
+    return publish
+
+
 def train_worker(config: dict) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         force=True)
@@ -82,7 +95,8 @@ def train_worker(config: dict) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning,
                             message=r".*is deprecated\. Please use `torch\.distributed\.")
     cfg = from_dict(config)
-    hooks = Hooks(report=_report, restore_dir=_restore_dir, tensorboard_dir=tensorboard_dir(cfg))
+    hooks = Hooks(report=_report, restore_dir=_restore_dir, tensorboard_dir=tensorboard_dir(cfg),
+                  publish=_publisher(cfg))
     run_stage(cfg, build_stage(cfg), _batches(cfg), hooks)
 
 

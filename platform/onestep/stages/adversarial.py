@@ -1,0 +1,148 @@
+"""Stage `adversarial`: progressive adversarial distillation, K → K−1 → … → 1 steps
+(TurboTalk §3.2–3.4).
+
+Networks: the generator (initialised from the DMD student, then from each previous phase: it
+simply keeps training), the discriminator (the teacher's trunk with a new zero-initialised head)
+and the frozen DMD student as the self-compare reference. In each iteration the generator runs
+its whole trajectory from noise with gradients through the final step only; the discriminator
+compares real clips, the generator's samples and, with weight λ, the reference's samples of the
+same noise; R1/R2 (and the reference's term) are approximated by noise perturbation.
+
+Each phase trains on `adversarial.clips_per_phase` clips and ends with an export (`3step`,
+`2step`, `1step`) that generate.py and Serve load like any checkpoint. A finished run can be
+extended by more phases with --resume (e.g. phases [3] first, then [3, 2, 1]).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from onestep.config import Config
+from onestep.distill.losses import discriminator_loss, generator_loss, perturbation_penalty
+from onestep.distill.trajectory import dynamic_schedule, final_step_sample
+from onestep.flow import add_noise, euler_sample, sampling_timesteps
+from onestep.model import Discriminator
+from onestep.stages.base import Stage, student_config
+from onestep.stages.batch import prepare_batch
+from onestep.stages.sources import inherit, load_network, pin
+from onestep.train.engine import frozen
+
+
+class AdversarialStage(Stage):
+    name = "adversarial"
+    trained = ("generator", "discriminator")
+    frozen = ("reference",)
+    headline = ("g_loss", "d_loss", "real_minus_fake")
+    sources = ("adversarial.student", "adversarial.teacher")
+
+    @staticmethod
+    def resolve_sources(cfg: Config) -> list[str]:
+        a = cfg.adversarial
+        a.student, student_cfg = pin(cfg, "adversarial.student", a.student)
+        a.teacher, _ = pin(cfg, "adversarial.teacher", a.teacher or student_cfg.dmd.teacher)
+        cfg.dmd.student_steps = student_cfg.sample.steps
+        if a.phases[0] >= cfg.dmd.student_steps:
+            raise ValueError(f"adversarial.phases: {a.phases} must start below the student's "
+                             f"{cfg.dmd.student_steps} steps ({a.student})")
+        return ([f"student ({cfg.dmd.student_steps} steps): {a.student}",
+                 f"discriminator trunk (teacher): {a.teacher}"]
+                + inherit(cfg, student_cfg, a.student))
+
+    def build_networks(self) -> dict[str, torch.nn.Module]:
+        a = self.cfg.adversarial
+        return {"generator": load_network(self.cfg, a.student),
+                "discriminator": Discriminator(load_network(self.cfg, a.teacher)),
+                "reference": load_network(self.cfg, a.student)}
+
+    def optimizer(self, name: str) -> tuple[float, int]:
+        a = self.cfg.adversarial
+        return (a.lr if name == "generator" else a.disc_lr), 1
+
+    def total_clips(self) -> int:
+        return self.cfg.adversarial.clips_per_phase * len(self.cfg.adversarial.phases)
+
+    def _steps_per_phase(self) -> int:
+        return max(1, math.ceil(self.cfg.adversarial.clips_per_phase / self.cfg.train.global_batch))
+
+    def phase(self, step: int) -> tuple[int, int, int]:
+        """(phase index, its step count, steps done within it) for training step `step`."""
+        per = self._steps_per_phase()
+        i = min(step // per, len(self.cfg.adversarial.phases) - 1)
+        return i, self.cfg.adversarial.phases[i], step - i * per
+
+    def milestone(self, step: int, total_steps: int) -> str | None:
+        i, steps, done = self.phase(step - 1)
+        last_of_phase = step == total_steps or (step % self._steps_per_phase() == 0
+                                                and i < len(self.cfg.adversarial.phases) - 1)
+        return f"{steps}step" if last_of_phase else None
+
+    def restarts_ema(self, step: int) -> bool:
+        return step > 0 and self.phase(step)[2] == 0
+
+    def export_config(self, step: int) -> Config:
+        return student_config(self.cfg, self.phase(step - 1)[1])
+
+    def schedule(self, step: int, u: float) -> torch.Tensor:
+        a, shift = self.cfg.adversarial, self.cfg.sample.timestep_shift
+        i, steps, done = self.phase(step)
+        previous = self.cfg.dmd.student_steps if i == 0 else a.phases[i - 1]
+        progress = done / a.warmup_steps if a.dynamic_timesteps and a.warmup_steps > 0 else 1.0
+        return dynamic_schedule(steps, previous, progress, u, shift)
+
+    def train_step(self, batch: dict, engines: dict, generator: torch.Generator,
+                   step: int) -> dict:
+        a = self.cfg.adversarial
+        gen, disc, reference = (engines[n] for n in ("generator", "discriminator", "reference"))
+        x_real, cond = prepare_batch(batch, self.codec, self.cfg)
+        b = x_real.shape[0]
+        timesteps = self.schedule(step, float(torch.rand(1, generator=self.shared_generator(step))))
+        noise = torch.randn(x_real.shape, generator=generator)
+        x_fake = final_step_sample(gen, noise, timesteps, cond)
+        use_ref = a.self_compare_weight > 0
+        if use_ref:  # the reference's sample of the same noise: a paired, better target
+            with torch.no_grad():
+                ref_steps = sampling_timesteps(self.cfg.dmd.student_steps,
+                                               self.cfg.sample.timestep_shift)
+                x_ref = euler_sample(lambda x, t: reference(x, t, cond), noise, ref_steps)
+
+        # The discriminator sees every input noised to one shared random timestep.
+        lo, hi = a.disc_timestep
+        t_d = lo + (hi - lo) * torch.rand(b, generator=generator)
+        eps_d = torch.randn(x_real.shape, generator=generator)
+
+        def logits(x: torch.Tensor) -> torch.Tensor:
+            return disc(add_noise(x, eps_d, t_d), t_d, cond)
+
+        real = logits(x_real)
+        ref = logits(x_ref) if use_ref else None
+        # Generator update first, against the current discriminator (frozen meanwhile).
+        with frozen(disc.module):
+            fake_g = logits(x_fake)
+        g_loss = generator_loss(a.loss, real.detach(), fake_g)
+        if use_ref:
+            g_loss = g_loss + a.self_compare_weight * generator_loss(a.loss, ref.detach(), fake_g)
+        gen.backward(g_loss)
+        gen.step()
+
+        x_fake = x_fake.detach()
+        fake = logits(x_fake)
+        d_loss = discriminator_loss(a.loss, real, fake)
+        if use_ref:
+            d_loss = d_loss + a.self_compare_weight * discriminator_loss(a.loss, ref, fake)
+        logs = {}
+        if a.reg_weight > 0:
+            reg = (perturbation_penalty(logits, x_real, real, a.reg_sigma, generator)
+                   + perturbation_penalty(logits, x_fake, fake, a.reg_sigma, generator))
+            if use_ref:
+                reg = reg + perturbation_penalty(logits, x_ref, ref, a.reg_sigma, generator)
+            d_loss = d_loss + a.reg_weight * reg
+            logs["r1_r2"] = reg.detach()
+        disc.backward(d_loss)
+        disc.step()
+        logs.update(loss=g_loss.detach(), g_loss=g_loss.detach(), d_loss=d_loss.detach(),
+                    real_minus_fake=(real - fake).mean().detach(),
+                    final_timestep=float(timesteps[-2]), steps=len(timesteps) - 1,
+                    generator_grad_norm=float(gen.get_global_grad_norm() or 0.0))
+        return logs

@@ -1,0 +1,74 @@
+"""What a training stage tells the loop: its networks, their optimisers, one update, its exports.
+
+The loop (onestep.train.loop) owns distribution, checkpoints and metrics; a stage owns the
+recipe. Networks in `trained` get an optimiser each; networks in `frozen` are sharded for
+inference only. `resolve_sources` runs on the driver before launch, so that every worker (and a
+resumed run) starts from the same concrete checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from onestep.config import Config
+from onestep.model import build_codec
+
+
+class Stage:
+    name: str = ""
+    trained: tuple[str, ...] = ()  # networks with optimisers, in update order
+    frozen: tuple[str, ...] = ()  # networks used for inference only
+    export = "generator"  # the network whose EMA becomes model.safetensors
+    headline: tuple[str, ...] = ("loss",)  # metrics the progress line shows
+    sources: tuple[str, ...] = ()  # config keys naming the checkpoints the stage starts from
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.codec = build_codec(cfg)
+
+    @staticmethod
+    def resolve_sources(cfg: Config) -> list[str]:
+        """Pin the checkpoints this stage starts from (in place); return lines for the user."""
+        return []
+
+    def build_networks(self) -> dict[str, torch.nn.Module]:
+        raise NotImplementedError
+
+    def total_clips(self) -> int:
+        """How many clips the stage trains on in all."""
+        return self.cfg.train.total_clips
+
+    def optimizer(self, name: str) -> tuple[float, int]:
+        """(learning rate, training steps per optimiser step) of a trained network."""
+        return self.cfg.train.lr, 1
+
+    def train_step(self, batch: dict, engines: dict, generator: torch.Generator,
+                   step: int) -> dict:
+        raise NotImplementedError
+
+    def shared_generator(self, step: int) -> torch.Generator:
+        """Randomness every rank draws identically. Any choice that changes which forward
+        passes run (how many student steps, which timesteps) must agree across ranks: ZeRO-3
+        gathers each parameter with a collective, so diverging ranks would deadlock."""
+        return torch.Generator().manual_seed(self.cfg.data.seed * 1_000_003 + step)
+
+    def milestone(self, step: int, total_steps: int) -> str | None:
+        """Name of the export to publish after `step` (e.g. "1step"), or None."""
+        return self.name if step == total_steps else None
+
+    def restarts_ema(self, step: int) -> bool:
+        """Whether the export's EMA starts afresh at `step` (a new phase is a new model)."""
+        return False
+
+    def export_config(self, step: int) -> Config:
+        """The config saved beside the exported weights: how to sample this model."""
+        return self.cfg
+
+
+def student_config(cfg: Config, steps: int) -> Config:
+    """A distilled student samples with `steps` Euler steps and no CFG (baked in by DMD)."""
+    out = copy.deepcopy(cfg)
+    out.sample.steps, out.sample.audio_scale, out.sample.ref_scale = steps, 1.0, 1.0
+    return out

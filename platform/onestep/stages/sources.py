@@ -1,0 +1,38 @@
+"""Checkpoints a distillation stage starts from: pinned on the driver, loaded on the workers."""
+
+from __future__ import annotations
+
+from onestep.checkpoint import (CheckpointError, inherit_architecture, load_export,
+                                load_weights_into, read_config, resolve_checkpoint)
+from onestep.config import Config
+from onestep.model import build_model
+
+
+def pin(cfg: Config, key: str, uri: str) -> tuple[str, Config]:
+    """`uri` (a checkpoint, or a run whose latest checkpoint is meant) → (checkpoint, its config).
+
+    Pinning the concrete checkpoint means workers, restarts and resumes all start from the same
+    weights even if the source run keeps training.
+    """
+    if not uri:
+        raise CheckpointError(f"{key}: required by stage {cfg.train.stage!r} (a checkpoint or run "
+                              "folder, local or s3://)")
+    endpoint = cfg.run.s3_endpoint_url
+    try:
+        ckpt = resolve_checkpoint(uri, endpoint)
+    except CheckpointError as e:
+        raise CheckpointError(f"{key}: {e}") from None
+    return ckpt, read_config(ckpt, endpoint)
+
+
+def inherit(cfg: Config, source: Config, uri: str) -> list[str]:
+    changed = inherit_architecture(cfg, source)
+    return [f"architecture from {uri}" + (f" (changed: {', '.join(changed)})" if changed else "")]
+
+
+def load_network(cfg: Config, uri: str):
+    """A velocity network of `cfg`'s architecture with a checkpoint's exported weights."""
+    weights, _ = load_export(uri, cfg.run.s3_endpoint_url)
+    model = build_model(cfg)
+    load_weights_into(model, weights, uri)
+    return model

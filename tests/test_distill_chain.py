@@ -1,0 +1,92 @@
+"""The TurboTalk chain as a user runs it: teacher → dmd → adversarial 4→3→2→1, each stage a
+2-worker DeepSpeed ZeRO-3 Ray Train job reading SynthTalk from a real S3 API server, each
+checkpointing, resuming, and handing its export to the next; the 1-step export then generates
+an MP4 with one network evaluation per chunk."""
+
+import json
+
+import pytest
+import yaml
+
+from conftest import tiny_overrides
+from onestep.checkpoint import latest_checkpoint
+from onestep.prepare import prepare_synthtalk
+from onestep.storage import resolve
+from onestep.train.ray_job import launch, run_location
+
+
+def _state(uri: str) -> dict:
+    return json.loads(resolve(uri).join("state.json").read_bytes())
+
+
+def _sets(**extra) -> list[str]:
+    return [a for kv in tiny_overrides(**extra) for a in ("--set", kv)]
+
+
+def _config(uri: str) -> dict:
+    return yaml.safe_load(resolve(uri).join("config.yaml").read_bytes())
+
+
+def test_teacher_dmd_adversarial_chain(ray_cluster, bucket, tiny_config, tmp_path, capsys):
+    import distill
+    import generate
+    import make_sample
+
+    where = {"data.uri": f"s3://{bucket}/synthtalk", "run.root": f"s3://{bucket}/runs"}
+    teacher_cfg = tiny_config(**where, **{"run.name": "teacher"})
+    prepare_synthtalk(teacher_cfg.synth, resolve(teacher_cfg.data.uri))
+    assert launch(teacher_cfg).error is None
+    teacher_run = run_location(teacher_cfg).uri
+    assert resolve(teacher_run).join("exports", "teacher", "model.safetensors").exists()
+
+    # DMD: generator and critic trained, teacher frozen; every network sharded over 2 ranks.
+    dmd = _sets(**where, **{"run.name": "dmd", "dmd.critic_steps": 2})
+    distill.main(["--stage", "dmd", "--teacher", teacher_run] + dmd)
+    out = capsys.readouterr().out
+    assert f"# teacher: {latest_checkpoint(teacher_run)}" in out
+    dmd_run = f"s3://{bucket}/runs/dmd"
+    first = _state(latest_checkpoint(dmd_run))
+    assert first["stage"] == "dmd" and first["step"] == 2
+    assert set(resolve(latest_checkpoint(dmd_run)).join("engines").listdir()) == {
+        "generator", "fake_score"}  # the frozen teacher is rebuilt from its pinned checkpoint
+    distill.main(["--stage", "dmd", "--resume"] + dmd + ["--set", "train.total_clips=16"])
+    assert _state(latest_checkpoint(dmd_run))["resumed_at_steps"] == [2]
+    student = f"{dmd_run}/exports/4step"
+    assert _config(student)["sample"] == {**_config(student)["sample"], "steps": 4,
+                                          "audio_scale": 1.0, "ref_scale": 1.0}
+
+    # Adversarial: first one phase (4→3), then extended with --resume to 3→2→1.
+    adv = _sets(**where, **{"run.name": "adv", "adversarial.clips_per_phase": 4,
+                            "adversarial.warmup_steps": 1})
+    distill.main(["--stage", "adversarial", "--student", student, "--set",
+                  "adversarial.phases=[3]"] + adv)
+    out = capsys.readouterr().out
+    assert "# student (4 steps)" in out and f"# discriminator trunk (teacher): " in out
+    adv_run = f"s3://{bucket}/runs/adv"
+    assert _config(f"{adv_run}/exports/3step")["sample"]["steps"] == 3
+    distill.main(["--stage", "adversarial", "--student", student, "--resume", "--set",
+                  "adversarial.phases=[3, 2, 1]"] + adv)
+    out = capsys.readouterr().out
+    for steps in (3, 2, 1):
+        assert f"export: {adv_run}/exports/{steps}step" in out
+        assert _config(f"{adv_run}/exports/{steps}step")["sample"]["steps"] == steps
+    state = _state(latest_checkpoint(adv_run))
+    assert state["stage"] == "adversarial" and state["resumed_at_steps"] == [1]
+    assert state["step"] == 3 and state["world_size"] == 2
+
+    make_sample.main(["--out-dir", str(tmp_path), "--set", "synth.clip_seconds=1.2"])
+    generate.main(["--checkpoint", f"{adv_run}/exports/1step", "--image",
+                   str(tmp_path / "face.png"), "--audio", str(tmp_path / "speech.wav"),
+                   "--out", str(tmp_path / "one.mp4")])
+    out = capsys.readouterr().out
+    assert "1 NFE per chunk" in out and (tmp_path / "one.mp4").stat().st_size > 1000
+
+
+def test_stage_without_its_source_checkpoint_says_which_flag(ray_cluster, tmp_path):
+    import distill
+
+    with pytest.raises(SystemExit, match="dmd.teacher: required"):
+        distill.main(["--stage", "dmd", "--set", f"run.root={tmp_path}"])
+    with pytest.raises(SystemExit, match="adversarial.student: .*no checkpoint"):
+        distill.main(["--stage", "adversarial", "--student", str(tmp_path / "nothing"),
+                      "--set", f"run.root={tmp_path}"])
