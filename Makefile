@@ -14,16 +14,22 @@ $(STAMP): pyproject.toml
 	DS_BUILD_OPS=0 $(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
-# SynthTalk → tiny teacher on local Ray with DeepSpeed ZeRO-3 (2 workers) → sample MP4 → evaluation.
-# Re-running continues the same run (idempotent): data shards are kept, training resumes.
+# SynthTalk → on local Ray with DeepSpeed ZeRO-3 (2 workers): tiny teacher → DMD 4-step →
+# adversarial 3→2→1-step → one-step sample MP4 → evaluation of the three.
+# Re-running continues the same runs (idempotent): data shards are kept, training resumes.
 demo: $(STAMP)
 	$(PY) jobs/prepare_data.py --config tiny --out data/synthtalk
 	$(PY) jobs/distill.py --stage teacher --config tiny --resume
+	$(PY) jobs/distill.py --stage dmd --config tiny --teacher runs/teacher-tiny --resume
+	$(PY) jobs/distill.py --stage adversarial --config tiny --resume \
+		--student runs/dmd-tiny/exports/4step --set adversarial.clips_per_phase=64
 	$(PY) jobs/make_sample.py --out-dir demo
-	$(PY) jobs/generate.py --checkpoint runs/teacher-tiny --image demo/face.png \
-		--audio demo/speech.wav --out demo/sample.mp4
-	$(PY) jobs/evaluate.py --checkpoint teacher-tiny=runs/teacher-tiny --data data/synthtalk \
-		--clips 4 --out demo/eval
+	$(PY) jobs/generate.py --checkpoint runs/adversarial-tiny/exports/1step \
+		--image demo/face.png --audio demo/speech.wav --out demo/sample.mp4
+	$(PY) jobs/evaluate.py --checkpoint teacher=runs/teacher-tiny \
+		--checkpoint 4-step=runs/dmd-tiny/exports/4step \
+		--checkpoint 1-step=runs/adversarial-tiny/exports/1step \
+		--data data/synthtalk --clips 4 --out demo/eval
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -113,3 +113,25 @@ def test_gradients_reach_only_the_final_step_of_the_trajectory():
         for t_cur, t_next in zip(timesteps[:-2], timesteps[1:-1]):
             x = x + (t_next - t_cur) * 0.5 * x
     torch.testing.assert_close(model.w.grad, -timesteps[-2] * x.sum())
+
+
+def test_adversarial_phases_milestones_and_schedules():
+    from onestep.config import load_config
+    from onestep.stages.adversarial import AdversarialStage
+
+    cfg = load_config("tiny", ["train.stage=adversarial", "train.global_batch=4",
+                               "adversarial.clips_per_phase=12", "adversarial.warmup_steps=2"])
+    stage = AdversarialStage(cfg)
+    assert stage.total_clips() == 36  # 3 phases × 12 clips = 9 steps of 4 clips
+    assert [stage.phase(s)[1] for s in range(9)] == [3, 3, 3, 2, 2, 2, 1, 1, 1]
+    assert [stage.milestone(s, 9) for s in range(1, 10)] == [
+        None, None, "3step", None, None, "2step", None, None, "1step"]
+    assert [stage.restarts_ema(s) for s in range(9)] == [
+        False, False, False, True, False, False, True, False, False]
+    assert stage.export_config(6).sample.steps == 2 and stage.export_config(9).sample.steps == 1
+    assert stage.export_config(9).sample.audio_scale == 1.0  # students sample without CFG
+    # A phase starts from the previous schedule's final timestep and reaches its own.
+    assert float(stage.schedule(3, 0.5)[-2]) == pytest.approx(1 / 3)  # 3-step's last start
+    assert torch.equal(stage.schedule(5, 0.5), sampling_timesteps(2))
+    cfg.adversarial.dynamic_timesteps = False
+    assert torch.equal(stage.schedule(3, 0.5), sampling_timesteps(2))

@@ -1,0 +1,106 @@
+"""reports/distill.md: the distilled students against the teacher, from evaluation JSONs.
+
+    python benchmarks/distill_report.py --eval reports/distill-eval.json \\
+        --speed reports/speed.json --notes docs/distill-notes.md --out reports/distill
+
+Merges the rows of one or more `jobs/evaluate.py` outputs (in order), checks the issue's
+targets — the 1-step generator within 10% of the teacher's lip-sync and within 1.25× of its
+Fréchet distance, progressive 1-step better than direct 1-step — and plots lip-sync and Fréchet
+distance per model (PNG). The first row named `teacher` is the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from _report import save
+
+COLUMNS = [("sync", "lip-sync ↑", 3), ("abs_offset_frames", "abs. offset ↓", 2),
+           ("frechet", "Fréchet ↓", 3), ("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 3),
+           ("identity", "identity ↑", 3), ("flicker", "flicker", 2),
+           ("nfe_per_chunk", "NFE/chunk", 0), ("compute_s_per_video_s", "CPU s / video s", 3)]
+
+
+def _plot(rows: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, key, label in ((axes[0], "sync", "lip-sync (higher is better)"),
+                           (axes[1], "frechet", "Fréchet distance (lower is better)")):
+        values = [rows[n][key] for n in names]
+        ax.bar(range(len(names)), values, color=["#555" if n == "teacher" else "#3a7" for n in
+                                                 names])
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+        ax.set_title(label, fontsize=10)
+        if "teacher" in rows:
+            ax.axhline(rows["teacher"][key], color="#555", lw=0.8, ls="--")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--eval", action="append", required=True)
+    p.add_argument("--speed", default=None)
+    p.add_argument("--notes", default=None, help="markdown appended (training commands, reading)")
+    p.add_argument("--out", default="reports/distill")
+    args = p.parse_args()
+
+    rows, commands = {}, []
+    for path in args.eval:
+        data = json.loads(Path(path).read_text())
+        rows.update(data["results"])
+        commands.append(data["meta"]["command"])
+    lines = ["# Distillation on SynthTalk: teacher → DMD 4-step → progressive 3/2/1-step", "",
+             "Held-out identities with their own audio (see reports/teacher.md for the metrics). "
+             "Every student samples without CFG; the teacher with audio CFG.", "",
+             "| model | " + " | ".join(c[1] for c in COLUMNS) + " |",
+             "|---|" + "---|" * len(COLUMNS)]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.{d}f}" for k, _, d in COLUMNS) + " |")
+    lines += ["", "![lip-sync and Fréchet distance per model](distill.png)", ""]
+
+    checks = {}
+    teacher = rows.get("teacher")
+    one = rows.get("progressive 1-step")
+    if teacher and one:
+        checks["1-step lip-sync ≥ 90% of teacher's"] = (one["sync"] / teacher["sync"], 0.9)
+        checks["1-step Fréchet ≤ 1.25× teacher's"] = (one["frechet"] / teacher["frechet"], 1.25)
+    direct = rows.get("direct 1-step")
+    if one and direct:
+        checks["progressive 1-step lip-sync > direct 1-step's"] = (one["sync"] - direct["sync"], 0)
+    if checks:
+        lines += ["| target | measured | threshold | met |", "|---|---|---|---|"]
+        for name, (value, threshold) in checks.items():
+            met = value <= threshold if "≤" in name else value >= threshold if "≥" in name \
+                else value > threshold
+            lines.append(f"| {name} | {value:.3f} | {threshold} | {'yes' if met else 'no'} |")
+        lines.append("")
+    if args.speed:
+        speed = json.loads(Path(args.speed).read_text())
+        lines += ["Speed (from `" + speed["command"] + "`):", "",
+                  "| model | NFE / chunk | s per video s | speed-up |", "|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['nfe_per_chunk']} | {r['wall_s_per_video_s']:.4f} | "
+                  f"{r['speedup_vs_first']:.1f}× |" for r in speed["rows"]]
+        lines.append("")
+    lines += ["Evaluation commands:", ""] + [f"    {c}" for c in commands] + [""]
+    if args.notes:
+        lines.append(Path(args.notes).read_text())
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _plot(rows, out.with_suffix(".png"))
+    meta = {"command": "python benchmarks/distill_report.py " + " ".join(
+        f"--eval {e}" for e in args.eval), "evaluations": commands,
+        "checks": {k: {"value": v, "threshold": t} for k, (v, t) in checks.items()}}
+    save(out, meta, rows, lines)
+
+
+if __name__ == "__main__":
+    main()
