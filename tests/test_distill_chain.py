@@ -90,3 +90,20 @@ def test_stage_without_its_source_checkpoint_says_which_flag(ray_cluster, tmp_pa
     with pytest.raises(SystemExit, match="adversarial.student: .*no checkpoint"):
         distill.main(["--stage", "adversarial", "--student", str(tmp_path / "nothing"),
                       "--set", f"run.root={tmp_path}"])
+
+
+def test_workers_get_absolute_local_paths(tmp_path, monkeypatch):
+    """Ray runs workers in its own directory: relative paths typed by the user (the README's
+    `runs`, `data/synthtalk`) must reach them resolved where the user typed them."""
+    from onestep.config import load_config
+    from onestep.train.ray_job import worker_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("tiny", ["train.stage=dmd", "run.root=runs", "data.uri=data/synthtalk",
+                               "dmd.teacher=runs/teacher-tiny/checkpoint_1"])
+    out = worker_config(cfg)
+    assert out.run.root == str(tmp_path / "runs")
+    assert out.data.uri == str(tmp_path / "data" / "synthtalk")
+    assert out.dmd.teacher == str(tmp_path / "runs" / "teacher-tiny" / "checkpoint_1")
+    s3 = load_config("tiny", ["run.root=s3://bucket/runs", "data.uri=s3://bucket/data"])
+    assert worker_config(s3).run.root == "s3://bucket/runs"

@@ -21,7 +21,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from onestep.checkpoint import CONFIG, STATE, WEIGHTS, checkpoint_names
 from onestep.config import Config, from_dict
 from onestep.data import build_dataset
-from onestep.stages import build_stage
+from onestep.stages import build_stage, stage_class
 from onestep.storage import Location, check_reachable, resolve
 from onestep.train.engine import world
 from onestep.train.loop import Hooks, run_stage
@@ -104,6 +104,21 @@ def run_location(cfg: Config) -> Location:
     return resolve(cfg.run.root, cfg.run.s3_endpoint_url).join(cfg.run.name)
 
 
+def worker_config(cfg: Config) -> Config:
+    """The config the workers get. They run in Ray's own working directory, so local paths
+    (runs, data, pinned checkpoints) are made absolute here, where the user typed them."""
+    out = from_dict(cfg.to_dict())
+    endpoint = cfg.run.s3_endpoint_url
+    out.run.root = resolve(cfg.run.root, endpoint).uri
+    out.data.uri = resolve(cfg.data.uri, endpoint).uri
+    for key in stage_class(cfg.train.stage).sources:
+        section, name = key.split(".")
+        if getattr(getattr(out, section), name):
+            setattr(getattr(out, section), name,
+                    resolve(getattr(getattr(out, section), name), endpoint).uri)
+    return out
+
+
 def launch(cfg: Config, resume: bool = False) -> ray.train.Result:
     """Train `cfg.train.stage`; with `resume`, continue the run's latest checkpoint."""
     root = resolve(cfg.run.root, cfg.run.s3_endpoint_url)
@@ -114,7 +129,7 @@ def launch(cfg: Config, resume: bool = False) -> ray.train.Result:
                              "or choose another name with --set run.name=...")
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config=cfg.to_dict(),
+        train_loop_config=worker_config(cfg).to_dict(),
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
