@@ -58,6 +58,13 @@ def condition_dropout(batch: int, cfg: FlowConfig, generator: torch.Generator | 
     return drop_audio, drop_all
 
 
+def velocity_loss(model, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                  cond: Conditions) -> torch.Tensor:
+    """MSE between the predicted and the true velocity ε − x0 at x_t."""
+    pred = model(add_noise(x0, noise, t), t, cond)
+    return F.mse_loss(pred.float(), (noise - x0).float())
+
+
 def flow_matching_loss(model, x0: torch.Tensor, cond: Conditions, cfg: FlowConfig,
                        generator: torch.Generator | None = None):
     """Teacher objective: MSE between predicted and true velocity. Returns (loss, logs)."""
@@ -66,8 +73,7 @@ def flow_matching_loss(model, x0: torch.Tensor, cond: Conditions, cfg: FlowConfi
     t = sample_training_timesteps(b, cfg, generator, x0.device).to(x0.dtype)
     drop_audio, drop_ref = condition_dropout(b, cfg, generator, x0.device)
     cond = Conditions(cond.ref, cond.audio, cond.motion, cond.motion_mask, drop_audio, drop_ref)
-    pred = model(add_noise(x0, noise, t), t, cond)
-    loss = F.mse_loss(pred.float(), (noise - x0).float())
+    loss = velocity_loss(model, x0, noise, t, cond)
     return loss, {"loss": loss.detach(), "t_mean": t.mean().detach()}
 
 

@@ -26,7 +26,7 @@ from onestep.flow import add_noise, euler_sample, sampling_timesteps
 from onestep.model import Discriminator
 from onestep.stages.base import Stage, student_config
 from onestep.stages.batch import prepare_batch
-from onestep.stages.sources import inherit, load_network, pin
+from onestep.stages.sources import inherit, load_networks, pin
 from onestep.train.engine import frozen
 
 
@@ -52,9 +52,10 @@ class AdversarialStage(Stage):
 
     def build_networks(self) -> dict[str, torch.nn.Module]:
         a = self.cfg.adversarial
-        return {"generator": load_network(self.cfg, a.student),
-                "discriminator": Discriminator(load_network(self.cfg, a.teacher)),
-                "reference": load_network(self.cfg, a.student)}
+        generator, reference = load_networks(self.cfg, a.student, 2)
+        (trunk,) = load_networks(self.cfg, a.teacher, 1)
+        return {"generator": generator, "discriminator": Discriminator(trunk),
+                "reference": reference}
 
     def optimizer(self, name: str) -> tuple[float, int]:
         a = self.cfg.adversarial

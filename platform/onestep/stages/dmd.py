@@ -10,15 +10,14 @@ so the student learns the guided distribution and samples without CFG.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from onestep.config import Config
 from onestep.distill.losses import dmd_loss
 from onestep.distill.trajectory import denoise_until, predict_x0
-from onestep.flow import GuidedVelocity, add_noise, sampling_timesteps
+from onestep.flow import GuidedVelocity, add_noise, sampling_timesteps, velocity_loss
 from onestep.stages.base import Stage, student_config
 from onestep.stages.batch import prepare_batch
-from onestep.stages.sources import inherit, load_network, pin
+from onestep.stages.sources import inherit, load_networks, pin
 
 T_MIN, T_MAX = 0.02, 0.98  # where the scores are compared (DMD2's range)
 
@@ -40,8 +39,8 @@ class DMDStage(Stage):
         return [f"teacher: {cfg.dmd.teacher}"] + inherit(cfg, teacher_cfg, cfg.dmd.teacher)
 
     def build_networks(self) -> dict[str, torch.nn.Module]:
-        return {name: load_network(self.cfg, self.cfg.dmd.teacher)
-                for name in ("generator", "fake_score", "teacher")}
+        names = ("generator", "fake_score", "teacher")
+        return dict(zip(names, load_networks(self.cfg, self.cfg.dmd.teacher, len(names))))
 
     def optimizer(self, name: str) -> tuple[float, int]:
         if name == "generator":
@@ -99,9 +98,8 @@ class DMDStage(Stage):
         # The critic learns the flow of the student's current samples (conditional only: the
         # fake score is never guided).
         t = _uniform(b, generator, T_MIN, T_MAX)
-        noise = torch.randn(x0.shape, generator=generator)
-        pred = critic(add_noise(x0, noise, t), t, cond)
-        critic_loss = F.mse_loss(pred.float(), (noise - x0).float())
+        critic_loss = velocity_loss(critic, x0, torch.randn(x0.shape, generator=generator), t,
+                                    cond)
         critic.backward(critic_loss)
         critic.step()
         logs.update(loss=critic_loss.detach(), critic_loss=critic_loss.detach(),

@@ -30,9 +30,13 @@ def inherit(cfg: Config, source: Config, uri: str) -> list[str]:
     return [f"architecture from {uri}" + (f" (changed: {', '.join(changed)})" if changed else "")]
 
 
-def load_network(cfg: Config, uri: str):
-    """A velocity network of `cfg`'s architecture with a checkpoint's exported weights."""
+def load_networks(cfg: Config, uri: str, count: int) -> list:
+    """`count` velocity networks of `cfg`'s architecture with a checkpoint's exported weights,
+    fetched and read once (a DMD stage starts three networks from the same teacher)."""
     weights, _ = load_export(uri, cfg.run.s3_endpoint_url)
-    model = build_model(cfg)
-    load_weights_into(model, weights, uri)
-    return model
+    models = []
+    for _ in range(count):
+        model = build_model(cfg)
+        load_weights_into(model, weights, uri)
+        models.append(model)
+    return models
