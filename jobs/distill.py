@@ -16,9 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-import _cli
-
-from onestep.checkpoint import CheckpointError, checkpoint_names, latest_checkpoint, read_config
+from onestep import cli
+from onestep.checkpoint import (
+    CheckpointError,
+    checkpoint_names,
+    latest_checkpoint,
+    read_config,
+)
 from onestep.config import Config
 from onestep.stages import STAGES, stage_class
 from onestep.storage import StorageError
@@ -49,15 +53,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="DMD student checkpoint or run (sets adversarial.student)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run's latest checkpoint (same --config/run.name)")
-    _cli.add_config_args(parser)
+    cli.add_config_args(parser)
     args = parser.parse_args(argv)
-    _cli.setup_logging()
+    cli.setup_logging()
     extra = [f"train.stage={args.stage}"] if args.stage else []
     if args.teacher:
         extra += [f"dmd.teacher={args.teacher}", f"adversarial.teacher={args.teacher}"]
     if args.student:
         extra += [f"adversarial.student={args.student}"]
-    cfg = _cli.config_from_args(args, extra)
+    cfg = cli.config_from_args(args, extra)
     stage = stage_class(cfg.train.stage)
     try:
         if args.resume:
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     except (CheckpointError, StorageError, ValueError) as e:
         sys.exit(f"error: {e}")
     print(f"# onestep config\n{cfg.to_yaml()}", flush=True)
-    _cli.init_ray(cfg)
+    cli.init_ray(cfg)
     try:
         result = launch(cfg, resume=args.resume)
     except (RunExistsError, StorageError) as e:

@@ -16,9 +16,9 @@ import shlex
 import sys
 from pathlib import Path
 
-import _cli
 import torch
 
+from onestep import cli
 from onestep.checkpoint import CheckpointError, load_generator, resolve_checkpoint
 from onestep.evaluation.mouth_reader import load_or_train
 from onestep.evaluation.run import evaluate, load_eval_clips, write_report
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="reports/eval")
     p.add_argument("--s3-endpoint-url", default="")
     args = p.parse_args(argv if argv is not None else sys.argv[1:])
-    _cli.setup_logging()
+    cli.setup_logging()
     results, reader = {}, None
     try:
         clips = load_eval_clips(args.data, args.s3_endpoint_url, limit=args.clips)
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
             model, cfg = load_generator(resolve_checkpoint(uri, args.s3_endpoint_url),
                                         args.s3_endpoint_url)
             if reader is None:  # one reader (and one feature space) for every checkpoint
-                reader, ceiling = load_or_train(Path(args.reader), cfg.synth, args.reader_clips)
+                reader, ceiling = load_or_train(args.reader, cfg.synth, args.reader_clips,
+                                                endpoint_url=args.s3_endpoint_url)
             sampling = Sampling.from_config(cfg, steps=args.steps, audio_scale=args.audio_scale)
             results[name or Path(uri).name] = evaluate(AvatarGenerator(model, cfg), sampling,
                                                        clips, reader)

@@ -13,8 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import _cli
-
+from onestep import cli
 from onestep.checkpoint import CheckpointError, load_generator, resolve_checkpoint
 from onestep.generate import AvatarGenerator, Sampling
 from onestep.media import MediaError, encode_mp4, load_audio, load_image
@@ -34,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--s3-endpoint-url", default="")
     args = p.parse_args(argv)
-    _cli.setup_logging()
+    cli.setup_logging()
     try:
         ckpt = resolve_checkpoint(args.checkpoint, args.s3_endpoint_url)
         model, cfg = load_generator(ckpt, args.s3_endpoint_url)

@@ -10,10 +10,10 @@ import io
 import wave
 from pathlib import Path
 
-import _cli
 import numpy as np
 from PIL import Image
 
+from onestep import cli
 from onestep.synth import make_clip
 
 
@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out-dir", default="demo")
     p.add_argument("--index", type=int, default=0)
-    _cli.add_config_args(p)
+    cli.add_config_args(p)
     args = p.parse_args(argv)
-    cfg = _cli.config_from_args(args)
+    cfg = cli.config_from_args(args)
     clip = held_out_clip(cfg.synth, args.index)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

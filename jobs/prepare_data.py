@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import _cli
-
+from onestep import cli
 from onestep.media import MediaError
 from onestep.prepare import ingest_videos, prepare_synthtalk
 from onestep.storage import StorageError, resolve
@@ -25,12 +24,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="destination (default: the config's data.uri)")
     parser.add_argument("--ingest", default=None, metavar="FOLDER",
                         help="cut a folder of talking-head .mp4 videos into clips instead")
-    _cli.add_config_args(parser)
+    cli.add_config_args(parser)
     args = parser.parse_args(argv)
-    _cli.setup_logging()
-    cfg = _cli.config_from_args(args)
+    cli.setup_logging()
+    cfg = cli.config_from_args(args)
     out = resolve(args.out or cfg.data.uri, cfg.run.s3_endpoint_url)
-    _cli.init_ray()
+    cli.init_ray()
     try:
         if args.ingest:
             manifest = ingest_videos(args.ingest, cfg.synth, out)

@@ -50,10 +50,11 @@ def bucket(s3_endpoint, request):
 
 @pytest.fixture(scope="session")
 def ray_cluster(s3_endpoint):
-    """One local Ray for the session, with logical CPUs for 2 Train workers + Ray Data."""
+    """One local Ray for the session, with logical CPUs for 2 Train workers + Ray Data and a
+    Tune trial's driver."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=5, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -61,7 +61,7 @@ def test_teacher_dmd_adversarial_chain(ray_cluster, bucket, tiny_config, tmp_pat
     distill.main(["--stage", "adversarial", "--student", student, "--set",
                   "adversarial.phases=[3]"] + adv)
     out = capsys.readouterr().out
-    assert "# student (4 steps)" in out and f"# discriminator trunk (teacher): " in out
+    assert "# student (4 steps)" in out and "# discriminator trunk (teacher): " in out
     adv_run = f"s3://{bucket}/runs/adv"
     assert _config(f"{adv_run}/exports/3step")["sample"]["steps"] == 3
     distill.main(["--stage", "adversarial", "--student", student, "--resume", "--set",

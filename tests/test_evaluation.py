@@ -14,8 +14,8 @@ CFG = SynthConfig(resolution=32, clip_seconds=2.4)
 @pytest.fixture(scope="module")
 def reader(tmp_path_factory):
     path = tmp_path_factory.mktemp("reader") / "reader.safetensors"
-    model, ceiling = load_or_train(path, CFG, clips=48, epochs=3)
-    reloaded, saved_ceiling = load_or_train(path, CFG)  # reused, not retrained
+    model, ceiling = load_or_train(str(path), CFG, clips=48, epochs=3)
+    reloaded, saved_ceiling = load_or_train(str(path), CFG)  # reused, not retrained
     assert saved_ceiling == pytest.approx(ceiling)
     return reloaded, ceiling
 

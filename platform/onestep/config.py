@@ -166,6 +166,36 @@ class AdversarialConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """Held-out scoring while a stage trains: lip-sync and Fréchet distance of the network the
+    stage exports, on SynthTalk test identities. It is what Tune's early stopping reads, since
+    no training loss of an adversarial stage says how good the samples are."""
+
+    every_clips: int = 0  # 0: off; else also before the first and after the last step
+    clips: int = 4  # held-out clips generated per validation
+    steps: int = 0  # sampling steps; 0: the exported model's own
+    reader: str = "runs/mouth_reader.safetensors"  # mouth reader (trained once if missing)
+    reader_clips: int = 160  # SynthTalk clips to train a missing reader on
+    sync_weight: float = 1.0  # val_score = val_frechet + sync_weight × (1 − val_sync); lower wins
+
+
+@dataclass
+class SweepConfig:
+    """Ray Tune over the adversarial stage (tune/sweep.py): λ × warm-up, early-stopped by ASHA
+    on `val_score`. For random and Bayesian search the lists give the ranges (λ: uniform in
+    [min, max]; warm-up: one of the listed lengths)."""
+
+    name: str = "sweep-adversarial"  # experiment folder under run.root
+    self_compare_weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
+    warmup_steps: list[int] = field(default_factory=lambda: [20, 100])
+    search: str = "grid"  # grid | random | bayes (Optuna's TPE)
+    num_samples: int = 8  # trials for random and bayes (grid runs every combination once)
+    scheduler: str = "asha"  # asha | none
+    grace_clips: int = 0  # ASHA: clips before a trial can be stopped; 0: a quarter of a trial
+    max_concurrent: int = 0  # 0: as many trials as the cluster's CPUs (or GPUs) fit
+
+
+@dataclass
 class RunConfig:
     """Where the run lives: checkpoints, metrics and exports go under `<root>/<name>`."""
 
@@ -186,6 +216,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     dmd: DMDConfig = field(default_factory=DMDConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     @property
@@ -229,6 +261,21 @@ class Config:
             (len(self.adversarial.disc_timestep) == 2
              and 0 <= self.adversarial.disc_timestep[0] <= self.adversarial.disc_timestep[1] <= 1,
              "adversarial.disc_timestep", "[low, high] with 0 ≤ low ≤ high ≤ 1"),
+            (self.validation.every_clips >= 0, "validation.every_clips", "≥ 0 (0: off)"),
+            (self.validation.clips >= 2, "validation.clips",
+             "≥ 2 (the shuffled-audio floor pairs each clip with another)"),
+            (self.validation.steps >= 0, "validation.steps", "≥ 0 (0: the model's own)"),
+            (bool(self.sweep.self_compare_weights)
+             and min(self.sweep.self_compare_weights) >= 0, "sweep.self_compare_weights",
+             "a non-empty list of weights ≥ 0, e.g. [0, 0.5, 1]"),
+            (bool(self.sweep.warmup_steps) and min(self.sweep.warmup_steps) >= 0,
+             "sweep.warmup_steps", "a non-empty list of step counts ≥ 0, e.g. [20, 100]"),
+            (self.sweep.search in ("grid", "random", "bayes"), "sweep.search",
+             "'grid', 'random' or 'bayes'"),
+            (self.sweep.scheduler in ("asha", "none"), "sweep.scheduler", "'asha' or 'none'"),
+            (self.sweep.num_samples >= 1, "sweep.num_samples", "≥ 1"),
+            (self.sweep.grace_clips >= 0 and self.sweep.max_concurrent >= 0,
+             "sweep.grace_clips/max_concurrent", "≥ 0 (0: automatic)"),
         ]
         for ok, key, expected in checks:
             if not ok:

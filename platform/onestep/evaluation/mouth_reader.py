@@ -9,14 +9,14 @@ of our Fréchet distance (the FID analogue).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 from torch import nn
 
 from onestep.config import SynthConfig
+from onestep.storage import resolve
 from onestep.synth import make_clip
 
 log = logging.getLogger(__name__)
@@ -82,21 +82,25 @@ def train_mouth_reader(cfg: SynthConfig, clips: int = 160, epochs: int = 4, seed
     return model, float(np.corrcoef(pred, ty[:, 0])[0, 1])
 
 
-def load_or_train(path: Path, cfg: SynthConfig, clips: int = 160, epochs: int = 4
-                  ) -> tuple[MouthReader, float]:
-    """Reuse a saved reader (safetensors) or train and save one."""
+def load_or_train(uri: str, cfg: SynthConfig, clips: int = 160, epochs: int = 4,
+                  endpoint_url: str = "") -> tuple[MouthReader, float]:
+    """Reuse a saved reader (safetensors, local or s3://) or train and save one.
+
+    Training workers on other nodes load it by URI, so a cluster keeps it in shared storage."""
+    loc = resolve(uri, endpoint_url)
     model = MouthReader(cfg.resolution)
-    if path.is_file():
-        state = load_file(str(path))
+    if loc.exists():
+        state = load(loc.read_bytes())
         ceiling = float(state.pop("_heldout_correlation").item())
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"{uri}: not a mouth reader for {cfg.resolution}×{cfg.resolution} "
+                             f"frames ({str(e).splitlines()[0]})") from None
         return model.eval(), ceiling
-    log.info("training the mouth reader (once; saved to %s)", path)
+    log.info("training the mouth reader (once; saved to %s)", uri)
     model, ceiling = train_mouth_reader(cfg, clips, epochs)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     state["_heldout_correlation"] = torch.tensor(ceiling)
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(path)
+    loc.write_bytes(save(state))
     return model, ceiling

@@ -21,6 +21,7 @@ import torch
 
 from onestep.checkpoint import read_state, save_export
 from onestep.config import Config
+from onestep.evaluation.validation import Validator
 from onestep.model import count_parameters
 from onestep.train.ema import ShardedEMA
 from onestep.train.engine import init_distributed, local_shard, make_engine, memory_mb, world
@@ -97,6 +98,18 @@ def _restore(directory: Path, stage, engines: dict, emas: dict) -> dict:
     return state
 
 
+def _validate(stage, emas: dict, validator: Validator | None, step: int) -> dict:
+    """Collective (gathers the EMA weights); rank 0 scores them, other ranks return {}."""
+    weights = emas[stage.export].full_state_dict()
+    if validator is None:
+        return {}
+    t0 = time.perf_counter()
+    out = validator(weights, stage.export_config(max(step, 1)))
+    log.info("validation at step %d: score %.4f | lip-sync %.3f | Fréchet %.4f | %.0f s", step,
+             out["val_score"], out["val_sync"], out["val_frechet"], time.perf_counter() - t0)
+    return out
+
+
 def _eta(seconds: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(max(0, seconds)))
 
@@ -147,6 +160,18 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
         log.info("nothing to do: the run already reached %d clips (the stage trains on %d)",
                  state["clips_seen"], stage.total_clips())
     ckpt_every = max(1, cfg.train.checkpoint_every_clips // batch_size)
+    # Validation runs before the first step too, so every report carries a val_score (Tune's
+    # scheduler requires its metric in each result) and the curve starts at the initialisation.
+    every = cfg.validation.every_clips
+    val_every = max(1, every // batch_size) if every else 0
+    validator = Validator(cfg) if val_every and rank == 0 else None
+    val = {}
+    if val_every:
+        val = _validate(stage, emas, validator, state["step"])
+        hooks.report({"step": state["step"], "clips_seen": state["clips_seen"], **val}, None)
+        if writer is not None:
+            for k, v in val.items():
+                writer.add_scalar(f"{stage.name}/{k}", v, state["step"])
     generator = torch.Generator().manual_seed(cfg.data.seed * 100003 + rank * 7919 + state["step"])
     meter, metrics, run_start, start_step = _Meter(), {}, time.perf_counter(), state["step"]
 
@@ -168,8 +193,11 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
         last = state["step"] == total_steps
         milestone = stage.milestone(state["step"], total_steps)
         checkpoint_now = state["step"] % ckpt_every == 0 or last or milestone is not None
-        if state["step"] % cfg.train.log_every_steps == 0 or checkpoint_now:
-            metrics = meter.summary(batch_size)
+        validate_now = val_every and (state["step"] % val_every == 0 or last)
+        if validate_now:
+            val = _validate(stage, emas, validator, state["step"])
+        if state["step"] % cfg.train.log_every_steps == 0 or checkpoint_now or validate_now:
+            metrics = {**meter.summary(batch_size), **val}
             metrics.update(step=state["step"], clips_seen=state["clips_seen"],
                            lr=engines[stage.trained[0]].get_lr()[0], memory_mb=memory_mb(),
                            params_local_fraction=params_local_fraction)

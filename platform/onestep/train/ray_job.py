@@ -21,6 +21,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from onestep.checkpoint import CONFIG, STATE, WEIGHTS, checkpoint_names
 from onestep.config import Config, from_dict
 from onestep.data import build_dataset
+from onestep.evaluation.mouth_reader import load_or_train
 from onestep.stages import build_stage, stage_class
 from onestep.storage import Location, check_reachable, resolve
 from onestep.train.engine import world
@@ -111,6 +112,7 @@ def worker_config(cfg: Config) -> Config:
     endpoint = cfg.run.s3_endpoint_url
     out.run.root = resolve(cfg.run.root, endpoint).uri
     out.data.uri = resolve(cfg.data.uri, endpoint).uri
+    out.validation.reader = resolve(cfg.validation.reader, endpoint).uri
     for key in stage_class(cfg.train.stage).sources:
         section, name = key.split(".")
         if getattr(getattr(out, section), name):
@@ -119,15 +121,19 @@ def worker_config(cfg: Config) -> Config:
     return out
 
 
-def launch(cfg: Config, resume: bool = False) -> ray.train.Result:
-    """Train `cfg.train.stage`; with `resume`, continue the run's latest checkpoint."""
+def prepare_validation(cfg: Config) -> None:
+    """Train the mouth reader here, once, if validation needs one that does not exist yet:
+    otherwise every run (every Tune trial) would train its own on its rank 0."""
+    if cfg.validation.every_clips:
+        load_or_train(cfg.validation.reader, cfg.synth, cfg.validation.reader_clips,
+                      endpoint_url=cfg.run.s3_endpoint_url)
+
+
+def make_trainer(cfg: Config, callbacks: list | None = None) -> TorchTrainer:
+    """The TorchTrainer for `cfg.train.stage`. A run whose folder has checkpoints continues
+    from the latest (Ray Train restores a run by its name and storage path)."""
     root = resolve(cfg.run.root, cfg.run.s3_endpoint_url)
-    check_reachable(root, create=True)
-    run = run_location(cfg)
-    if checkpoint_names(run) and not resume:
-        raise RunExistsError(f"{run.uri} already has checkpoints: pass --resume to continue it, "
-                             "or choose another name with --set run.name=...")
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_worker,
         train_loop_config=worker_config(cfg).to_dict(),
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
@@ -136,7 +142,17 @@ def launch(cfg: Config, resume: bool = False) -> ray.train.Result:
         run_config=RunConfig(
             name=cfg.run.name, storage_path=root.path, storage_filesystem=root.fs,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=3)),
+            checkpoint_config=CheckpointConfig(num_to_keep=3), callbacks=callbacks or []),
         datasets={"train": build_dataset(cfg)},
     )
-    return trainer.fit()
+
+
+def launch(cfg: Config, resume: bool = False) -> ray.train.Result:
+    """Train `cfg.train.stage`; with `resume`, continue the run's latest checkpoint."""
+    check_reachable(resolve(cfg.run.root, cfg.run.s3_endpoint_url), create=True)
+    run = run_location(cfg)
+    if checkpoint_names(run) and not resume:
+        raise RunExistsError(f"{run.uri} already has checkpoints: pass --resume to continue it, "
+                             "or choose another name with --set run.name=...")
+    prepare_validation(cfg)
+    return make_trainer(cfg).fit()

@@ -1,4 +1,5 @@
-"""Shared CLI plumbing for the job scripts: config loading, logging, local Ray start-up."""
+"""Shared CLI plumbing for the job, sweep and benchmark scripts: config loading, logging, local
+Ray start-up."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import sys
 
 from onestep.config import Config, ConfigError, load_config
+
+DATA_CPUS = 2  # Ray Data's minimum: one read task and one decoding actor
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -29,11 +32,12 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
 
-def init_ray(cfg: Config | None = None) -> None:
+def init_ray(cfg: Config | None = None, trial_cpus: int = 0) -> None:
     """Join the cluster given by RAY_ADDRESS (as under `ray job submit`), else start a local one.
 
-    A local Ray gets at least as many logical CPUs as the Train workers plus two for Ray Data, so
-    the data pipeline is never starved by the trainers on a small machine.
+    A local Ray gets at least as many logical CPUs as the Train workers plus two for Ray Data
+    (a reader and a decoder: fewer deadlocks the pipeline), plus `trial_cpus` for a Tune
+    trial's driver, so the data pipeline is never starved by the trainers on a small machine.
     """
     import ray
 
@@ -42,5 +46,6 @@ def init_ray(cfg: Config | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
         return
-    need = 2 + (cfg.train.num_workers * cfg.train.cpus_per_worker if cfg else 0)
+    need = DATA_CPUS + trial_cpus + (cfg.train.num_workers * cfg.train.cpus_per_worker
+                                     if cfg else 0)
     ray.init(num_cpus=max(os.cpu_count() or 1, need))
