@@ -79,7 +79,7 @@ def main() -> None:
     p.add_argument("--out", default="reports/data_throughput")
     args = p.parse_args()
     server, endpoint = _s3_server()
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     work = Path(tempfile.mkdtemp(prefix="onestep-bench-"))
     sources = {"local folder": str(work / "synthtalk"), "S3 (moto, 127.0.0.1)": "s3://bench/synthtalk"}
     rows = {}

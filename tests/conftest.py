@@ -54,7 +54,7 @@ def ray_cluster(s3_endpoint):
     Tune trial's driver."""
     import ray
 
-    ray.init(num_cpus=5, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=5, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import requests
 import torch
+import yaml
 from PIL import Image
 
+from conftest import ROOT
 from onestep.checkpoint import save_export
 from onestep.config import load_config
 from onestep.media import decode_video, load_audio
 from onestep.model import build_model
+from onestep.serving.validation import Limits
 
 URL = "http://127.0.0.1:8000"
 
@@ -137,7 +140,63 @@ def test_bearer_token(endpoint, monkeypatch):
     assert _post(data={"steps": "1"}).status_code == 200  # auth off again
 
 
-def test_concurrent_requests_all_succeed(endpoint):
+def test_concurrent_requests_all_succeed_and_batching_does_not_change_them(endpoint):
+    """Six at once: their chunks share batches, yet each video is the one it gets alone."""
+    alone = decode_video(_post(data={"steps": "1", "seed": "11"}).content)[0]
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        codes = list(pool.map(lambda _: _post(data={"steps": "1"}).status_code, range(6)))
-    assert codes == [200] * 6
+        replies = list(pool.map(lambda _: _post(data={"steps": "1", "seed": "11"}), range(6)))
+    assert [r.status_code for r in replies] == [200] * 6
+    for r in replies:
+        frames = decode_video(r.content)[0]
+        assert frames.shape == alone.shape
+        assert np.abs(frames.astype(int) - alone.astype(int)).mean() < 1.0
+
+
+def test_stream_plays_chunk_by_chunk_in_order(endpoint):
+    files = {"image": ("face.png", _png()), "audio": ("speech.wav", _wav(2.0))}
+    with requests.post(f"{URL}/v1/generate/stream", files=files, data={"steps": "1"},
+                       stream=True, timeout=120) as r:
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "video/mp2t" and r.headers["x-request-id"]
+        pieces = [p for p in r.iter_content(chunk_size=None) if p]
+    assert len(pieces) >= 2  # the first chunk went out before the last was generated
+    seen = [len(decode_video(b"".join(pieces[:k]))[0]) for k in range(1, len(pieces) + 1)]
+    assert seen == sorted(seen) and seen[0] > 0
+    frames, fps = decode_video(b"".join(pieces))
+    assert frames.shape == (50, 32, 32, 3) and fps == 25
+    assert 0 <= len(load_audio(b"".join(pieces))) / 16000 - 2.0 <= 0.13  # + AAC priming
+
+
+def test_stream_rejects_bad_input_before_streaming(endpoint):
+    r = requests.post(f"{URL}/v1/generate/stream", timeout=30, data={"steps": "1"},
+                      files={"image": ("a.png", _png()), "audio": ("a.wav", _wav(6.0))})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "audio"
+
+
+def _serve_configs():
+    kube = yaml.safe_load((ROOT / "serve" / "rayservice.yaml").read_text())
+    return {"serve/config.yaml": (ROOT / "serve" / "config.yaml").read_text(),
+            "serve/rayservice.yaml": kube["spec"]["serveConfigV2"]}
+
+
+@pytest.mark.parametrize("name", ["serve/config.yaml", "serve/rayservice.yaml"])
+def test_deploy_configs_are_what_serve_and_the_app_accept(name):
+    """`serve deploy` and KubeRay validate these only when a cluster gets them: check now."""
+    import inspect
+
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.app import Generator, build
+
+    app = ServeDeploySchema.model_validate(yaml.safe_load(_serve_configs()[name])).applications[0]
+    assert app.import_path == "serve.app:build"
+    assert set(app.args) <= {"checkpoint", "s3_endpoint_url", "device", "limits", "batching"}
+    call_user_app_builder_with_args_if_necessary(build, app.args)  # what `serve run` calls
+    Limits(**app.args["limits"])  # unknown limit names raise
+    batching = app.args["batching"]
+    assert set(batching) <= set(inspect.signature(Generator.func_or_class).parameters)
+    generator = next(d for d in app.deployments if d.name == "Generator")
+    assert generator.max_ongoing_requests >= batching["max_batch_size"]  # batches can fill
+    scaling = generator.autoscaling_config
+    assert scaling["min_replicas"] < scaling["max_replicas"]

@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     except (CheckpointError, ConfigError, StorageError, SweepStateError, ValueError) as e:
         sys.exit(f"error: {e}")
     finally:
-        # A local Ray this script started must not outlive it: after Ctrl-C, a second instance
-        # beside the resumed sweep's confuses Ray's own helpers (they find two clusters).
-        ray.shutdown()
+        ray.shutdown()  # a local Ray this script started must not outlive it (Ctrl-C too)
     print(Path(args.out).with_suffix(".md").read_text())
     left = report.pending(rows, cfg)
     if left:

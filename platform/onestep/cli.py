@@ -48,4 +48,5 @@ def init_ray(cfg: Config | None = None, trial_cpus: int = 0) -> None:
         return
     need = DATA_CPUS + trial_cpus + (cfg.train.num_workers * cfg.train.cpus_per_worker
                                      if cfg else 0)
-    ray.init(num_cpus=max(os.cpu_count() or 1, need))
+    # "local": a fresh instance even if another Ray on this machine left its address behind.
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need))

@@ -3,13 +3,17 @@
 Long audio is cut into chunks of F frames that overlap by M motion frames: chunk k's first M
 frames are conditioned on the last M generated frames of chunk k−1 (InfiniteTalk-style), and
 only its F−M new frames are emitted, so a video of any length stays continuous.
+
+That dependency allows one chunk per request in flight, but nothing ties the chunks of different
+requests together: a `Render` holds one request's state between chunks, and `denoise` runs the
+next chunks of many requests as one batch (what the server's request batching does).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -18,8 +22,9 @@ from onestep.audio_features import build_audio_encoder
 from onestep.conditioning import make_conditions
 from onestep.config import Config
 from onestep.data import to_unit
-from onestep.flow import GuidedVelocity, euler_sample, sampling_timesteps
+from onestep.flow import GuidedVelocity, cfg_branches, euler_sample, sampling_timesteps
 from onestep.model import build_codec
+from onestep.model.dit import Conditions
 
 
 @dataclass
@@ -31,7 +36,7 @@ class Sampling:
     seed: int
 
     @classmethod
-    def from_config(cls, cfg: Config, **overrides) -> "Sampling":
+    def from_config(cls, cfg: Config, **overrides) -> Sampling:
         s = cfg.sample
         base = cls(s.steps, s.audio_scale, s.ref_scale, s.timestep_shift, s.seed)
         for k, v in overrides.items():
@@ -40,6 +45,15 @@ class Sampling:
         if base.steps < 1:
             raise ValueError(f"steps must be ≥ 1, got {base.steps}")
         return base
+
+    def solver(self) -> tuple:
+        """What must match for chunks to share a batch (the seed need not: noise is per chunk)."""
+        return self.steps, self.audio_scale, self.ref_scale, self.timestep_shift
+
+    @property
+    def nfe(self) -> int:
+        """Model evaluations per chunk: steps × CFG branches."""
+        return self.steps * len(cfg_branches(self.audio_scale, self.ref_scale))
 
 
 @dataclass
@@ -65,6 +79,78 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 3, 0).cpu().numpy()
 
 
+@dataclass
+class ChunkJob:
+    """One request's next chunk, ready to denoise together with other requests' chunks."""
+
+    cond: Conditions
+    noise: torch.Tensor  # (1, C, F, h, w), drawn from the request's own seeded generator
+    sampling: Sampling
+
+
+class Render:
+    """One request on its way through its chunks: `next_job()`, denoise it, `accept()` the latent.
+
+    image: (H, W, 3) uint8 at the model resolution; audio: mono float32 at the config rate.
+    """
+
+    def __init__(self, gen: AvatarGenerator, image: np.ndarray, audio: np.ndarray,
+                 sampling: Sampling):
+        cfg = gen.cfg
+        self.gen, self.sampling = gen, sampling
+        self.n_frames = gen.num_frames(audio)
+        self.starts = chunk_starts(self.n_frames, cfg.data.frames, cfg.data.motion_frames)
+        # Features for the whole clip, padded with silence to cover the last chunk.
+        span = self.starts[-1] + cfg.data.frames
+        padded = np.zeros(int(span * cfg.audio.sample_rate / gen.fps), np.float32)
+        padded[:len(audio)] = audio[:len(padded)]
+        with torch.no_grad():
+            self.feats = torch.from_numpy(gen.encoder(padded)).to(gen.device)
+        self.ref = torch.from_numpy(to_unit(image))[None].to(gen.device)
+        self.rng = torch.Generator(device="cpu").manual_seed(sampling.seed)
+        self.previous: torch.Tensor | None = None  # latent of the previous chunk
+        self.k = 0
+        self.stats = GenerationStats(nfe_per_chunk=sampling.nfe)
+
+    @property
+    def done(self) -> bool:
+        return self.k >= len(self.starts)
+
+    @torch.no_grad()
+    def next_job(self) -> ChunkJob:
+        gen, f_len = self.gen, self.gen.cfg.data.frames
+        start = self.starts[self.k]
+        audio = self.feats[start * gen.per_frame:(start + f_len) * gen.per_frame][None]
+        cond = make_conditions(gen.codec, self.ref, audio, f_len, gen.cfg.data.motion_frames,
+                               motion_latent=self._motion_latent())
+        shape = (1, gen.codec.latent_channels, f_len, *cond.ref.shape[-2:])
+        noise = torch.randn(shape, generator=self.rng).to(gen.device)
+        return ChunkJob(cond, noise, self.sampling)
+
+    def _motion_latent(self) -> torch.Tensor | None:
+        """The previous chunk's last M latent frames, placed in this chunk's first M frames."""
+        if self.previous is None:
+            return None
+        m = self.gen.cfg.data.motion_frames
+        offset = self.starts[self.k] - self.starts[self.k - 1]  # = F − M
+        motion = torch.zeros_like(self.previous)
+        motion[:, :, :m] = self.previous[:, :, offset:offset + m]
+        return motion
+
+    @torch.no_grad()
+    def accept(self, latent: torch.Tensor) -> np.ndarray:
+        """The denoised latent of the current chunk → its new uint8 (n, H, W, 3) frames."""
+        start, motion = self.starts[self.k], self.gen.cfg.data.motion_frames
+        frames = to_uint8(self.gen.codec.decode(latent)[0])
+        first = 0 if self.k == 0 else motion
+        last = min(self.gen.cfg.data.frames, self.n_frames - start)
+        self.previous = latent
+        self.k += 1
+        self.stats.frames += last - first
+        self.stats.chunks += 1
+        return frames[first:last]
+
+
 class AvatarGenerator:
     """Holds a generator network, its codec and audio encoder; stateless between requests."""
 
@@ -78,54 +164,37 @@ class AvatarGenerator:
     def num_frames(self, audio: np.ndarray) -> int:
         return max(1, int(np.ceil(len(audio) / self.cfg.audio.sample_rate * self.fps)))
 
+    def start(self, image: np.ndarray, audio: np.ndarray, sampling: Sampling) -> Render:
+        return Render(self, image, audio, sampling)
+
     @torch.no_grad()
+    def denoise(self, jobs: list[ChunkJob]) -> list[torch.Tensor]:
+        """Sample every job's latent, one batched solve per distinct solver setting."""
+        out: list[torch.Tensor | None] = [None] * len(jobs)
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(job.sampling.solver(), []).append(i)
+        for (steps, audio_scale, ref_scale, shift), idx in groups.items():
+            velocity = GuidedVelocity(self.model, Conditions.cat([jobs[i].cond for i in idx]),
+                                      audio_scale, ref_scale)
+            noise = torch.cat([jobs[i].noise for i in idx])
+            latents = euler_sample(velocity, noise, sampling_timesteps(steps, shift, self.device))
+            for i, latent in zip(idx, latents.split(1)):
+                out[i] = latent
+        return out
+
     def stream(self, image: np.ndarray, audio: np.ndarray, sampling: Sampling,
                stats: GenerationStats | None = None) -> Iterator[np.ndarray]:
-        """Yield uint8 (n, H, W, 3) frames per chunk as soon as each chunk is generated.
-
-        image: (H, W, 3) uint8 at the model resolution; audio: mono float32 at the config rate.
-        """
-        stats = stats if stats is not None else GenerationStats()
-        f_len, motion_frames = self.cfg.data.frames, self.cfg.data.motion_frames
-        n_frames = self.num_frames(audio)
-        starts = chunk_starts(n_frames, f_len, motion_frames)
-        # Features for the whole clip, padded with silence to cover the last chunk.
-        span = starts[-1] + f_len
-        padded = np.zeros(int(span * self.cfg.audio.sample_rate / self.fps), np.float32)
-        padded[:len(audio)] = audio[:len(padded)]
-        feats = torch.from_numpy(self.encoder(padded)).to(self.device)
-        ref = torch.from_numpy(to_unit(image))[None].to(self.device)
-        gen = torch.Generator(device="cpu").manual_seed(sampling.seed)
-        timesteps = sampling_timesteps(sampling.steps, sampling.timestep_shift, self.device)
-        previous = None  # latent of the previous chunk
-        for k, start in enumerate(starts):
+        """Yield uint8 (n, H, W, 3) frames per chunk as soon as each chunk is generated."""
+        render = self.start(image, audio, sampling)
+        if stats is not None:  # the caller's record fills as the chunks come
+            stats.nfe_per_chunk = render.stats.nfe_per_chunk
+            render.stats = stats
+        while not render.done:
             t0 = time.perf_counter()
-            audio_chunk = feats[start * self.per_frame:(start + f_len) * self.per_frame][None]
-            cond = make_conditions(self.codec, ref, audio_chunk, f_len, motion_frames,
-                                   motion_latent=self._motion_latent(previous, start, starts, k))
-            velocity = GuidedVelocity(self.model, cond, sampling.audio_scale, sampling.ref_scale)
-            latent_shape = (1, self.codec.latent_channels, f_len, *cond.ref.shape[-2:])
-            noise = torch.randn(latent_shape, generator=gen).to(self.device)
-            latent = euler_sample(velocity, noise, timesteps)
-            previous = latent
-            frames = to_uint8(self.codec.decode(latent)[0])
-            first = 0 if k == 0 else motion_frames
-            last = min(f_len, n_frames - start)
-            stats.frames += last - first
-            stats.chunks += 1
-            stats.nfe_per_chunk = velocity.nfe
-            stats.seconds += time.perf_counter() - t0
-            yield frames[first:last]
-
-    def _motion_latent(self, previous, start, starts, k):
-        """The previous chunk's last M latent frames, placed in this chunk's first M frames."""
-        if previous is None:
-            return None
-        m = self.cfg.data.motion_frames
-        offset = start - starts[k - 1]  # = F − M
-        motion = torch.zeros_like(previous)
-        motion[:, :, :m] = previous[:, :, offset:offset + m]
-        return motion
+            frames = render.accept(self.denoise([render.next_job()])[0])
+            render.stats.seconds += time.perf_counter() - t0
+            yield frames
 
     def generate(self, image: np.ndarray, audio: np.ndarray, sampling: Sampling
                  ) -> tuple[np.ndarray, GenerationStats]:

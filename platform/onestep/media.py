@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Union
 
 import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-Source = Union[str, Path, bytes]
+Source = str | Path | bytes
 
 
 class MediaError(ValueError):
@@ -30,20 +29,15 @@ def _open(src: Source):
 
 
 def encode_mp4(frames: np.ndarray, fps: int, audio: np.ndarray | None = None,
-               sample_rate: int = 16000, crf: int = 18, fragmented: bool = False) -> bytes:
-    """(F, H, W, 3) uint8 frames (+ mono float audio) → MP4 bytes, H.264 yuv420p + AAC.
-
-    `fragmented` writes a fragmented MP4 (moof/mdat) that players can start before the end,
-    which streaming responses use.
-    """
+               sample_rate: int = 16000, crf: int = 18) -> bytes:
+    """(F, H, W, 3) uint8 frames (+ mono float audio) → MP4 bytes, H.264 yuv420p + AAC."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise MediaError(f"expected uint8 frames (F, H, W, 3), got {frames.dtype} {frames.shape}")
     n, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise MediaError(f"H.264 yuv420p needs even width and height, got {w}x{h}")
     buf = io.BytesIO()
-    options = {"movflags": "frag_keyframe+empty_moov+default_base_moof"} if fragmented else {}
-    with av.open(buf, mode="w", format="mp4", options=options) as box:
+    with av.open(buf, mode="w", format="mp4") as box:
         video = box.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = w, h, "yuv420p"
         video.options = {"crf": str(crf), "preset": "veryfast"}
@@ -66,6 +60,69 @@ def encode_mp4(frames: np.ndarray, fps: int, audio: np.ndarray | None = None,
                 box.mux(sound.encode(frame))
             box.mux(sound.encode())
     return buf.getvalue()
+
+
+class _Sink:
+    """A write-only file for PyAV that hands back what was written since the last `take()`."""
+
+    def __init__(self):
+        self.parts: list[bytes] = []
+
+    def write(self, data) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        out = b"".join(self.parts)
+        self.parts.clear()
+        return out
+
+
+class TsStreamEncoder:
+    """Frames + audio, piece by piece → MPEG-TS bytes (H.264 + AAC) as soon as they are encoded.
+
+    MPEG-TS has no index to write at the end, so every prefix of the stream plays: a client can
+    start playback after the first piece. x264's zero-latency tuning emits each frame at once and
+    `flush_packets` hands each muxed packet to the sink, so nothing waits for the next piece
+    except what the muxer holds back to interleave audio with video.
+    """
+
+    def __init__(self, width: int, height: int, fps: int, sample_rate: int = 16000,
+                 crf: int = 18):
+        if height % 2 or width % 2:
+            raise MediaError(f"H.264 yuv420p needs even width and height, got {width}x{height}")
+        self._sink = _Sink()
+        self._box = av.open(self._sink, mode="w", format="mpegts",
+                            options={"flush_packets": "1"})
+        self._video = self._box.add_stream("libx264", rate=fps)
+        self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
+        self._video.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency"}
+        self._audio = self._box.add_stream("aac", rate=sample_rate)
+        self._audio.layout = "mono"
+        self._frames = self._samples = 0
+        self.sample_rate = sample_rate
+
+    def write(self, frames: np.ndarray, audio: np.ndarray) -> bytes:
+        """Encode (n, H, W, 3) uint8 frames and the mono float audio that goes with them."""
+        for frame in frames:
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            picture.pts = self._frames
+            self._frames += 1
+            self._box.mux(self._video.encode(picture))
+        if len(audio):
+            samples = np.ascontiguousarray(np.asarray(audio, np.float32).reshape(1, -1))
+            sound = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            sound.sample_rate, sound.pts = self.sample_rate, self._samples
+            self._samples += samples.shape[1]
+            self._box.mux(self._audio.encode(sound))
+        return self._sink.take()
+
+    def close(self) -> bytes:
+        """Flush the encoders and the muxer: the last bytes of the stream."""
+        self._box.mux(self._video.encode())
+        self._box.mux(self._audio.encode())
+        self._box.close()
+        return self._sink.take()
 
 
 def decode_video(src: Source) -> tuple[np.ndarray, float]:

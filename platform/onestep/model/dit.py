@@ -34,17 +34,20 @@ class Conditions:
     drop_audio: torch.Tensor | None = None  # (B,) bool
     drop_ref: torch.Tensor | None = None  # (B,) bool
 
-    def repeat(self, n: int, drop_audio: bool, drop_ref: bool) -> "Conditions":
+    def repeat(self, n: int, drop_audio: bool, drop_ref: bool) -> Conditions:
         """The batch repeated with fixed dropout flags (for batched CFG evaluation)."""
         b = self.ref.shape[0]
-        flag = lambda v: torch.full((b * n,), v, dtype=torch.bool, device=self.ref.device)  # noqa
-        rep = lambda t: t.repeat(n, *([1] * (t.dim() - 1)))  # noqa: E731
+        flag = lambda v: torch.full((b * n,), v, dtype=torch.bool, device=self.ref.device)
+        rep = lambda t: t.repeat(n, *([1] * (t.dim() - 1)))
         return Conditions(rep(self.ref), rep(self.audio), rep(self.motion), rep(self.motion_mask),
                           flag(drop_audio), flag(drop_ref))
 
     @staticmethod
-    def cat(parts: list["Conditions"]) -> "Conditions":
-        c = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+    def cat(parts: list[Conditions]) -> Conditions:
+        def c(name):
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else torch.cat(values)
+
         return Conditions(c("ref"), c("audio"), c("motion"), c("motion_mask"), c("drop_audio"),
                           c("drop_ref"))
 

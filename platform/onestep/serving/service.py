@@ -1,4 +1,7 @@
-"""The generator behind the HTTP endpoint: checkpoint → warmed-up model → MP4 bytes."""
+"""The generator behind the HTTP endpoint: checkpoint → warmed-up model → MP4 or MPEG-TS bytes.
+
+Pure PyTorch + PyAV; the Serve deployment only adds batching and the event loop on top.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +12,57 @@ import numpy as np
 from PIL import Image
 
 from onestep.checkpoint import load_generator, resolve_checkpoint
-from onestep.flow import cfg_branches
-from onestep.generate import AvatarGenerator, GenerationStats, Sampling
-from onestep.media import encode_mp4
+from onestep.generate import AvatarGenerator, Render, Sampling
+from onestep.media import TsStreamEncoder, encode_mp4
 from onestep.serving.validation import GenerationRequest
 
 log = logging.getLogger("onestep.serve")
 
 
-def retime_and_resize(frames: np.ndarray, src_fps: int, fps: int, resolution: int) -> np.ndarray:
-    """Nearest-frame resampling to `fps` and Lanczos resizing to `resolution`²."""
-    if fps != src_fps:
-        n = int(np.ceil(len(frames) * fps / src_fps))
-        frames = frames[np.minimum((np.arange(n) * src_fps / fps).astype(int), len(frames) - 1)]
-    if frames.shape[1] != resolution:
-        frames = np.stack([np.asarray(Image.fromarray(f).resize((resolution, resolution),
-                                                                Image.Resampling.LANCZOS))
-                           for f in frames])
-    return frames
+class FrameRetimer:
+    """Nearest-frame resampling from the model's fps to the requested one, and Lanczos resizing.
+
+    Fed chunk by chunk it yields exactly the frames that resampling the whole video at once would:
+    output frame j shows source frame ⌊j·src/fps⌋ and leaves as soon as that frame has arrived.
+    """
+
+    def __init__(self, src_fps: int, fps: int, resolution: int):
+        self.src_fps, self.fps, self.resolution = src_fps, fps, resolution
+        self.seen = self.emitted = 0
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        end = self.seen + len(frames)
+        n_out = -(-end * self.fps // self.src_fps)  # ⌈end·fps/src⌉
+        index = np.arange(self.emitted, n_out) * self.src_fps // self.fps - self.seen
+        self.seen, self.emitted = end, n_out
+        out = frames[index]
+        if out.shape[1] != self.resolution:
+            size = (self.resolution, self.resolution)
+            out = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.Resampling.LANCZOS))
+                            for f in out]) if len(out) else np.zeros((0, *size, 3), np.uint8)
+        return out
+
+
+class TsStream:
+    """One request's MPEG-TS response: each chunk's frames with the audio under them."""
+
+    def __init__(self, req: GenerationRequest, src_fps: int, sample_rate: int):
+        self.retime = FrameRetimer(src_fps, req.fps, req.resolution)
+        self.encoder = TsStreamEncoder(req.resolution, req.resolution, req.fps, sample_rate)
+        self.audio, self.fps, self.rate = req.audio, req.fps, sample_rate
+        self.samples = 0
+
+    def write(self, frames: np.ndarray) -> bytes:
+        frames = self.retime(frames)
+        end = min(len(self.audio), self.retime.emitted * self.rate // self.fps)
+        piece = self.encoder.write(frames, self.audio[self.samples:end])
+        self.samples = end
+        return piece
+
+    def close(self) -> bytes:
+        """The audio after the last frame boundary, then the encoders' and muxer's tail."""
+        tail = self.encoder.write(np.zeros((0, 1, 1, 3), np.uint8), self.audio[self.samples:])
+        return tail + self.encoder.close()
 
 
 class AvatarService:
@@ -46,18 +82,21 @@ class AvatarService:
         log.info("warmed up %s in %.2f s", self.checkpoint, time.perf_counter() - t0)
 
     def describe(self) -> dict:
-        s = self.cfg.sample
-        branches = len(cfg_branches(s.audio_scale, s.ref_scale))
+        s = Sampling.from_config(self.cfg)
         return {"checkpoint": self.checkpoint, "stage": self.cfg.train.stage,
                 "steps": s.steps, "resolution": self.cfg.resolution, "fps": self.cfg.synth.fps,
-                "nfe_per_chunk": s.steps * branches, "chunk_frames": self.cfg.data.frames,
+                "nfe_per_chunk": s.nfe, "chunk_frames": self.cfg.data.frames,
+                "motion_frames": self.cfg.data.motion_frames,
                 "audio_scale": s.audio_scale, "ref_scale": s.ref_scale}
 
-    def sampling(self, req: GenerationRequest) -> Sampling:
-        return Sampling.from_config(self.cfg, steps=req.steps, seed=req.seed,
-                                    audio_scale=req.audio_scale, ref_scale=req.ref_scale)
+    def start(self, req: GenerationRequest) -> Render:
+        sampling = Sampling.from_config(self.cfg, steps=req.steps, seed=req.seed,
+                                        audio_scale=req.audio_scale, ref_scale=req.ref_scale)
+        return self.generator.start(req.image, req.audio, sampling)
 
-    def render(self, req: GenerationRequest) -> tuple[bytes, GenerationStats]:
-        frames, stats = self.generator.generate(req.image, req.audio, self.sampling(req))
-        frames = retime_and_resize(frames, self.cfg.synth.fps, req.fps, req.resolution)
-        return encode_mp4(frames, req.fps, req.audio, self.cfg.audio.sample_rate), stats
+    def mp4(self, frames: np.ndarray, req: GenerationRequest) -> bytes:
+        frames = FrameRetimer(self.cfg.synth.fps, req.fps, req.resolution)(frames)
+        return encode_mp4(frames, req.fps, req.audio, self.cfg.audio.sample_rate)
+
+    def ts_stream(self, req: GenerationRequest) -> TsStream:
+        return TsStream(req, self.cfg.synth.fps, self.cfg.audio.sample_rate)

@@ -17,6 +17,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from onestep.config import Config, from_dict
 from onestep.storage import Location, resolve
+from onestep.sweep.slots import open_slots, trial_slot
 from onestep.sweep.space import (
     METRIC,
     MODE,
@@ -51,7 +52,8 @@ def _trial(params: dict, base: dict) -> None:
     cfg = from_dict(base)
     trial_id = tune.get_context().get_trial_id()
     run_cfg = trial_config(cfg, params, experiment(cfg).join("trials").uri, trial_id)
-    result = make_trainer(run_cfg, callbacks=[TuneReportCallback()]).fit()
+    with trial_slot(cfg.sweep.name, trial_id):
+        result = make_trainer(run_cfg, callbacks=[TuneReportCallback()]).fit()
     if result.error:
         raise result.error
 
@@ -90,7 +92,12 @@ def load_base(cfg: Config) -> Config:
 def run_sweep(cfg: Config, resume: bool = False) -> tune.ResultGrid:
     """Run (or resume) the sweep described by `cfg` (absolute paths, sources pinned)."""
     exp = experiment(cfg)
-    trainable = tune.with_parameters(_trial, base=cfg.to_dict())
+    at_once = concurrency(cfg, ray.cluster_resources())
+    slots = open_slots(cfg.sweep.name, at_once)  # noqa: F841 (kept alive by this reference)
+    # A trial's driver only waits (for a slot, then on Train): a sliver of a CPU (Tune refuses
+    # none), so waiting trials cannot take the CPUs a running trial's data pipeline needs.
+    trainable = tune.with_resources(tune.with_parameters(_trial, base=cfg.to_dict()),
+                                    {"CPU": 0.01})
     if resume:
         if not tune.Tuner.can_restore(exp.path, storage_filesystem=exp.fs):
             raise SweepStateError(f"{exp.uri}: no Tune state to resume")
@@ -102,7 +109,6 @@ def run_sweep(cfg: Config, resume: bool = False) -> tune.ResultGrid:
                                   "it, or choose another name with --set sweep.name=...")
         exp.join(BASE_CONFIG).write_bytes(cfg.to_yaml().encode())
         root = resolve(cfg.run.root, cfg.run.s3_endpoint_url)
-        at_once = concurrency(cfg, ray.cluster_resources())
         log.info("sweep %s: %d trials, %d at a time, %s search, scheduler %s", cfg.sweep.name,
                  num_trials(cfg), at_once, cfg.sweep.search, cfg.sweep.scheduler)
         tuner = tune.Tuner(
