@@ -89,7 +89,7 @@ class Generator:
         t0 = time.perf_counter()
         frames = np.concatenate([f async for f in self._chunks(req)])
         video = await asyncio.to_thread(self.service.mp4, frames, req)
-        return video, {"frames": len(frames), "compute_s": time.perf_counter() - t0}
+        return video, {"frames": len(frames), "generation_s": time.perf_counter() - t0}
 
     async def stream(self, req: GenerationRequest):
         """MPEG-TS pieces, one per generated chunk (the last one also closes the stream)."""
@@ -145,8 +145,9 @@ class AvatarAPI:
         """The whole MP4 (H.264 + AAC) in one response."""
         async def respond(req: GenerationRequest, request_id: str, t0: float):
             video, info = await self.generator.render.remote(req)
-            log.info("request %s: %d frames in %.2f s (compute %.2f s)", request_id,
-                     info["frames"], time.perf_counter() - t0, info["compute_s"])
+            log.info("request %s: %d frames in %.2f s (%.2f s in the generator, batch waits "
+                     "included)", request_id, info["frames"], time.perf_counter() - t0,
+                     info["generation_s"])
             return Response(video, media_type="video/mp4", headers={"X-Request-ID": request_id})
 
         return await self._serve(request, "generate", respond)
