@@ -6,6 +6,9 @@ import pytest
 from onestep.config import SynthConfig
 from onestep.evaluation import metrics as M
 from onestep.evaluation.mouth_reader import load_or_train
+from onestep.evaluation.run import load_eval_clips
+from onestep.shards import clip_row, rows_to_parquet, shard_name, write_manifest
+from onestep.storage import resolve
 from onestep.synth import make_clip
 
 CFG = SynthConfig(resolution=32, clip_seconds=2.4)
@@ -58,3 +61,19 @@ def test_frechet_distance_is_zero_for_equal_sets_and_grows_with_shift():
     f = np.random.default_rng(0).standard_normal((500, 8))
     assert M.frechet_distance(f, f) == pytest.approx(0.0, abs=1e-6)
     assert M.frechet_distance(f, f + 1.0) == pytest.approx(8.0, rel=1e-3)
+
+
+def test_clips_with_an_audio_video_offset_are_not_evaluated(tmp_path):
+    """Their labels describe the video, not the shifted audio a generator follows."""
+    cfg = SynthConfig(resolution=32, clip_seconds=0.4, degraded_fraction=1.0, clips_per_shard=64,
+                      num_clips=64, test_identity_fraction=1.0)
+    clips = [make_clip(i, cfg) for i in range(cfg.num_clips)]
+    offset = {c.clip_id for c in clips if "offset" in c.degradations}
+    assert 0 < len(offset) < len(clips)
+    root = resolve(str(tmp_path))
+    root.join(shard_name(0)).write_bytes(rows_to_parquet([clip_row(c, cfg.fps, cfg.sample_rate)
+                                                          for c in clips]))
+    write_manifest(root, [{"name": shard_name(0), "rows": len(clips)}], {})
+
+    loaded = {c.clip_id for c in load_eval_clips(str(tmp_path), limit=len(clips))}
+    assert loaded == {c.clip_id for c in clips} - offset
