@@ -1,11 +1,12 @@
 """reports/distill.md: the distilled students against the teacher, from evaluation JSONs.
 
     python benchmarks/distill_report.py --eval reports/distill-eval.json \\
-        --speed reports/speed.json --notes docs/distill-notes.md --out reports/distill
+        --speed reports/speed.json --notes reports/distill-notes.md --out reports/distill
 
 Merges the rows of one or more `jobs/evaluate.py` outputs (in order), checks the issue's
 targets — the 1-step generator within 10% of the teacher's lip-sync and within 1.25× of its
-Fréchet distance, progressive 1-step better than direct 1-step — and plots lip-sync and Fréchet
+Fréchet distance, progressive 1-step better than direct 1-step, and (with --speed) the 1-step
+generator at least 100× faster than the teacher end to end — and plots lip-sync and Fréchet
 distance per model (PNG). The first row named `teacher` is the reference.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 
 from _report import save
@@ -76,6 +79,11 @@ def main() -> None:
     direct = rows.get("direct 1-step")
     if one and direct:
         checks["progressive 1-step lip-sync > direct 1-step's"] = (one["sync"] - direct["sync"], 0)
+    speed = json.loads(Path(args.speed).read_text()) if args.speed else None
+    fastest = speed and next((r for r in speed["rows"] if r["nfe_per_chunk"] == 1), None)
+    if fastest:
+        checks[f"1-step end-to-end speed-up ≥ 100× ({fastest['model']})"] = (
+            fastest["speedup_vs_first"], 100)
     if checks:
         lines += ["| target | measured | threshold | met |", "|---|---|---|---|"]
         for name, (value, threshold) in checks.items():
@@ -83,8 +91,7 @@ def main() -> None:
                 else value > threshold
             lines.append(f"| {name} | {value:.3f} | {threshold} | {'yes' if met else 'no'} |")
         lines.append("")
-    if args.speed:
-        speed = json.loads(Path(args.speed).read_text())
+    if speed:
         lines += ["Speed (from `" + speed["command"] + "`):", "",
                   "| model | NFE / chunk | s per video s | speed-up |", "|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['nfe_per_chunk']} | {r['wall_s_per_video_s']:.4f} | "
@@ -96,8 +103,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _plot(rows, out.with_suffix(".png"))
-    meta = {"command": "python benchmarks/distill_report.py " + " ".join(
-        f"--eval {e}" for e in args.eval), "evaluations": commands,
+    meta = {"command": "python benchmarks/distill_report.py " + shlex.join(sys.argv[1:]),
+            "evaluations": commands,
         "checks": {k: {"value": v, "threshold": t} for k, (v, t) in checks.items()}}
     save(out, meta, rows, lines)
 

@@ -1,8 +1,17 @@
+import pytest
 import torch
 
-from onestep.config import FlowConfig
-from onestep.flow import (GuidedVelocity, add_noise, euler_sample, flow_matching_loss,
-                          sampling_timesteps, shift_timesteps)
+from onestep.config import ConfigError, FlowConfig, load_config
+from onestep.flow import (
+    GuidedVelocity,
+    add_noise,
+    euler_sample,
+    flow_matching_loss,
+    region_weights,
+    sampling_timesteps,
+    shift_timesteps,
+    velocity_loss,
+)
 from onestep.model import Conditions
 
 
@@ -62,3 +71,37 @@ def test_flow_matching_loss_is_zero_for_the_true_velocity():
     loss, logs = flow_matching_loss(Oracle(), x0, _cond(4), FlowConfig(logit_normal=True),
                                     torch.Generator().manual_seed(0))
     assert loss.item() < 1e-8 and "loss" in logs
+
+
+def test_mouth_weighting_makes_an_error_at_the_mouth_cost_more_than_one_elsewhere():
+    """The teacher's loss counts errors inside flow.mouth_region mouth_weight times, so that
+    lip-sync is not a rounding error next to the rest of the face."""
+    x0 = torch.zeros(2, 3, 2, 8, 8)
+    weights = region_weights(8, 8, [0.5, 1.0, 0.0, 0.5], 5.0)
+    assert weights.shape == (8, 8) and weights[4:, :4].eq(5).all() and weights.sum() == 5 * 16 + 48
+
+    def off_by_one(rows, cols):
+        class Model(torch.nn.Module):
+            def forward(self, xt, t, cond):  # the true velocity, plus 1 on the given positions
+                tt = t.view(-1, 1, 1, 1, 1)
+                v = (xt - x0) / tt
+                v[..., rows, cols] += 1.0
+                return v
+        return Model()
+
+    noise, t = torch.randn(x0.shape), torch.full((2,), 0.5)
+    at_mouth = velocity_loss(off_by_one(slice(4, 8), slice(0, 4)), x0, noise, t, _cond(2),
+                             weights)
+    elsewhere = velocity_loss(off_by_one(slice(0, 4), slice(0, 4)), x0, noise, t, _cond(2),
+                              weights)
+    assert torch.isclose(at_mouth, 5 * elsewhere, rtol=1e-4)
+    unweighted = velocity_loss(off_by_one(slice(4, 8), slice(0, 4)), x0, noise, t, _cond(2))
+    assert torch.isclose(unweighted, torch.tensor(16 / 64), rtol=1e-4)
+    assert torch.isclose(at_mouth, torch.tensor(5 * 16 / 128), rtol=1e-4)
+
+
+def test_a_mouth_region_outside_the_frame_is_refused_with_the_field_named():
+    with pytest.raises(ConfigError, match=r"flow.mouth_region: expected \[top, bottom"):
+        load_config("tiny", ["flow.mouth_region=[0.9, 0.5, 0.3, 0.7]"])
+    with pytest.raises(ConfigError, match="flow.mouth_weight"):
+        load_config("tiny", ["flow.mouth_weight=0"])

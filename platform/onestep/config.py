@@ -95,6 +95,11 @@ class FlowConfig:
     logit_normal: bool = True
     audio_drop: float = 0.1  # drop audio only: learns v(ref, ∅) for the audio CFG term
     all_drop: float = 0.05  # drop audio and reference: learns v(∅, ∅)
+    # The mouth is ~5% of a face crop's pixels, so an unweighted loss barely rewards lip-sync
+    # (reports/audio_reliance.md). Errors inside mouth_region (top, bottom, left, right as
+    # fractions of the frame; SynthTalk's and any face-centred crop's mouth) count mouth_weight×.
+    mouth_region: list[float] = field(default_factory=lambda: [0.5, 0.85, 0.3, 0.7])
+    mouth_weight: float = 5.0
 
 
 @dataclass
@@ -251,6 +256,12 @@ class Config:
              f"a multiple of synth.fps={self.synth.fps}"),
             (self.train.precision in ("auto", "fp32", "bf16"), "train.precision",
              "'auto', 'fp32' or 'bf16'"),
+            (len(self.flow.mouth_region) == 4
+             and 0 <= self.flow.mouth_region[0] < self.flow.mouth_region[1] <= 1
+             and 0 <= self.flow.mouth_region[2] < self.flow.mouth_region[3] <= 1,
+             "flow.mouth_region", "[top, bottom, left, right] fractions with top < bottom and "
+             "left < right, e.g. [0.5, 0.85, 0.3, 0.7]"),
+            (self.flow.mouth_weight > 0, "flow.mouth_weight", "> 0 (1: unweighted)"),
             (self.dmd.student_steps >= 1, "dmd.student_steps", "≥ 1"),
             (self.dmd.critic_steps >= 1, "dmd.critic_steps", "≥ 1"),
             (self.adversarial.loss in ("r3gan", "hinge", "gan"), "adversarial.loss",

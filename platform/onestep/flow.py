@@ -58,22 +58,43 @@ def condition_dropout(batch: int, cfg: FlowConfig, generator: torch.Generator | 
     return drop_audio, drop_all
 
 
+def region_weights(height: int, width: int, region: list[float], weight: float,
+                   device=None) -> torch.Tensor:
+    """(height, width) loss weights: `weight` where a position's centre lies inside `region`
+    (top, bottom, left, right as fractions of the frame), 1 elsewhere. Latent grids map linearly
+    onto the frame, so the same fractions hold at every resolution and codec."""
+    top, bottom, left, right = region
+    ys = (torch.arange(height, device=device) + 0.5) / height
+    xs = (torch.arange(width, device=device) + 0.5) / width
+    inside = ((ys >= top) & (ys < bottom))[:, None] & ((xs >= left) & (xs < right))[None]
+    return 1 + (weight - 1) * inside.float()
+
+
 def velocity_loss(model, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                  cond: Conditions) -> torch.Tensor:
-    """MSE between the predicted and the true velocity ε − x0 at x_t."""
+                  cond: Conditions, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE between the predicted and the true velocity ε − x0 at x_t; with (h, w) `weights`,
+    the weighted mean (same units as the MSE)."""
     pred = model(add_noise(x0, noise, t), t, cond)
-    return F.mse_loss(pred.float(), (noise - x0).float())
+    if weights is None:
+        return F.mse_loss(pred.float(), (noise - x0).float())
+    err = (pred.float() - (noise - x0).float()) ** 2
+    w = weights.expand_as(err)
+    return (err * w).sum() / w.sum()
 
 
 def flow_matching_loss(model, x0: torch.Tensor, cond: Conditions, cfg: FlowConfig,
                        generator: torch.Generator | None = None):
-    """Teacher objective: MSE between predicted and true velocity. Returns (loss, logs)."""
+    """Teacher objective: (mouth-weighted) MSE between predicted and true velocity. Returns
+    (loss, logs)."""
     b = x0.shape[0]
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     t = sample_training_timesteps(b, cfg, generator, x0.device).to(x0.dtype)
     drop_audio, drop_ref = condition_dropout(b, cfg, generator, x0.device)
     cond = Conditions(cond.ref, cond.audio, cond.motion, cond.motion_mask, drop_audio, drop_ref)
-    loss = velocity_loss(model, x0, noise, t, cond)
+    weights = None
+    if cfg.mouth_weight != 1.0:
+        weights = region_weights(*x0.shape[-2:], cfg.mouth_region, cfg.mouth_weight, x0.device)
+    loss = velocity_loss(model, x0, noise, t, cond, weights)
     return loss, {"loss": loss.detach(), "t_mean": t.mean().detach()}
 
 
