@@ -7,7 +7,8 @@ Merges the rows of one or more `jobs/evaluate.py` outputs (in order), checks the
 targets — the 1-step generator within 10% of the teacher's lip-sync and within 1.25× of its
 Fréchet distance, progressive 1-step better than direct 1-step, and (with --speed) the 1-step
 generator at least 100× faster than the teacher end to end — and plots lip-sync and Fréchet
-distance per model (PNG). The first row named `teacher` is the reference.
+distance per model (PNG). The first row named `teacher` is the reference. With --ablation (the
+output of benchmarks/ablations.py) the ablation rows follow in a table of their own.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ COLUMNS = [("sync", "lip-sync ↑", 3), ("abs_offset_frames", "abs. offset ↓",
            ("frechet", "Fréchet ↓", 3), ("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 3),
            ("identity", "identity ↑", 3), ("flicker", "flicker", 2),
            ("nfe_per_chunk", "NFE/chunk", 0), ("compute_s_per_video_s", "CPU s / video s", 3)]
+
+
+def _table(rows: dict) -> list[str]:
+    lines = ["| model | " + " | ".join(c[1] for c in COLUMNS) + " |",
+             "|---|" + "---|" * len(COLUMNS)]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.{d}f}" for k, _, d in COLUMNS) + " |")
+    return lines
 
 
 def _plot(rows: dict, path: Path) -> None:
@@ -51,6 +60,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--eval", action="append", required=True)
+    p.add_argument("--ablation", default=None, help="benchmarks/ablations.py output (JSON)")
     p.add_argument("--speed", default=None)
     p.add_argument("--notes", default=None, help="markdown appended (training commands, reading)")
     p.add_argument("--out", default="reports/distill")
@@ -62,13 +72,9 @@ def main() -> None:
         rows.update(data["results"])
         commands.append(data["meta"]["command"])
     lines = ["# Distillation on SynthTalk: teacher → DMD 4-step → progressive 3/2/1-step", "",
-             "Held-out identities with their own audio (see reports/teacher.md for the metrics). "
-             "Every student samples without CFG; the teacher with audio CFG.", "",
-             "| model | " + " | ".join(c[1] for c in COLUMNS) + " |",
-             "|---|" + "---|" * len(COLUMNS)]
-    for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.{d}f}" for k, _, d in COLUMNS) + " |")
-    lines += ["", "![lip-sync and Fréchet distance per model](distill.png)", ""]
+             ("Held-out identities with their own audio (see reports/teacher.md for the metrics). "
+              "Every student samples without CFG; the teacher with audio CFG."), "",
+             *_table(rows), "", "![lip-sync and Fréchet distance per model](distill.png)", ""]
 
     checks = {}
     teacher = rows.get("teacher")
@@ -97,6 +103,15 @@ def main() -> None:
         lines += [f"| {r['model']} | {r['nfe_per_chunk']} | {r['wall_s_per_video_s']:.4f} | "
                   f"{r['speedup_vs_first']:.1f}× |" for r in speed["rows"]]
         lines.append("")
+    if args.ablation:
+        ablation = json.loads(Path(args.ablation).read_text())
+        meta = ablation["meta"]
+        commands.append(meta["command"])
+        lines += ["## Ablations (TurboTalk Tables 2–4 on SynthTalk)", "",
+                  ("Adversarial-stage variants of the same DMD 4-step student at an equal "
+                   f"budget; 1-step models. Made by `{meta['ablation_command']}`, which ran:"), "",
+                  *[f"    {c}" for c in meta["training_commands"].values()], "",
+                  *_table(ablation["results"]), ""]
     lines += ["Evaluation commands:", ""] + [f"    {c}" for c in commands] + [""]
     if args.notes:
         lines.append(Path(args.notes).read_text())

@@ -3,7 +3,8 @@
     python jobs/evaluate.py --checkpoint runs/teacher-tiny --data data/synthtalk \\
         --steps 20 --clips 8 --out reports/eval-teacher
 
-Several --checkpoint NAME=URI pairs evaluate side by side in one table. Metrics: lip-sync (mouth
+Several --checkpoint NAME=URI pairs evaluate side by side in one table; <out>.png shows the first
+held-out clip as each of them generated it, under the ground truth. Metrics: lip-sync (mouth
 read from the video vs the ground truth implied by the audio) with shuffled-audio and
 ground-truth bounds, best A/V offset, PSNR/SSIM, Fréchet distance on mouth-reader features,
 identity similarity, flicker, NFE and compute seconds per second of video.
@@ -21,7 +22,12 @@ import torch
 from onestep import cli
 from onestep.checkpoint import CheckpointError, load_generator, resolve_checkpoint
 from onestep.evaluation.mouth_reader import load_or_train
-from onestep.evaluation.run import evaluate, load_eval_clips, write_report
+from onestep.evaluation.run import (
+    evaluate,
+    load_eval_clips,
+    write_contact_sheet,
+    write_report,
+)
 from onestep.generate import AvatarGenerator, Sampling
 from onestep.model import build_model
 from onestep.storage import StorageError
@@ -47,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv if argv is not None else sys.argv[1:])
     cli.setup_logging()
     results, reader = {}, None
+    videos = {}  # the first clip as each model generated it, for the contact sheet
     try:
         clips = load_eval_clips(args.data, args.s3_endpoint_url, limit=args.clips)
         for spec in args.checkpoint:
@@ -57,17 +64,25 @@ def main(argv: list[str] | None = None) -> None:
                 reader, ceiling = load_or_train(args.reader, cfg.synth, args.reader_clips,
                                                 endpoint_url=args.s3_endpoint_url)
             sampling = Sampling.from_config(cfg, steps=args.steps, audio_scale=args.audio_scale)
-            results[name or Path(uri).name] = evaluate(AvatarGenerator(model, cfg), sampling,
-                                                       clips, reader)
+            name = name or Path(uri).name
+            first = []
+            results[name] = evaluate(AvatarGenerator(model, cfg), sampling, clips, reader, first)
+            videos[name] = first[0]
             if args.untrained and "untrained" not in results:
                 torch.manual_seed(cfg.data.seed)
+                first = []
                 results["untrained"] = evaluate(AvatarGenerator(build_model(cfg), cfg), sampling,
-                                                clips, reader)
+                                                clips, reader, first)
+                videos["untrained"] = first[0]
     except (CheckpointError, StorageError, ValueError) as e:
         sys.exit(f"error: {e}")
     command = "python jobs/evaluate.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     write_report(results, Path(args.out), "onestep evaluation (SynthTalk held-out identities)",
-                 command, f"Mouth reader held-out correlation with ground truth: {ceiling:.3f}.")
+                 command, f"Mouth reader held-out correlation with ground truth: {ceiling:.3f}.\n\n"
+                 f"![the first held-out clip, as each model generated it]"
+                 f"({Path(args.out).name}.png)")
+    write_contact_sheet({"ground truth": clips[0].clean_frames, **videos},
+                        Path(args.out).with_suffix(".png"))
     print(Path(args.out).with_suffix(".md").read_text())
 
 

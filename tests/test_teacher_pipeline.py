@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from onestep.checkpoint import checkpoint_names, latest_checkpoint
 from onestep.media import decode_video, load_audio
@@ -73,3 +74,5 @@ def test_teacher_chain_on_s3(ray_cluster, bucket, tiny_config, tmp_path, capsys)
     assert results["clips"] == 2 and results["nfe_per_chunk"] == 2 * 2  # 2 steps × audio CFG
     assert results["sync_ground_truth"] > 0.8  # the evaluation itself can see lip-sync
     assert "| tiny |" in report.with_suffix(".md").read_text()
+    sheet = Image.open(report.with_suffix(".png"))  # ground truth and the model, one row each
+    assert sheet.height == 2 * 32 * 3 and sheet.width > 12 * 32 * 3

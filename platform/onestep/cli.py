@@ -28,8 +28,16 @@ def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Config:
         sys.exit(f"config error: {e}")
 
 
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+def setup_logging(force: bool = False) -> None:
+    """onestep's own progress at INFO, everything else from WARNING up.
+
+    The root logger stays at WARNING because some libraries log through loggers outside their
+    package (Ray Train names one after its source file and logs every metrics report at INFO),
+    which would bury the progress lines under two repeated dumps per report.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s",
+                        force=force)
+    logging.getLogger("onestep").setLevel(logging.INFO)
 
 
 def init_ray(cfg: Config | None = None, trial_cpus: int = 0) -> None:

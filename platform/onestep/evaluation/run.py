@@ -68,11 +68,15 @@ def sync_scores(read: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def evaluate(generator: AvatarGenerator, sampling: Sampling, clips: list[EvalClip],
-             reader: MouthReader) -> dict:
+             reader: MouthReader, first_video: list | None = None) -> dict:
+    """Metrics over `clips`; the first clip's generated frames are appended to `first_video`
+    when one is given (for a contact sheet)."""
     rows, gen_feats, real_feats, shuffled, gt_sync = [], [], [], [], []
     readouts = []  # mouth opening read from each generated video
     for clip in clips:
         frames, stats = generator.generate(clip.reference, clip.audio, sampling)
+        if first_video is not None and clip is clips[0]:
+            first_video.append(frames)
         n = min(len(frames), len(clip.clean_frames))
         frames, clean = frames[:n], clip.clean_frames[:n]
         (read, feats), (read_gt, feats_gt) = reader.read(frames), reader.read(clean)
@@ -88,7 +92,7 @@ def evaluate(generator: AvatarGenerator, sampling: Sampling, clips: list[EvalCli
                      "compute_s_per_video_s": stats.seconds / (n / generator.fps)})
     for i, read in enumerate(readouts):  # generated video vs another clip's ground truth
         shuffled.append(M.correlation(read, clips[(i + 1) % len(clips)].mouth_open))
-    mean = lambda k: float(np.mean([r[k] for r in rows]))  # noqa: E731
+    mean = lambda k: float(np.mean([r[k] for r in rows]))
     return {
         "clips": len(clips), "steps": sampling.steps, "audio_scale": sampling.audio_scale,
         "ref_scale": sampling.ref_scale,
@@ -102,6 +106,28 @@ def evaluate(generator: AvatarGenerator, sampling: Sampling, clips: list[EvalCli
         "nfe_per_chunk": int(rows[0]["nfe_per_chunk"]),
         "compute_s_per_video_s": mean("compute_s_per_video_s"),
     }
+
+
+def write_contact_sheet(videos: dict[str, np.ndarray], path: Path, count: int = 12,
+                        scale: int = 3) -> None:
+    """A PNG with one row of evenly spaced frames per video, named on the left: artefacts,
+    colour drift across chunks and a frozen mouth show at a glance what the numbers summarise."""
+    from PIL import Image, ImageDraw
+
+    n = min(len(v) for v in videos.values())
+    picks = np.linspace(0, n - 1, count).round().astype(int)
+    h, w = next(iter(videos.values())).shape[1:3]
+    label_w, fh, fw = 220, h * scale, w * scale
+    sheet = Image.new("RGB", (label_w + count * fw, len(videos) * fh), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, (name, frames) in enumerate(videos.items()):
+        draw.text((6, row * fh + fh // 2 - 6), name, fill="black")
+        for col, i in enumerate(picks):
+            tile = Image.fromarray(frames[i]).resize((fw, fh), Image.NEAREST)
+            sheet.paste(tile, (label_w + col * fw, row * fh))
+    tmp = path.with_suffix(".tmp.png")
+    sheet.save(tmp)
+    tmp.replace(path)
 
 
 TABLE = [("sync", "lip-sync corr ↑"), ("sync_shuffled_audio", "shuffled-audio corr"),
@@ -128,8 +154,8 @@ def write_report(results: dict[str, dict], out: Path, title: str, command: str,
     meta = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for suffix, text in (
             (".json", json.dumps({"meta": meta, "results": results}, indent=2)),
-            (".md", f"# {title}\n\nCommand: `{command}`  \nDate: {meta['date']}\n\n"
-                    f"{markdown_table(results)}\n\n{notes}\n")):
+            (".md", (f"# {title}\n\nCommand: `{command}`  \nDate: {meta['date']}\n\n"
+                    f"{markdown_table(results)}\n\n{notes}\n"))):
         path = out.with_suffix(suffix)
         tmp = path.with_suffix(suffix + ".tmp")
         tmp.write_text(text)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import ray
 import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from onestep import cli
 from onestep.checkpoint import CONFIG, STATE, WEIGHTS, checkpoint_names
 from onestep.config import Config, from_dict
 from onestep.data import build_dataset
@@ -90,8 +91,7 @@ def _publisher(cfg: Config):
 
 
 def train_worker(config: dict) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        force=True)
+    cli.setup_logging(force=True)
     # DeepSpeed calls collectives torch has renamed; torch warns on every step, burying our logs.
     warnings.filterwarnings("ignore", category=FutureWarning,
                             message=r".*is deprecated\. Please use `torch\.distributed\.")
