@@ -55,9 +55,10 @@ def test_teacher_dmd_adversarial_chain(ray_cluster, bucket, tiny_config, tmp_pat
     assert _config(student)["sample"] == {**_config(student)["sample"], "steps": 4,
                                           "audio_scale": 1.0, "ref_scale": 1.0}
 
-    # Adversarial: first one phase (4→3), then extended with --resume to 3→2→1.
-    adv = _sets(**where, **{"run.name": "adv", "adversarial.clips_per_phase": 4,
-                            "adversarial.warmup_steps": 1})
+    # Adversarial: first one phase (4→3), then extended with --resume to 3→2→1. Each phase
+    # opens with a discriminator-only step, which the generator's engine sits out on every rank.
+    adv = _sets(**where, **{"run.name": "adv", "adversarial.clips_per_phase": 8,
+                            "adversarial.warmup_steps": 1, "adversarial.disc_warmup_steps": 1})
     distill.main(["--stage", "adversarial", "--student", student, "--set",
                   "adversarial.phases=[3]"] + adv)
     out = capsys.readouterr().out
@@ -71,8 +72,8 @@ def test_teacher_dmd_adversarial_chain(ray_cluster, bucket, tiny_config, tmp_pat
         assert f"export: {adv_run}/exports/{steps}step" in out
         assert _config(f"{adv_run}/exports/{steps}step")["sample"]["steps"] == steps
     state = _state(latest_checkpoint(adv_run))
-    assert state["stage"] == "adversarial" and state["resumed_at_steps"] == [1]
-    assert state["step"] == 3 and state["world_size"] == 2
+    assert state["stage"] == "adversarial" and state["resumed_at_steps"] == [2]
+    assert state["step"] == 6 and state["world_size"] == 2
 
     make_sample.main(["--out-dir", str(tmp_path), "--set", "synth.clip_seconds=1.2"])
     generate.main(["--checkpoint", f"{adv_run}/exports/1step", "--image",

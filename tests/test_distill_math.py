@@ -133,5 +133,15 @@ def test_adversarial_phases_milestones_and_schedules():
     # A phase starts from the previous schedule's final timestep and reaches its own.
     assert float(stage.schedule(3, 0.5)[-2]) == pytest.approx(1 / 3)  # 3-step's last start
     assert torch.equal(stage.schedule(5, 0.5), sampling_timesteps(2))
+    # A discriminator-only warm-up step: the dynamic warm-up starts after it.
+    cfg.adversarial.disc_warmup_steps = 1
+    assert [stage.generator_updates(s) for s in range(3, 6)] == [(0, False), (0, True), (1, True)]
+    assert float(stage.schedule(3, 0.5)[-2]) == pytest.approx(1 / 3)
+    assert float(stage.schedule(4, 0.5)[-2]) == pytest.approx(1 / 3)
+    assert not torch.equal(stage.schedule(5, 0.5), sampling_timesteps(2))
+    # TTUR: after the warm-up the generator steps every `disc_steps` steps.
+    cfg.adversarial.disc_steps = 2
+    assert [stage.generator_updates(s) for s in range(6, 9)] == [(0, False), (0, True), (1, False)]
+    cfg.adversarial.disc_warmup_steps, cfg.adversarial.disc_steps = 0, 1
     cfg.adversarial.dynamic_timesteps = False
     assert torch.equal(stage.schedule(3, 0.5), sampling_timesteps(2))

@@ -162,6 +162,11 @@ class AdversarialConfig:
     loss: str = "r3gan"  # r3gan (relativistic), hinge or gan (non-saturating)
     dynamic_timesteps: bool = True
     warmup_steps: int = 500  # dynamic-timestep warm-up, in generator updates, per phase
+    # Discriminator-only steps at the start of each phase (generator frozen): the zero-initialised
+    # head first learns to tell real from generated. Before that its gradients are near zero and
+    # noise, which Adam's normalisation turns into full-size generator steps in random directions.
+    disc_warmup_steps: int = 0
+    disc_steps: int = 1  # discriminator updates per generator update after it (TTUR, as DMD2)
     self_compare_weight: float = 0.5  # λ; 0 disables self-compare
     reg_weight: float = 1.0  # R1/R2 strength (γ); 0 disables
     reg_sigma: float = 0.05  # noise perturbation that approximates the gradient penalty
@@ -272,6 +277,12 @@ class Config:
             (len(self.adversarial.disc_timestep) == 2
              and 0 <= self.adversarial.disc_timestep[0] <= self.adversarial.disc_timestep[1] <= 1,
              "adversarial.disc_timestep", "[low, high] with 0 ≤ low ≤ high ≤ 1"),
+            (self.adversarial.disc_steps >= 1, "adversarial.disc_steps", "≥ 1"),
+            (0 <= self.adversarial.disc_warmup_steps * self.train.global_batch
+             < self.adversarial.clips_per_phase, "adversarial.disc_warmup_steps",
+             (f"≥ 0 and fewer than a phase's {self.adversarial.clips_per_phase} clips / "
+              f"train.global_batch={self.train.global_batch} steps (else the generator never "
+              "trains)")),
             (self.validation.every_clips >= 0, "validation.every_clips", "≥ 0 (0: off)"),
             (self.validation.clips >= 2, "validation.clips",
              "≥ 2 (the shuffled-audio floor pairs each clip with another)"),

@@ -8,6 +8,11 @@ its whole trajectory from noise with gradients through the final step only; the 
 compares real clips, the generator's samples and, with weight λ, the reference's samples of the
 same noise; R1/R2 (and the reference's term) are approximated by noise perturbation.
 
+Two knobs keep the discriminator ahead of the generator: a discriminator-only warm-up at the
+start of each phase (its new head starts at zero, so until it has learned something its input
+gradients are noise, which Adam turns into full-size generator steps) and TTUR (`disc_steps`
+discriminator updates per generator update).
+
 Each phase trains on `adversarial.clips_per_phase` clips and ends with an export (`3step`,
 `2step`, `1step`) that generate.py and Serve load like any checkpoint. A finished run can be
 extended by more phases with --resume (e.g. phases [3] first, then [3, 2, 1]).
@@ -59,7 +64,7 @@ class AdversarialStage(Stage):
 
     def optimizer(self, name: str) -> tuple[float, int]:
         a = self.cfg.adversarial
-        return (a.lr if name == "generator" else a.disc_lr), 1
+        return (a.lr, a.disc_steps) if name == "generator" else (a.disc_lr, 1)
 
     def total_clips(self) -> int:
         return self.cfg.adversarial.clips_per_phase * len(self.cfg.adversarial.phases)
@@ -85,10 +90,23 @@ class AdversarialStage(Stage):
     def export_config(self, step: int) -> Config:
         return student_config(self.cfg, self.phase(step - 1)[1])
 
+    def generator_updates(self, step: int) -> tuple[int, bool]:
+        """(generator updates done in the current phase before step `step`, whether step `step`
+        updates the generator too). A phase opens with `disc_warmup_steps` discriminator-only
+        steps; after them the generator steps once every `disc_steps` steps."""
+        a = self.cfg.adversarial
+        since = self.phase(step)[2] - a.disc_warmup_steps
+        if since < 0:
+            return 0, False
+        return -(-since // a.disc_steps), since % a.disc_steps == 0
+
     def schedule(self, step: int, u: float) -> torch.Tensor:
+        """The phase's timesteps. The dynamic warm-up counts generator updates, so during the
+        discriminator-only warm-up the student keeps the previous phase's final timestep."""
         a, shift = self.cfg.adversarial, self.cfg.sample.timestep_shift
-        i, steps, done = self.phase(step)
+        i, steps, _ = self.phase(step)
         previous = self.cfg.dmd.student_steps if i == 0 else a.phases[i - 1]
+        done = self.generator_updates(step)[0]
         progress = done / a.warmup_steps if a.dynamic_timesteps and a.warmup_steps > 0 else 1.0
         return dynamic_schedule(steps, previous, progress, u, shift)
 
@@ -100,7 +118,9 @@ class AdversarialStage(Stage):
         b = x_real.shape[0]
         timesteps = self.schedule(step, float(torch.rand(1, generator=self.shared_generator(step))))
         noise = torch.randn(x_real.shape, generator=generator)
-        x_fake = final_step_sample(gen, noise, timesteps, cond)
+        train_generator = self.generator_updates(step)[1]  # the same on every rank
+        with torch.set_grad_enabled(train_generator):
+            x_fake = final_step_sample(gen, noise, timesteps, cond)
         use_ref = a.self_compare_weight > 0
         if use_ref:  # the reference's sample of the same noise: a paired, better target
             with torch.no_grad():
@@ -119,13 +139,15 @@ class AdversarialStage(Stage):
         real = logits(x_real)
         ref = logits(x_ref) if use_ref else None
         # Generator update first, against the current discriminator (frozen meanwhile).
-        with frozen(disc.module):
+        with frozen(disc.module), torch.set_grad_enabled(train_generator):
             fake_g = logits(x_fake)
-        g_loss = generator_loss(a.loss, real.detach(), fake_g)
-        if use_ref:
-            g_loss = g_loss + a.self_compare_weight * generator_loss(a.loss, ref.detach(), fake_g)
-        gen.backward(g_loss)
-        gen.step()
+            g_loss = generator_loss(a.loss, real.detach(), fake_g)
+            if use_ref:
+                g_loss = g_loss + a.self_compare_weight * generator_loss(a.loss, ref.detach(),
+                                                                         fake_g)
+        if train_generator:
+            gen.backward(g_loss)
+            gen.step()
 
         x_fake = x_fake.detach()
         fake = logits(x_fake)
@@ -145,5 +167,6 @@ class AdversarialStage(Stage):
         logs.update(loss=g_loss.detach(), g_loss=g_loss.detach(), d_loss=d_loss.detach(),
                     real_minus_fake=(real - fake).mean().detach(),
                     final_timestep=float(timesteps[-2]), steps=len(timesteps) - 1,
-                    generator_grad_norm=float(gen.get_global_grad_norm() or 0.0))
+                    generator_grad_norm=float(gen.get_global_grad_norm() or 0.0)
+                    if train_generator else 0.0)
         return logs
