@@ -22,7 +22,8 @@ demo: $(STAMP)
 	$(PY) jobs/distill.py --stage teacher --config tiny --resume
 	$(PY) jobs/distill.py --stage dmd --config tiny --teacher runs/teacher-tiny --resume
 	$(PY) jobs/distill.py --stage adversarial --config tiny --resume \
-		--student runs/dmd-tiny/exports/4step --set adversarial.clips_per_phase=64
+		--student runs/dmd-tiny/exports/4step --set adversarial.clips_per_phase=64 \
+		--set adversarial.disc_warmup_steps=1
 	$(PY) jobs/make_sample.py --out-dir demo
 	$(PY) jobs/generate.py --checkpoint runs/adversarial-tiny/exports/1step \
 		--image demo/face.png --audio demo/speech.wav --out demo/sample.mp4

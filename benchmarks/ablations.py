@@ -41,6 +41,7 @@ VARIANTS = {
                                "adversarial.self_compare_weight=0"]),
     "+ dynamic timesteps": ("prog-dyn", ["adversarial.self_compare_weight=0"]),
     "+ self-compare (full recipe)": ("full", []),
+    "full recipe, direct 4→1": ("full-direct", [DIRECT]),
     "full, non-saturating GAN loss": ("full-gan", ["adversarial.loss=gan"]),
     "full, hinge loss": ("full-hinge", ["adversarial.loss=hinge"]),
     "full, without R1/R2": ("full-noreg", ["adversarial.reg_weight=0"]),
@@ -86,14 +87,17 @@ def main() -> None:
         run_name = f"{args.prefix}-{suffix}"
         cfg.run.name = run_name
         exports.append(f"{name}={export_location(cfg, '1step').uri}")
-        if export_location(cfg, "1step").join("config.yaml").exists():
-            print(f"# {name}: {run_name} already has its 1-step model", flush=True)
-            continue
-        resume = bool(checkpoint_names(run_location(cfg)))
         sets = [f"data.uri={args.data}", *args.overrides, f"run.name={run_name}",
                 *_variant_args(overrides, phases, args.clips_per_phase)]
         cmd = [python, "jobs/distill.py", "--stage", "adversarial", "--student", args.student,
                "--config", args.config, *[a for s in sets for a in ("--set", s)]]
+        if export_location(cfg, "1step").join("config.yaml").exists():
+            # Trained earlier, by this script or by hand (e.g. under `ray job submit`) with
+            # the command it would have run.
+            runs.setdefault(name, shlex.join(["python", *cmd[1:]]))
+            print(f"# {name}: {run_name} already has its 1-step model", flush=True)
+            continue
+        resume = bool(checkpoint_names(run_location(cfg)))
         runs[name] = shlex.join(["python", *cmd[1:]])
         print(f"# {name}{' (resumed)' if resume else ''}\n{runs[name]}", flush=True)
         _run(cmd + (["--resume"] if resume else []), f"the run for {name!r}")

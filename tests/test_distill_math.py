@@ -120,7 +120,8 @@ def test_adversarial_phases_milestones_and_schedules():
     from onestep.stages.adversarial import AdversarialStage
 
     cfg = load_config("tiny", ["train.stage=adversarial", "train.global_batch=4",
-                               "adversarial.clips_per_phase=12", "adversarial.warmup_steps=2"])
+                               "adversarial.clips_per_phase=12", "adversarial.warmup_steps=2",
+                               "adversarial.disc_warmup_steps=0"])
     stage = AdversarialStage(cfg)
     assert stage.total_clips() == 36  # 3 phases × 12 clips = 9 steps of 4 clips
     assert [stage.phase(s)[1] for s in range(9)] == [3, 3, 3, 2, 2, 2, 1, 1, 1]

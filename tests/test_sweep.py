@@ -40,6 +40,7 @@ def _sweep_args(bucket: str, tmp_path: Path, teacher: str, student: str) -> list
     sets = tiny_overrides(**{
         "data.uri": f"s3://{bucket}/synthtalk", "run.root": f"s3://{bucket}/runs",
         "adversarial.phases": "[2,1]", "adversarial.clips_per_phase": 8,
+        "adversarial.disc_warmup_steps": 0,
         "validation.clips": 2, "validation.every_clips": 8,
         "validation.reader": str(tmp_path / "reader.safetensors"),
         "validation.reader_clips": 24,
@@ -157,7 +158,8 @@ def test_bad_search_space_is_named(override, message, capsys):
 
 
 def test_trials_fit_the_cluster_and_validate_before_asha_decides():
-    cfg = load_config("tiny", ["train.stage=adversarial", "adversarial.clips_per_phase=64"])
+    cfg = load_config("tiny", ["train.stage=adversarial", "adversarial.clips_per_phase=64",
+                               "adversarial.disc_warmup_steps=1"])
     assert grace_clips(cfg) == 48  # a quarter of 3 phases × 64 clips
     assert sweep_ready(cfg).validation.every_clips == 48
     assert concurrency(cfg, {"CPU": 5}) == 1  # the trial, 2 workers, 2 for Ray Data

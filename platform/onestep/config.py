@@ -164,15 +164,20 @@ class AdversarialConfig:
     warmup_steps: int = 500  # dynamic-timestep warm-up, in generator updates, per phase
     # Discriminator-only steps at the start of each phase (generator frozen): the zero-initialised
     # head first learns to tell real from generated. Before that its gradients are near zero and
-    # noise, which Adam's normalisation turns into full-size generator steps in random directions.
-    disc_warmup_steps: int = 0
+    # noise, which Adam's normalisation turns into full-size generator steps in random directions
+    # (reports/distill-notes.md: without it the 3-step student's Fréchet distance tripled).
+    disc_warmup_steps: int = 20
     disc_steps: int = 1  # discriminator updates per generator update after it (TTUR, as DMD2)
     self_compare_weight: float = 0.5  # λ; 0 disables self-compare
     reg_weight: float = 1.0  # R1/R2 strength (γ); 0 disables
     reg_sigma: float = 0.05  # noise perturbation that approximates the gradient penalty
-    lr: float = 5.0e-5  # generator
-    disc_lr: float = 2.0e-4
-    disc_timestep: list[float] = field(default_factory=lambda: [0.0, 0.5])  # features at t ~ U
+    # A slow generator and a fast discriminator: the generator should move only where the
+    # discriminator has learned something (the same notes).
+    lr: float = 2.0e-5  # generator
+    disc_lr: float = 1.0e-3
+    # The trunk sees its input at t ~ U[low, high]: near-clean features, since added noise hides
+    # the fine texture a few-step generator gets wrong.
+    disc_timestep: list[float] = field(default_factory=lambda: [0.0, 0.1])
 
 
 @dataclass
