@@ -55,8 +55,9 @@ def test_teacher_dmd_adversarial_chain(ray_cluster, bucket, tiny_config, tmp_pat
     assert _config(student)["sample"] == {**_config(student)["sample"], "steps": 4,
                                           "audio_scale": 1.0, "ref_scale": 1.0}
 
-    # Adversarial: first one phase (4→3), then extended with --resume to 3→2→1. Each phase
-    # opens with a discriminator-only step, which the generator's engine sits out on every rank.
+    # Adversarial: first one phase (4→3), then extended with --resume to 3→2→1 (with the optional
+    # regression to the reference). Each phase opens with a discriminator-only step, which the
+    # generator's engine sits out on every rank.
     adv = _sets(**where, **{"run.name": "adv", "adversarial.clips_per_phase": 8,
                             "adversarial.warmup_steps": 1, "adversarial.disc_warmup_steps": 1})
     distill.main(["--stage", "adversarial", "--student", student, "--set",
@@ -66,7 +67,8 @@ def test_teacher_dmd_adversarial_chain(ray_cluster, bucket, tiny_config, tmp_pat
     adv_run = f"s3://{bucket}/runs/adv"
     assert _config(f"{adv_run}/exports/3step")["sample"]["steps"] == 3
     distill.main(["--stage", "adversarial", "--student", student, "--resume", "--set",
-                  "adversarial.phases=[3, 2, 1]"] + adv)
+                  "adversarial.phases=[3, 2, 1]", "--set", "adversarial.regression_weight=1"]
+                 + adv)
     out = capsys.readouterr().out
     for steps in (3, 2, 1):
         assert f"export: {adv_run}/exports/{steps}step" in out

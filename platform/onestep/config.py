@@ -169,6 +169,11 @@ class AdversarialConfig:
     disc_warmup_steps: int = 20
     disc_steps: int = 1  # discriminator updates per generator update after it (TTUR, as DMD2)
     self_compare_weight: float = 0.5  # λ; 0 disables self-compare
+    # Not in TurboTalk: an MSE (mouth-weighted as flow.mouth_weight) pulling the generator's
+    # sample towards the reference's sample of the same noise (progressive distillation's
+    # regression target), an anchor that does not depend on how much the discriminator has
+    # learned yet. 0 disables.
+    regression_weight: float = 0.0
     reg_weight: float = 1.0  # R1/R2 strength (γ); 0 disables
     reg_sigma: float = 0.05  # noise perturbation that approximates the gradient penalty
     # A slow generator and a fast discriminator: the generator should move only where the
@@ -283,6 +288,9 @@ class Config:
              and 0 <= self.adversarial.disc_timestep[0] <= self.adversarial.disc_timestep[1] <= 1,
              "adversarial.disc_timestep", "[low, high] with 0 ≤ low ≤ high ≤ 1"),
             (self.adversarial.disc_steps >= 1, "adversarial.disc_steps", "≥ 1"),
+            (min(self.adversarial.self_compare_weight, self.adversarial.regression_weight,
+                 self.adversarial.reg_weight) >= 0,
+             "adversarial.self_compare_weight/regression_weight/reg_weight", "≥ 0 (0: off)"),
             (0 <= self.adversarial.disc_warmup_steps * self.train.global_batch
              < self.adversarial.clips_per_phase, "adversarial.disc_warmup_steps",
              (f"≥ 0 and fewer than a phase's {self.adversarial.clips_per_phase} clips / "

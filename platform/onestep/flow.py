@@ -70,16 +70,28 @@ def region_weights(height: int, width: int, region: list[float], weight: float,
     return 1 + (weight - 1) * inside.float()
 
 
-def velocity_loss(model, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                  cond: Conditions, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """MSE between the predicted and the true velocity ε − x0 at x_t; with (h, w) `weights`,
-    the weighted mean (same units as the MSE)."""
-    pred = model(add_noise(x0, noise, t), t, cond)
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE; with (h, w) `weights`, the weighted mean (same units as the MSE)."""
     if weights is None:
-        return F.mse_loss(pred.float(), (noise - x0).float())
-    err = (pred.float() - (noise - x0).float()) ** 2
+        return F.mse_loss(pred.float(), target.float())
+    err = (pred.float() - target.float()) ** 2
     w = weights.expand_as(err)
     return (err * w).sum() / w.sum()
+
+
+def mouth_weights(x: torch.Tensor, cfg: FlowConfig) -> torch.Tensor | None:
+    """The (h, w) weights of `cfg`'s mouth region for latents shaped like `x`; None when
+    unweighted."""
+    if cfg.mouth_weight == 1.0:
+        return None
+    return region_weights(*x.shape[-2:], cfg.mouth_region, cfg.mouth_weight, x.device)
+
+
+def velocity_loss(model, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                  cond: Conditions, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(Weighted) MSE between the predicted and the true velocity ε − x0 at x_t."""
+    return weighted_mse(model(add_noise(x0, noise, t), t, cond), noise - x0, weights)
 
 
 def flow_matching_loss(model, x0: torch.Tensor, cond: Conditions, cfg: FlowConfig,
@@ -91,10 +103,7 @@ def flow_matching_loss(model, x0: torch.Tensor, cond: Conditions, cfg: FlowConfi
     t = sample_training_timesteps(b, cfg, generator, x0.device).to(x0.dtype)
     drop_audio, drop_ref = condition_dropout(b, cfg, generator, x0.device)
     cond = Conditions(cond.ref, cond.audio, cond.motion, cond.motion_mask, drop_audio, drop_ref)
-    weights = None
-    if cfg.mouth_weight != 1.0:
-        weights = region_weights(*x0.shape[-2:], cfg.mouth_region, cfg.mouth_weight, x0.device)
-    loss = velocity_loss(model, x0, noise, t, cond, weights)
+    loss = velocity_loss(model, x0, noise, t, cond, mouth_weights(x0, cfg))
     return loss, {"loss": loss.detach(), "t_mean": t.mean().detach()}
 
 

@@ -7,6 +7,8 @@ and the frozen DMD student as the self-compare reference. In each iteration the 
 its whole trajectory from noise with gradients through the final step only; the discriminator
 compares real clips, the generator's samples and, with weight λ, the reference's samples of the
 same noise; R1/R2 (and the reference's term) are approximated by noise perturbation.
+Optionally (`regression_weight`, not part of TurboTalk) the generator's sample is also pulled
+towards the reference's sample of the same noise by an MSE, mouth-weighted as the teacher's loss.
 
 Two knobs keep the discriminator ahead of the generator: a discriminator-only warm-up at the
 start of each phase (its new head starts at zero, so until it has learned something its input
@@ -27,7 +29,7 @@ import torch
 from onestep.config import Config
 from onestep.distill.losses import discriminator_loss, generator_loss, perturbation_penalty
 from onestep.distill.trajectory import dynamic_schedule, final_step_sample
-from onestep.flow import add_noise, euler_sample, sampling_timesteps
+from onestep.flow import add_noise, euler_sample, mouth_weights, sampling_timesteps, weighted_mse
 from onestep.model import Discriminator
 from onestep.stages.base import Stage, student_config
 from onestep.stages.batch import prepare_batch
@@ -79,7 +81,7 @@ class AdversarialStage(Stage):
         return i, self.cfg.adversarial.phases[i], step - i * per
 
     def milestone(self, step: int, total_steps: int) -> str | None:
-        i, steps, done = self.phase(step - 1)
+        i, steps, _ = self.phase(step - 1)
         last_of_phase = step == total_steps or (step % self._steps_per_phase() == 0
                                                 and i < len(self.cfg.adversarial.phases) - 1)
         return f"{steps}step" if last_of_phase else None
@@ -122,7 +124,7 @@ class AdversarialStage(Stage):
         with torch.set_grad_enabled(train_generator):
             x_fake = final_step_sample(gen, noise, timesteps, cond)
         use_ref = a.self_compare_weight > 0
-        if use_ref:  # the reference's sample of the same noise: a paired, better target
+        if use_ref or a.regression_weight > 0:  # the reference's sample of the same noise
             with torch.no_grad():
                 ref_steps = sampling_timesteps(self.cfg.dmd.student_steps,
                                                self.cfg.sample.timestep_shift)
@@ -145,6 +147,9 @@ class AdversarialStage(Stage):
             if use_ref:
                 g_loss = g_loss + a.self_compare_weight * generator_loss(a.loss, ref.detach(),
                                                                          fake_g)
+            if a.regression_weight > 0:
+                regression = weighted_mse(x_fake, x_ref, mouth_weights(x_fake, self.cfg.flow))
+                g_loss = g_loss + a.regression_weight * regression
         if train_generator:
             gen.backward(g_loss)
             gen.step()
@@ -154,7 +159,7 @@ class AdversarialStage(Stage):
         d_loss = discriminator_loss(a.loss, real, fake)
         if use_ref:
             d_loss = d_loss + a.self_compare_weight * discriminator_loss(a.loss, ref, fake)
-        logs = {}
+        logs = {"regression": regression.detach()} if a.regression_weight > 0 else {}
         if a.reg_weight > 0:
             reg = (perturbation_penalty(logits, x_real, real, a.reg_sigma, generator)
                    + perturbation_penalty(logits, x_fake, fake, a.reg_sigma, generator))
