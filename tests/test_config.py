@@ -74,7 +74,8 @@ def test_run_name_defaults_to_stage_and_preset():
     ("dmd.critic_steps=0", "dmd.critic_steps"),
     ("adversarial.disc_timestep=[0.5, 0.1]", "adversarial.disc_timestep"),
     ("adversarial.disc_warmup_steps=1000000", "adversarial.disc_warmup_steps"),
-    ("adversarial.regression_weight=-1", "adversarial.self_compare_weight/regression_weight"),
+    ("adversarial.regression_weight=-1", "adversarial.regression_weight"),
+    ("adversarial.reg_weight=-1", "adversarial.reg_weight"),
 ])
 def test_distillation_settings_are_checked(override, key):
     with pytest.raises(ConfigError, match=key):

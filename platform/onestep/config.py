@@ -288,9 +288,8 @@ class Config:
              and 0 <= self.adversarial.disc_timestep[0] <= self.adversarial.disc_timestep[1] <= 1,
              "adversarial.disc_timestep", "[low, high] with 0 ≤ low ≤ high ≤ 1"),
             (self.adversarial.disc_steps >= 1, "adversarial.disc_steps", "≥ 1"),
-            (min(self.adversarial.self_compare_weight, self.adversarial.regression_weight,
-                 self.adversarial.reg_weight) >= 0,
-             "adversarial.self_compare_weight/regression_weight/reg_weight", "≥ 0 (0: off)"),
+            *[(getattr(self.adversarial, k) >= 0, f"adversarial.{k}", "≥ 0 (0: off)")
+              for k in ("self_compare_weight", "regression_weight", "reg_weight")],
             (0 <= self.adversarial.disc_warmup_steps * self.train.global_batch
              < self.adversarial.clips_per_phase, "adversarial.disc_warmup_steps",
              (f"≥ 0 and fewer than a phase's {self.adversarial.clips_per_phase} clips / "

@@ -123,8 +123,8 @@ class AdversarialStage(Stage):
         train_generator = self.generator_updates(step)[1]  # the same on every rank
         with torch.set_grad_enabled(train_generator):
             x_fake = final_step_sample(gen, noise, timesteps, cond)
-        use_ref = a.self_compare_weight > 0
-        if use_ref or a.regression_weight > 0:  # the reference's sample of the same noise
+        use_ref, use_regression = a.self_compare_weight > 0, a.regression_weight > 0
+        if use_ref or use_regression:  # the reference's sample of the same noise
             with torch.no_grad():
                 ref_steps = sampling_timesteps(self.cfg.dmd.student_steps,
                                                self.cfg.sample.timestep_shift)
@@ -147,7 +147,7 @@ class AdversarialStage(Stage):
             if use_ref:
                 g_loss = g_loss + a.self_compare_weight * generator_loss(a.loss, ref.detach(),
                                                                          fake_g)
-            if a.regression_weight > 0:
+            if use_regression:
                 regression = weighted_mse(x_fake, x_ref, mouth_weights(x_fake, self.cfg.flow))
                 g_loss = g_loss + a.regression_weight * regression
         if train_generator:
@@ -159,7 +159,7 @@ class AdversarialStage(Stage):
         d_loss = discriminator_loss(a.loss, real, fake)
         if use_ref:
             d_loss = d_loss + a.self_compare_weight * discriminator_loss(a.loss, ref, fake)
-        logs = {"regression": regression.detach()} if a.regression_weight > 0 else {}
+        logs = {"regression": regression.detach()} if use_regression else {}
         if a.reg_weight > 0:
             reg = (perturbation_penalty(logits, x_real, real, a.reg_sigma, generator)
                    + perturbation_penalty(logits, x_fake, fake, a.reg_sigma, generator))
