@@ -4,6 +4,8 @@
     python jobs/distill.py --stage dmd --teacher runs/teacher-tiny
     python jobs/distill.py --stage adversarial --student runs/dmd-tiny/exports/4step
     python jobs/distill.py --stage teacher --config tiny --resume
+    python jobs/distill.py --stage adversarial --branch-from runs/adversarial-tiny/checkpoint_X \
+        --set run.name=probe --set adversarial.reg_weight=10
     ray job submit --working-dir . -- python jobs/distill.py --stage teacher --config small
 
 --teacher / --student take a checkpoint folder or a run folder (its latest checkpoint), local or
@@ -22,6 +24,7 @@ from onestep.checkpoint import (
     checkpoint_names,
     latest_checkpoint,
     read_config,
+    training_checkpoint,
 )
 from onestep.config import Config
 from onestep.stages import STAGES, stage_class
@@ -30,13 +33,16 @@ from onestep.train.ray_job import RunExistsError, launch, run_location
 
 
 def _keep_sources(cfg: Config, keys: tuple[str, ...]) -> None:
-    """A resumed run restarts its frozen networks from the checkpoints it was pinned to, even
-    if their runs have trained on since."""
-    run = run_location(cfg)
-    if not checkpoint_names(run):
+    """A resumed (or branched) run restarts its frozen networks from the checkpoints its run
+    (or the run it branches from) was pinned to, even if their runs have trained on since."""
+    run, endpoint = run_location(cfg), cfg.run.s3_endpoint_url
+    if checkpoint_names(run):
+        origin = latest_checkpoint(run.uri, endpoint)
+    elif cfg.run.branch_from:
+        origin = cfg.run.branch_from
+    else:
         return
-    saved = read_config(latest_checkpoint(run.uri, cfg.run.s3_endpoint_url),
-                        cfg.run.s3_endpoint_url)
+    saved = read_config(origin, endpoint)
     for key in keys:
         section, name = key.split(".")
         setattr(getattr(cfg, section), name, getattr(getattr(saved, section), name))
@@ -53,6 +59,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="DMD student checkpoint or run (sets adversarial.student)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run's latest checkpoint (same --config/run.name)")
+    parser.add_argument("--branch-from", default=None, metavar="CHECKPOINT",
+                        help="start a new run (name it with --set run.name=...) from another "
+                        "run's checkpoint of this stage: its step, optimiser and EMA state and "
+                        "its pinned sources, under this command's config (sets run.branch_from)")
     cli.add_config_args(parser)
     args = parser.parse_args(argv)
     cli.setup_logging()
@@ -61,10 +71,20 @@ def main(argv: list[str] | None = None) -> None:
         extra += [f"dmd.teacher={args.teacher}", f"adversarial.teacher={args.teacher}"]
     if args.student:
         extra += [f"adversarial.student={args.student}"]
+    if args.branch_from:
+        extra += [f"run.branch_from={args.branch_from}"]
     cfg = cli.config_from_args(args, extra)
     stage = stage_class(cfg.train.stage)
     try:
-        if args.resume:
+        if cfg.run.branch_from:
+            cfg.run.branch_from = training_checkpoint(
+                cfg.run.branch_from, cfg.train.stage, cfg.train.num_workers,
+                cfg.run.s3_endpoint_url)
+            if cfg.run.branch_from.startswith(run_location(cfg).uri + "/"):
+                raise ValueError(f"run.branch_from: {cfg.run.branch_from} is a checkpoint of "
+                                 "this run; name the branch with --set run.name=...")
+            print(f"# branch from: {cfg.run.branch_from}", flush=True)
+        if args.resume or cfg.run.branch_from:
             _keep_sources(cfg, stage.sources)
         for line in stage.resolve_sources(cfg):
             print(f"# {line}", flush=True)

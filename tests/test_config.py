@@ -76,7 +76,10 @@ def test_run_name_defaults_to_stage_and_preset():
     ("adversarial.disc_warmup_steps=1000000", "adversarial.disc_warmup_steps"),
     ("adversarial.regression_weight=-1", "adversarial.regression_weight"),
     ("adversarial.reg_weight=-1", "adversarial.reg_weight"),
+    ("adversarial.last_phase_clips=-1", "adversarial.last_phase_clips"),
+    (["adversarial.clips_per_phase=4096", "adversarial.last_phase_clips=16"],
+     "adversarial.disc_warmup_steps"),  # no generator update in the last phase
 ])
 def test_distillation_settings_are_checked(override, key):
     with pytest.raises(ConfigError, match=key):
-        load_config("tiny", [override])
+        load_config("tiny", override if isinstance(override, list) else [override])

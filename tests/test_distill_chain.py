@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import tiny_overrides
-from onestep.checkpoint import latest_checkpoint
+from onestep.checkpoint import checkpoint_names, latest_checkpoint
 from onestep.prepare import prepare_synthtalk
 from onestep.storage import resolve
 from onestep.train.ray_job import launch, run_location
@@ -58,8 +58,9 @@ def test_teacher_dmd_adversarial_chain(ray_cluster, bucket, tiny_config, tmp_pat
     # Adversarial: first one phase (4→3), then extended with --resume to 3→2→1 (with the optional
     # regression to the reference). Each phase opens with a discriminator-only step, which the
     # generator's engine sits out on every rank.
-    adv = _sets(**where, **{"run.name": "adv", "adversarial.clips_per_phase": 8,
-                            "adversarial.warmup_steps": 1, "adversarial.disc_warmup_steps": 1})
+    adv_settings = {"adversarial.clips_per_phase": 8, "adversarial.warmup_steps": 1,
+                    "adversarial.disc_warmup_steps": 1}
+    adv = _sets(**where, **adv_settings, **{"run.name": "adv"})
     distill.main(["--stage", "adversarial", "--student", student, "--set",
                   "adversarial.phases=[3]"] + adv)
     out = capsys.readouterr().out
@@ -76,6 +77,27 @@ def test_teacher_dmd_adversarial_chain(ray_cluster, bucket, tiny_config, tmp_pat
     state = _state(latest_checkpoint(adv_run))
     assert state["stage"] == "adversarial" and state["resumed_at_steps"] == [2]
     assert state["step"] == 6 and state["world_size"] == 2
+
+    # A branch: a new run continues `adv` from its 2-step checkpoint (the end of phase 2) with
+    # stronger R1/R2 and a longer 1-step phase; the sources stay pinned, `adv` is left as it was.
+    names = checkpoint_names(resolve(adv_run))
+    two_step = next(f"{adv_run}/{n}" for n in names if _state(f"{adv_run}/{n}")["step"] == 4)
+    branch = ["--stage", "adversarial", "--set", "adversarial.phases=[3, 2, 1]"] + _sets(
+        **where, **adv_settings, **{"run.name": "adv-branch", "adversarial.reg_weight": 10,
+                                    "adversarial.last_phase_clips": 12})
+    with pytest.raises(SystemExit, match="not a training checkpoint"):
+        distill.main(branch + ["--branch-from", f"{adv_run}/exports/2step"])
+    with pytest.raises(SystemExit, match="a checkpoint of stage 'dmd', not 'adversarial'"):
+        distill.main(branch + ["--branch-from", dmd_run])
+    distill.main(branch + ["--branch-from", two_step])
+    out = capsys.readouterr().out
+    assert f"# branch from: {two_step}" in out and "# student (4 steps)" in out
+    branch_run = f"s3://{bucket}/runs/adv-branch"
+    state = _state(latest_checkpoint(branch_run))
+    assert state["resumed_at_steps"] == [2, 4]  # adv's history, then the branch point
+    assert state["step"] == 7  # 8 + 8 + 12 clips
+    assert _config(f"{branch_run}/exports/1step")["adversarial"]["reg_weight"] == 10
+    assert checkpoint_names(resolve(adv_run)) == names
 
     make_sample.main(["--out-dir", str(tmp_path), "--set", "synth.clip_seconds=1.2"])
     generate.main(["--checkpoint", f"{adv_run}/exports/1step", "--image",

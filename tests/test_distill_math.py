@@ -146,3 +146,8 @@ def test_adversarial_phases_milestones_and_schedules():
     cfg.adversarial.disc_warmup_steps, cfg.adversarial.disc_steps = 0, 1
     cfg.adversarial.dynamic_timesteps = False
     assert torch.equal(stage.schedule(3, 0.5), sampling_timesteps(2))
+    # A longer last phase: the 1-step phase trains on, the earlier boundaries stay.
+    cfg.adversarial.last_phase_clips = 20
+    assert stage.total_clips() == 44
+    assert [stage.phase(s)[1] for s in range(11)] == [3, 3, 3, 2, 2, 2, 1, 1, 1, 1, 1]
+    assert [stage.milestone(s, 11) for s in (3, 6, 9, 11)] == ["3step", "2step", None, "1step"]

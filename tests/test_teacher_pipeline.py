@@ -15,6 +15,7 @@ from onestep.checkpoint import checkpoint_names, latest_checkpoint
 from onestep.media import decode_video, load_audio
 from onestep.prepare import prepare_synthtalk
 from onestep.storage import resolve
+from onestep.train.engine import lr_lambda
 from onestep.train.ray_job import RunExistsError, launch, run_location
 
 
@@ -46,9 +47,11 @@ def test_teacher_chain_on_s3(ray_cluster, bucket, tiny_config, tmp_path, capsys)
     with pytest.raises(RunExistsError, match="--resume"):
         launch(cfg)
 
-    longer = tiny_config(**overrides, **{"train.total_clips": 16})
+    # Resumed with a longer schedule and a new peak rate: the config wins over the checkpoint's.
+    longer = tiny_config(**overrides, **{"train.total_clips": 16, "train.lr": 2 * cfg.train.lr})
     result = launch(longer, resume=True)
     assert result.error is None and result.metrics["step"] == 4
+    assert result.metrics["lr"] == pytest.approx(longer.train.lr * lr_lambda(longer)(4))
     state = _state(latest_checkpoint(run.uri))
     assert state["resumed_at_steps"] == [2] and state["clips_seen"] == 16
     assert len(checkpoint_names(run)) == 3  # num_to_keep

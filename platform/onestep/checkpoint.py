@@ -87,6 +87,23 @@ def resolve_checkpoint(uri: str, endpoint_url: str = "") -> str:
     return latest_checkpoint(uri, endpoint_url)
 
 
+def training_checkpoint(uri: str, stage: str, num_workers: int, endpoint_url: str = "") -> str:
+    """`uri` (a checkpoint, or a run whose latest checkpoint is meant) as a concrete checkpoint
+    that a run of `stage` on `num_workers` workers can continue from."""
+    ckpt = resolve_checkpoint(uri, endpoint_url)
+    loc = resolve(ckpt, endpoint_url)
+    if not loc.join("engines").listdir():
+        raise CheckpointError(f"{ckpt}: an export (weights only), not a training checkpoint; "
+                              "pass a checkpoint_* folder of a run")
+    state = json.loads(loc.join(STATE).read_bytes())
+    if state["stage"] != stage:
+        raise CheckpointError(f"{ckpt}: a checkpoint of stage {state['stage']!r}, not {stage!r}")
+    if state["world_size"] != num_workers:
+        raise CheckpointError(f"{ckpt}: saved by {state['world_size']} workers; its ZeRO shards "
+                              f"need train.num_workers={state['world_size']} (not {num_workers})")
+    return ckpt
+
+
 def read_config(uri: str, endpoint_url: str = "") -> Config:
     """The config saved in a checkpoint (without fetching its weights)."""
     loc = resolve(uri, endpoint_url).join(CONFIG)

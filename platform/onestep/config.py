@@ -158,7 +158,10 @@ class AdversarialConfig:
     student: str = ""  # the DMD student (initialises the generator; the self-compare reference)
     teacher: str = ""  # discriminator backbone; empty: the teacher the student was distilled from
     phases: list[int] = field(default_factory=lambda: [3, 2, 1])  # [1]: direct 4→1
-    clips_per_phase: int = 4096  # the stage trains len(phases) × this (train.total_clips unused)
+    clips_per_phase: int = 4096  # clips per phase (train.total_clips is unused by this stage)
+    # The last phase's clips; 0: clips_per_phase. The last (1-step) phase is the hardest; raising
+    # this and --resume trains a finished run's last phase on, on the same schedule.
+    last_phase_clips: int = 0
     loss: str = "r3gan"  # r3gan (relativistic), hinge or gan (non-saturating)
     dynamic_timesteps: bool = True
     warmup_steps: int = 500  # dynamic-timestep warm-up, in generator updates, per phase
@@ -183,6 +186,11 @@ class AdversarialConfig:
     # The trunk sees its input at t ~ U[low, high]: near-clean features, since added noise hides
     # the fine texture a few-step generator gets wrong.
     disc_timestep: list[float] = field(default_factory=lambda: [0.0, 0.1])
+
+    def phase_clips(self) -> list[int]:
+        """Clips each phase trains on."""
+        return [self.clips_per_phase] * (len(self.phases) - 1) + [
+            self.last_phase_clips or self.clips_per_phase]
 
 
 @dataclass
@@ -222,6 +230,10 @@ class RunConfig:
     name: str = ""  # empty: "<stage>-<preset>", e.g. dmd-tiny
     root: str = "runs"  # folder or s3://bucket/prefix
     s3_endpoint_url: str = ""  # S3-compatible store; empty uses AWS_ENDPOINT_URL or AWS itself
+    # A checkpoint of another run of the same stage to start from (its step, optimiser and EMA
+    # state) instead of from scratch: a branch that probes a change from a point of a run. Once
+    # this run has checkpoints of its own, they take precedence.
+    branch_from: str = ""
 
 
 @dataclass
@@ -290,9 +302,11 @@ class Config:
             (self.adversarial.disc_steps >= 1, "adversarial.disc_steps", "≥ 1"),
             *[(getattr(self.adversarial, k) >= 0, f"adversarial.{k}", "≥ 0 (0: off)")
               for k in ("self_compare_weight", "regression_weight", "reg_weight")],
+            (self.adversarial.last_phase_clips >= 0, "adversarial.last_phase_clips",
+             "≥ 0 (0: clips_per_phase)"),
             (0 <= self.adversarial.disc_warmup_steps * self.train.global_batch
-             < self.adversarial.clips_per_phase, "adversarial.disc_warmup_steps",
-             (f"≥ 0 and fewer than a phase's {self.adversarial.clips_per_phase} clips / "
+             < min(self.adversarial.phase_clips()), "adversarial.disc_warmup_steps",
+             (f"≥ 0 and fewer than a phase's {min(self.adversarial.phase_clips())} clips / "
               f"train.global_batch={self.train.global_batch} steps (else the generator never "
               "trains)")),
             (self.validation.every_clips >= 0, "validation.every_clips", "≥ 0 (0: off)"),

@@ -15,9 +15,10 @@ start of each phase (its new head starts at zero, so until it has learned someth
 gradients are noise, which Adam turns into full-size generator steps) and TTUR (`disc_steps`
 discriminator updates per generator update).
 
-Each phase trains on `adversarial.clips_per_phase` clips and ends with an export (`3step`,
-`2step`, `1step`) that generate.py and Serve load like any checkpoint. A finished run can be
-extended by more phases with --resume (e.g. phases [3] first, then [3, 2, 1]).
+Each phase trains on `adversarial.clips_per_phase` clips (the last on `last_phase_clips`, if
+set) and ends with an export (`3step`, `2step`, `1step`) that generate.py and Serve load like
+any checkpoint. A finished run can be extended with --resume: by more phases (phases [3] first,
+then [3, 2, 1]) or by a longer last phase.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class AdversarialStage(Stage):
         return (a.lr, a.disc_steps) if name == "generator" else (a.disc_lr, 1)
 
     def total_clips(self) -> int:
-        return self.cfg.adversarial.clips_per_phase * len(self.cfg.adversarial.phases)
+        return sum(self.cfg.adversarial.phase_clips())
 
     def _steps_per_phase(self) -> int:
         return max(1, math.ceil(self.cfg.adversarial.clips_per_phase / self.cfg.train.global_batch))

@@ -125,7 +125,7 @@ def write(exp: Location, base: Config, out: Path, command: str) -> tuple[list[di
              f"{base.sweep.search} search, scheduler {base.sweep.scheduler} on `{METRIC}` "
              f"(validation Fréchet + {base.validation.sync_weight:g} × (1 − lip-sync) on "
              f"{base.validation.clips} held-out clips, every {base.validation.every_clips} "
-             f"clips); each trial trains phases {a.phases} × {a.clips_per_phase} clips from "
+             f"clips); each trial trains phases {a.phases} on {a.phase_clips()} clips from "
              f"`{a.student}`.", "",
              "Trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".", "",
              *_table(rows), ""]

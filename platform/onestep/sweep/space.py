@@ -45,7 +45,7 @@ def search_algorithm(cfg: Config):
 
 
 def trial_clips(cfg: Config) -> int:
-    return cfg.adversarial.clips_per_phase * len(cfg.adversarial.phases)
+    return sum(cfg.adversarial.phase_clips())
 
 
 def grace_clips(cfg: Config) -> int:

@@ -133,6 +133,20 @@ def make_engine(model: torch.nn.Module, cfg: Config, lr: float | None = None,
     return engine
 
 
+def reset_peak_lr(engine, lr: float) -> None:
+    """Make the config's peak rate win over a restored checkpoint's.
+
+    DeepSpeed restores the scheduler's `base_lrs` (and the optimiser's rates) from the checkpoint,
+    so `--resume --set train.lr=...` would silently train on at the old rate. The position in the
+    schedule (`last_epoch`) is kept; only the rate it scales is replaced.
+    """
+    sched = engine.lr_scheduler
+    sched.base_lrs = [lr] * len(sched.base_lrs)
+    sched._last_lr = [lr * fn(sched.last_epoch) for fn in sched.lr_lambdas]
+    for group, current in zip(sched.optimizer.param_groups, sched._last_lr):
+        group["initial_lr"], group["lr"] = lr, current
+
+
 def local_shard(p: torch.nn.Parameter) -> torch.Tensor:
     """The part of a parameter this rank owns: the ZeRO-3 partition, or the whole tensor."""
     return p.ds_tensor if hasattr(p, "ds_tensor") else p.data

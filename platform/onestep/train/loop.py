@@ -24,7 +24,14 @@ from onestep.config import Config
 from onestep.evaluation.validation import Validator
 from onestep.model import count_parameters
 from onestep.train.ema import ShardedEMA
-from onestep.train.engine import init_distributed, local_shard, make_engine, memory_mb, world
+from onestep.train.engine import (
+    init_distributed,
+    local_shard,
+    make_engine,
+    memory_mb,
+    reset_peak_lr,
+    world,
+)
 
 log = logging.getLogger("onestep.train")
 
@@ -93,6 +100,7 @@ def _restore(directory: Path, stage, engines: dict, emas: dict) -> dict:
         path, _ = engines[name].load_checkpoint(str(directory / "engines" / name), tag="state")
         if path is None:
             raise RuntimeError(f"{directory}: no DeepSpeed state for network {name!r}")
+        reset_peak_lr(engines[name], stage.optimizer(name)[0])
     for name, ema in emas.items():
         ema.load_shard(str(directory / "ema" / f"{name}-rank{rank}.safetensors"))
     return state

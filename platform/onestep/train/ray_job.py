@@ -59,14 +59,21 @@ def _report(metrics: dict, checkpoint: Path | None) -> None:
     ray.train.report({k: float(v) for k, v in metrics.items()}, checkpoint=ckpt)
 
 
-@contextlib.contextmanager
-def _restore_dir():
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        yield None
-        return
-    with ckpt.as_directory() as directory:
-        yield Path(directory)
+def _restorer(cfg: Config):
+    """The run's own latest checkpoint (Ray Train restores it by run name and storage), else
+    the checkpoint it branches from, else none."""
+    @contextlib.contextmanager
+    def restore_dir():
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None and cfg.run.branch_from:
+            loc = resolve(cfg.run.branch_from, cfg.run.s3_endpoint_url)
+            ckpt = ray.train.Checkpoint(loc.path, filesystem=loc.fs)
+        if ckpt is None:
+            yield None
+            return
+        with ckpt.as_directory() as directory:
+            yield Path(directory)
+    return restore_dir
 
 
 def tensorboard_dir(cfg: Config) -> Path:
@@ -96,7 +103,7 @@ def train_worker(config: dict) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning,
                             message=r".*is deprecated\. Please use `torch\.distributed\.")
     cfg = from_dict(config)
-    hooks = Hooks(report=_report, restore_dir=_restore_dir, tensorboard_dir=tensorboard_dir(cfg),
+    hooks = Hooks(report=_report, restore_dir=_restorer(cfg), tensorboard_dir=tensorboard_dir(cfg),
                   publish=_publisher(cfg))
     run_stage(cfg, build_stage(cfg), _batches(cfg), hooks)
 
@@ -113,6 +120,8 @@ def worker_config(cfg: Config) -> Config:
     out.run.root = resolve(cfg.run.root, endpoint).uri
     out.data.uri = resolve(cfg.data.uri, endpoint).uri
     out.validation.reader = resolve(cfg.validation.reader, endpoint).uri
+    if cfg.run.branch_from:
+        out.run.branch_from = resolve(cfg.run.branch_from, endpoint).uri
     for key in stage_class(cfg.train.stage).sources:
         section, name = key.split(".")
         if getattr(getattr(out, section), name):
