@@ -48,10 +48,13 @@ VARIANTS = {
 }
 
 
-def _variant_args(overrides: list[str], phases: int, clips_per_phase: int) -> list[str]:
+def _variant_args(overrides: list[str], phase_clips: list[int]) -> list[str]:
     """Direct variants get every progressive phase's clips, so the budgets are equal."""
-    clips = clips_per_phase * (phases if DIRECT in overrides else 1)
-    return [f"adversarial.clips_per_phase={clips}", *overrides]
+    if DIRECT in overrides:
+        return [f"adversarial.clips_per_phase={sum(phase_clips)}",
+                "adversarial.last_phase_clips=0", *overrides]
+    return [f"adversarial.clips_per_phase={phase_clips[0]}",
+            f"adversarial.last_phase_clips={phase_clips[-1]}", *overrides]
 
 
 def main() -> None:
@@ -60,8 +63,8 @@ def main() -> None:
     p.add_argument("--student", required=True, help="DMD student checkpoint or run")
     p.add_argument("--data", required=True, help="SynthTalk shards (training and held-out test)")
     p.add_argument("--clips-per-phase", type=int, required=True,
-                   help="clips per progressive phase (a direct run trains all phases' clips in "
-                        "its one phase)")
+                   help="clips per progressive phase (the last: adversarial.last_phase_clips, "
+                        "if set); a direct run trains all phases' clips in its one phase")
     p.add_argument("--prefix", default="ablation", help="run names: <prefix>-<variant>")
     p.add_argument("--only", action="append", default=[],
                    choices=[suffix for suffix, _ in VARIANTS.values()],
@@ -71,9 +74,10 @@ def main() -> None:
     p.add_argument("--out", default="reports/ablations")
     cli.add_config_args(p)
     args = p.parse_args()
-    cfg = cli.config_from_args(args, [f"data.uri={args.data}"])
+    cfg = cli.config_from_args(args, [f"data.uri={args.data}",
+                                      f"adversarial.clips_per_phase={args.clips_per_phase}"])
     endpoint = cfg.run.s3_endpoint_url
-    phases = len(cfg.adversarial.phases)
+    phase_clips = cfg.adversarial.phase_clips()
     python = sys.executable
 
     report = Path(args.out).with_suffix(".json")
@@ -88,7 +92,7 @@ def main() -> None:
         cfg.run.name = run_name
         exports.append(f"{name}={export_location(cfg, '1step').uri}")
         sets = [f"data.uri={args.data}", *args.overrides, f"run.name={run_name}",
-                *_variant_args(overrides, phases, args.clips_per_phase)]
+                *_variant_args(overrides, phase_clips)]
         cmd = [python, "jobs/distill.py", "--stage", "adversarial", "--student", args.student,
                "--config", args.config, *[a for s in sets for a in ("--set", s)]]
         if export_location(cfg, "1step").join("config.yaml").exists():
