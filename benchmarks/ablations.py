@@ -8,7 +8,8 @@ Every row is one `jobs/distill.py --stage adversarial` run from the same DMD stu
 from the full recipe only in the switches named in its row, at an equal budget of generator
 updates (direct 4→1 trains all the progressive phases' clips in its one phase). The rows build
 up the recipe as TurboTalk's ablation does (base → + progressive → + dynamic timesteps →
-+ self-compare) and then swap one component of the full recipe (GAN loss, R1/R2).
++ self-compare) and then change one component of the full recipe: the GAN loss, R1/R2, and
+the two terms TurboTalk does not have or needs, the regression anchor and the generator's GAN loss.
 
 The command of each run is printed before it starts, so any row can be rerun alone. A row whose
 1-step model is already exported is not retrained and an interrupted one is resumed, so the
@@ -45,6 +46,9 @@ VARIANTS = {
     "full, non-saturating GAN loss": ("full-gan", ["adversarial.loss=gan"]),
     "full, hinge loss": ("full-hinge", ["adversarial.loss=hinge"]),
     "full, without R1/R2": ("full-noreg", ["adversarial.reg_weight=0"]),
+    "full, without the regression (TurboTalk's recipe)": ("full-noregression",
+                                                          ["adversarial.regression_weight=0"]),
+    "full, regression only (no generator GAN loss)": ("full-nogan", ["adversarial.gan_weight=0"]),
 }
 
 

@@ -5,7 +5,7 @@
     python jobs/distill.py --stage adversarial --student runs/dmd-tiny/exports/4step
     python jobs/distill.py --stage teacher --config tiny --resume
     python jobs/distill.py --stage adversarial --branch-from runs/adversarial-tiny/checkpoint_X \
-        --set run.name=probe --set adversarial.reg_weight=10
+        --set run.name=probe --set adversarial.reg_weight=3
     ray job submit --working-dir . -- python jobs/distill.py --stage teacher --config small
 
 --teacher / --student take a checkpoint folder or a run folder (its latest checkpoint), local or

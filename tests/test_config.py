@@ -56,7 +56,7 @@ def test_cli_reports_config_errors_without_a_traceback():
     from conftest import ROOT
 
     out = subprocess.run([sys.executable, str(ROOT / "jobs" / "distill.py"), "--set",
-                          "train.bogus=1"], capture_output=True, text=True)
+                          "train.bogus=1"], capture_output=True, text=True, check=False)
     assert out.returncode != 0
     assert "unknown config key train.bogus" in out.stderr and "Traceback" not in out.stderr
 
@@ -76,6 +76,9 @@ def test_run_name_defaults_to_stage_and_preset():
     ("adversarial.disc_warmup_steps=1000000", "adversarial.disc_warmup_steps"),
     ("adversarial.regression_weight=-1", "adversarial.regression_weight"),
     ("adversarial.reg_weight=-1", "adversarial.reg_weight"),
+    ("adversarial.gan_weight=-1", "adversarial.gan_weight"),
+    (["adversarial.gan_weight=0", "adversarial.regression_weight=0"],
+     "adversarial.gan_weight"),  # the generator would have no objective
     ("adversarial.last_phase_clips=-1", "adversarial.last_phase_clips"),
     (["adversarial.clips_per_phase=4096", "adversarial.last_phase_clips=16"],
      "adversarial.disc_warmup_steps"),  # no generator update in the last phase

@@ -55,9 +55,8 @@ def test_teacher_dmd_adversarial_chain(ray_cluster, bucket, tiny_config, tmp_pat
     assert _config(student)["sample"] == {**_config(student)["sample"], "steps": 4,
                                           "audio_scale": 1.0, "ref_scale": 1.0}
 
-    # Adversarial: first one phase (4→3), then extended with --resume to 3→2→1 (with the optional
-    # regression to the reference). Each phase opens with a discriminator-only step, which the
-    # generator's engine sits out on every rank.
+    # Adversarial: first one phase (4→3), then extended with --resume to 3→2→1. Each phase
+    # opens with a discriminator-only step, which the generator's engine sits out on every rank.
     adv_settings = {"adversarial.clips_per_phase": 8, "adversarial.warmup_steps": 1,
                     "adversarial.disc_warmup_steps": 1}
     adv = _sets(**where, **adv_settings, **{"run.name": "adv"})
@@ -68,8 +67,7 @@ def test_teacher_dmd_adversarial_chain(ray_cluster, bucket, tiny_config, tmp_pat
     adv_run = f"s3://{bucket}/runs/adv"
     assert _config(f"{adv_run}/exports/3step")["sample"]["steps"] == 3
     distill.main(["--stage", "adversarial", "--student", student, "--resume", "--set",
-                  "adversarial.phases=[3, 2, 1]", "--set", "adversarial.regression_weight=1"]
-                 + adv)
+                  "adversarial.phases=[3, 2, 1]"] + adv)
     out = capsys.readouterr().out
     for steps in (3, 2, 1):
         assert f"export: {adv_run}/exports/{steps}step" in out
@@ -79,11 +77,11 @@ def test_teacher_dmd_adversarial_chain(ray_cluster, bucket, tiny_config, tmp_pat
     assert state["step"] == 6 and state["world_size"] == 2
 
     # A branch: a new run continues `adv` from its 2-step checkpoint (the end of phase 2) with
-    # stronger R1/R2 and a longer 1-step phase; the sources stay pinned, `adv` is left as it was.
+    # another R1/R2 weight and a longer 1-step phase; the sources stay pinned, `adv` stays as is.
     names = checkpoint_names(resolve(adv_run))
     two_step = next(f"{adv_run}/{n}" for n in names if _state(f"{adv_run}/{n}")["step"] == 4)
     branch = ["--stage", "adversarial", "--set", "adversarial.phases=[3, 2, 1]"] + _sets(
-        **where, **adv_settings, **{"run.name": "adv-branch", "adversarial.reg_weight": 10,
+        **where, **adv_settings, **{"run.name": "adv-branch", "adversarial.reg_weight": 3,
                                     "adversarial.last_phase_clips": 12})
     with pytest.raises(SystemExit, match="not a training checkpoint"):
         distill.main(branch + ["--branch-from", f"{adv_run}/exports/2step"])
@@ -96,7 +94,7 @@ def test_teacher_dmd_adversarial_chain(ray_cluster, bucket, tiny_config, tmp_pat
     state = _state(latest_checkpoint(branch_run))
     assert state["resumed_at_steps"] == [2, 4]  # adv's history, then the branch point
     assert state["step"] == 7  # 8 + 8 + 12 clips
-    assert _config(f"{branch_run}/exports/1step")["adversarial"]["reg_weight"] == 10
+    assert _config(f"{branch_run}/exports/1step")["adversarial"]["reg_weight"] == 3
     assert checkpoint_names(resolve(adv_run)) == names
 
     make_sample.main(["--out-dir", str(tmp_path), "--set", "synth.clip_seconds=1.2"])

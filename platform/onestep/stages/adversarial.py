@@ -8,7 +8,8 @@ its whole trajectory from noise with gradients through the final step only; the 
 compares real clips, the generator's samples and, with weight λ, the reference's samples of the
 same noise; R1/R2 (and the reference's term) are approximated by noise perturbation.
 Optionally (`regression_weight`, not part of TurboTalk) the generator's sample is also pulled
-towards the reference's sample of the same noise by an MSE, mouth-weighted as the teacher's loss.
+towards the reference's sample of the same noise by an MSE, mouth-weighted as the teacher's loss;
+`gan_weight` scales the generator's adversarial terms (0: the regression alone trains it).
 
 Two knobs keep the discriminator ahead of the generator: a discriminator-only warm-up at the
 start of each phase (its new head starts at zero, so until it has learned something its input
@@ -143,11 +144,14 @@ class AdversarialStage(Stage):
         ref = logits(x_ref) if use_ref else None
         # Generator update first, against the current discriminator (frozen meanwhile).
         with frozen(disc.module), torch.set_grad_enabled(train_generator):
-            fake_g = logits(x_fake)
-            g_loss = generator_loss(a.loss, real.detach(), fake_g)
-            if use_ref:
-                g_loss = g_loss + a.self_compare_weight * generator_loss(a.loss, ref.detach(),
-                                                                         fake_g)
+            g_loss = x_fake.new_zeros(())
+            if a.gan_weight > 0:
+                fake_g = logits(x_fake)
+                adversarial = generator_loss(a.loss, real.detach(), fake_g)
+                if use_ref:
+                    adversarial = adversarial + a.self_compare_weight * generator_loss(
+                        a.loss, ref.detach(), fake_g)
+                g_loss = a.gan_weight * adversarial
             if use_regression:
                 regression = weighted_mse(x_fake, x_ref, mouth_weights(x_fake, self.cfg.flow))
                 g_loss = g_loss + a.regression_weight * regression
