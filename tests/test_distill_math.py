@@ -151,3 +151,35 @@ def test_adversarial_phases_milestones_and_schedules():
     assert stage.total_clips() == 44
     assert [stage.phase(s)[1] for s in range(11)] == [3, 3, 3, 2, 2, 2, 1, 1, 1, 1, 1]
     assert [stage.milestone(s, 11) for s in (3, 6, 9, 11)] == ["3step", "2step", None, "1step"]
+
+
+@pytest.mark.parametrize("gan_weight", [0.0, 1.0, 2.0])
+def test_generator_objective_scales_the_gan_terms_and_adds_the_regression(gan_weight):
+    """`adversarial.gan_weight` scales the GAN terms (the real and the self-compare one) and 0
+    leaves the regression alone: the discriminator is then not even run on the sample."""
+    from onestep.config import load_config
+    from onestep.flow import mouth_weights, weighted_mse
+    from onestep.stages.adversarial import AdversarialStage
+
+    cfg = load_config("tiny", ["train.stage=adversarial", f"adversarial.gan_weight={gan_weight}",
+                               "adversarial.regression_weight=10",
+                               "adversarial.self_compare_weight=0.5"])
+    stage = AdversarialStage(cfg)
+    g = torch.Generator().manual_seed(0)
+    x_fake = torch.randn(2, 4, 2, 8, 8, generator=g).requires_grad_()
+    x_ref, real, ref = torch.randn(2, 4, 2, 8, 8, generator=g), torch.randn(2), torch.randn(2)
+    calls = []
+
+    def disc(x):
+        calls.append(x)
+        return x.mean(dim=(1, 2, 3, 4)) * 3
+
+    loss, logs = stage.generator_objective(disc, x_fake, real, x_ref, ref)
+    regression = weighted_mse(x_fake, x_ref, mouth_weights(x_fake, cfg.flow)).detach()
+    assert float(logs["regression"]) == pytest.approx(float(regression))
+    adversarial = (generator_loss("r3gan", real, disc(x_fake))
+                   + 0.5 * generator_loss("r3gan", ref, disc(x_fake))).detach()
+    assert float(loss.detach()) == pytest.approx(float(gan_weight * adversarial + 10 * regression))
+    assert len(calls) == (2 if gan_weight == 0 else 3)  # only the two calls above, with 0
+    loss.backward()
+    assert x_fake.grad.abs().sum() > 0

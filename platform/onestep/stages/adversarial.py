@@ -114,6 +114,28 @@ class AdversarialStage(Stage):
         progress = done / a.warmup_steps if a.dynamic_timesteps and a.warmup_steps > 0 else 1.0
         return dynamic_schedule(steps, previous, progress, u, shift)
 
+    def generator_objective(self, logits, x_fake: torch.Tensor, real: torch.Tensor,
+                            x_ref: torch.Tensor | None, ref: torch.Tensor | None
+                            ) -> tuple[torch.Tensor, dict]:
+        """The generator's loss and its logged parts: its GAN loss against the real clips' logits
+        `real` (and with λ against the reference's, `ref`) times `gan_weight`, plus the
+        regression to the reference's sample `x_ref`. `logits` is the discriminator; with
+        `gan_weight` 0 it is not run on the sample, so no adversarial gradient can leak in."""
+        a = self.cfg.adversarial
+        loss, logs = x_fake.new_zeros(()), {}
+        if a.gan_weight > 0:
+            fake = logits(x_fake)
+            adversarial = generator_loss(a.loss, real.detach(), fake)
+            if ref is not None:
+                adversarial = adversarial + a.self_compare_weight * generator_loss(
+                    a.loss, ref.detach(), fake)
+            loss = a.gan_weight * adversarial
+        if a.regression_weight > 0:
+            regression = weighted_mse(x_fake, x_ref, mouth_weights(x_fake, self.cfg.flow))
+            loss = loss + a.regression_weight * regression
+            logs["regression"] = regression.detach()
+        return loss, logs
+
     def train_step(self, batch: dict, engines: dict, generator: torch.Generator,
                    step: int) -> dict:
         a = self.cfg.adversarial
@@ -125,8 +147,8 @@ class AdversarialStage(Stage):
         train_generator = self.generator_updates(step)[1]  # the same on every rank
         with torch.set_grad_enabled(train_generator):
             x_fake = final_step_sample(gen, noise, timesteps, cond)
-        use_ref, use_regression = a.self_compare_weight > 0, a.regression_weight > 0
-        if use_ref or use_regression:  # the reference's sample of the same noise
+        use_ref, x_ref = a.self_compare_weight > 0, None
+        if use_ref or a.regression_weight > 0:  # the reference's sample of the same noise
             with torch.no_grad():
                 ref_steps = sampling_timesteps(self.cfg.dmd.student_steps,
                                                self.cfg.sample.timestep_shift)
@@ -144,17 +166,7 @@ class AdversarialStage(Stage):
         ref = logits(x_ref) if use_ref else None
         # Generator update first, against the current discriminator (frozen meanwhile).
         with frozen(disc.module), torch.set_grad_enabled(train_generator):
-            g_loss = x_fake.new_zeros(())
-            if a.gan_weight > 0:
-                fake_g = logits(x_fake)
-                adversarial = generator_loss(a.loss, real.detach(), fake_g)
-                if use_ref:
-                    adversarial = adversarial + a.self_compare_weight * generator_loss(
-                        a.loss, ref.detach(), fake_g)
-                g_loss = a.gan_weight * adversarial
-            if use_regression:
-                regression = weighted_mse(x_fake, x_ref, mouth_weights(x_fake, self.cfg.flow))
-                g_loss = g_loss + a.regression_weight * regression
+            g_loss, logs = self.generator_objective(logits, x_fake, real, x_ref, ref)
         if train_generator:
             gen.backward(g_loss)
             gen.step()
@@ -164,7 +176,6 @@ class AdversarialStage(Stage):
         d_loss = discriminator_loss(a.loss, real, fake)
         if use_ref:
             d_loss = d_loss + a.self_compare_weight * discriminator_loss(a.loss, ref, fake)
-        logs = {"regression": regression.detach()} if use_regression else {}
         if a.reg_weight > 0:
             reg = (perturbation_penalty(logits, x_real, real, a.reg_sigma, generator)
                    + perturbation_penalty(logits, x_fake, fake, a.reg_sigma, generator))
