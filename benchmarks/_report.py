@@ -28,3 +28,20 @@ def save(out: Path, meta: dict, rows, lines: list[str]) -> None:
         tmp.write_text(text)
         tmp.replace(out.with_suffix(suffix))
     print(out.with_suffix(".md").read_text())
+
+
+# Columns of an evaluation table (jobs/evaluate.py's metrics): (key, header, decimals).
+EVAL_COLUMNS = [("sync", "lip-sync ↑", 3), ("abs_offset_frames", "abs. offset ↓", 2),
+                ("frechet", "Fréchet ↓", 3), ("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 3),
+                ("identity", "identity ↑", 3), ("flicker", "flicker", 2),
+                ("nfe_per_chunk", "NFE/chunk", 0), ("compute_s_per_video_s", "CPU s / video s", 3)]
+
+
+def eval_table(rows: dict[str, dict]) -> list[str]:
+    """Markdown table lines: one row per model name → its evaluation metrics."""
+    lines = ["| model | " + " | ".join(c[1] for c in EVAL_COLUMNS) + " |",
+             "|---|" + "---|" * len(EVAL_COLUMNS)]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.{d}f}" for k, _, d in EVAL_COLUMNS)
+                     + " |")
+    return lines

@@ -1,64 +1,177 @@
-"""TurboTalk's ablations (its Tables 2–4) on SynthTalk: adversarial-stage variants of one student.
+"""TurboTalk's ablations (its Tables 2 and 3) on SynthTalk, and onestep's own additions:
+adversarial-stage variants of one DMD student at an equal budget, each a 1-step generator.
 
-    python benchmarks/ablations.py --student runs/dmd-tiny/exports/4step --data data/synthtalk \\
-        --clips-per-phase 640 --set run.root=runs --set adversarial.warmup_steps=20 \\
+    python benchmarks/ablations.py --student reports/ablations-inputs/student \\
+        --set adversarial.teacher=$PWD/reports/ablations-inputs/teacher \\
+        --reader reports/ablations-inputs/mouth_reader.safetensors --data data/synthtalk \\
+        --clips-per-phase 640 --set adversarial.last_phase_clips=1280 --set run.root=runs \\
         --out reports/ablations
 
-Every row is one `jobs/distill.py --stage adversarial` run from the same DMD student, differing
-from the full recipe only in the switches named in its row, at an equal budget of generator
-updates (direct 4→1 trains all the progressive phases' clips in its one phase). The rows build
-up the recipe as TurboTalk's ablation does (base → + progressive → + dynamic timesteps →
-+ self-compare) and then change one component of the full recipe: the GAN loss, R1/R2, and
-the two terms TurboTalk does not have or needs, the regression anchor and the generator's GAN loss.
+Every row is one `jobs/distill.py --stage adversarial` run from the same student, differing from
+its section's base recipe only in the switches named in its row. Direct 4→1 rows train all the
+progressive phases' clips in their one phase, so every row sees the same clips. Tables 2 and 3
+ablate TurboTalk's own recipe (`adversarial.regression_weight=0`); the last section ablates
+onestep's defaults, which add the regression anchor.
 
-The command of each run is printed before it starts, so any row can be rerun alone. A row whose
-1-step model is already exported is not retrained and an interrupted one is resumed, so the
-script can simply be run again after an interruption. Finally all 1-step models are evaluated
-together by one `jobs/evaluate.py` call, written to <out>.json/.md with the commands.
+A row is trained, then evaluated alone, then recorded in <out>.json (with the command of each)
+before the next one starts, so the table fills up across interruptions, sessions and machines:
+a later call runs only the rows still missing. Rows are comparable only if they share the
+student, the discriminator's trunk, the mouth reader (whose features the Fréchet distance is
+computed in), the data and the budget; <out>.json records all of these (weights by SHA-256)
+and a call with different ones is refused rather than mixed in. The reference rows (the
+teacher, the student at 4 and at 1 step) are evaluated first, on the same clips.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from _report import eval_table
+
 from onestep import cli
-from onestep.checkpoint import checkpoint_names
+from onestep.checkpoint import WEIGHTS, checkpoint_names, read_config, resolve_checkpoint
+from onestep.evaluation.mouth_reader import load_or_train
+from onestep.shards import read_manifest
+from onestep.storage import resolve
 from onestep.train.ray_job import export_location, run_location
 
 ROOT = Path(__file__).resolve().parent.parent
 
 DIRECT = "adversarial.phases=[1]"
-# name → (run-name suffix, overrides of the full recipe)
-VARIANTS = {
-    "base: direct 4→1": ("direct-base", [DIRECT,
-                                          "adversarial.dynamic_timesteps=false",
-                                          "adversarial.self_compare_weight=0"]),
-    "+ progressive": ("prog", ["adversarial.dynamic_timesteps=false",
-                               "adversarial.self_compare_weight=0"]),
-    "+ dynamic timesteps": ("prog-dyn", ["adversarial.self_compare_weight=0"]),
-    "+ self-compare (full recipe)": ("full", []),
-    "full recipe, direct 4→1": ("full-direct", [DIRECT]),
-    "full, non-saturating GAN loss": ("full-gan", ["adversarial.loss=gan"]),
-    "full, hinge loss": ("full-hinge", ["adversarial.loss=hinge"]),
-    "full, without R1/R2": ("full-noreg", ["adversarial.reg_weight=0"]),
-    "full, without the regression (TurboTalk's recipe)": ("full-noregression",
-                                                          ["adversarial.regression_weight=0"]),
-    "full, regression only (no generator GAN loss)": ("full-nogan", ["adversarial.gan_weight=0"]),
-}
+TURBOTALK = "adversarial.regression_weight=0"  # TurboTalk's recipe has no regression anchor
+PLAIN = ["adversarial.dynamic_timesteps=false", "adversarial.self_compare_weight=0"]
+TABLE2 = "TurboTalk Table 2: the components, on TurboTalk's recipe (R3GAN, R1/R2)"
+TABLE3 = "TurboTalk Table 3: the adversarial loss (full TurboTalk recipe otherwise)"
+ONESTEP = "onestep's defaults: TurboTalk's recipe + the regression anchor"
+# (key, section, row name, overrides of the stage's defaults)
+ROWS = [
+    ("tt-direct", TABLE2, "base: direct 4→1", [TURBOTALK, DIRECT, *PLAIN]),
+    ("tt-prog", TABLE2, "+ step reduction (4→3→2→1)", [TURBOTALK, *PLAIN]),
+    ("tt-prog-dyn", TABLE2, "+ dynamic timesteps", [TURBOTALK, PLAIN[1]]),
+    ("tt-full", TABLE2, "+ self-compare (TurboTalk's full recipe)", [TURBOTALK]),
+    ("tt-full-direct", TABLE2, "full recipe, direct 4→1", [TURBOTALK, DIRECT]),
+    ("tt-gan", TABLE3, "non-saturating GAN loss", [TURBOTALK, "adversarial.loss=gan"]),
+    ("tt-hinge", TABLE3, "hinge loss", [TURBOTALK, "adversarial.loss=hinge"]),
+    ("tt-noreg", TABLE3, "R3GAN without R1/R2", [TURBOTALK, "adversarial.reg_weight=0"]),
+    ("onestep", ONESTEP, "progressive 4→3→2→1 (the defaults)", []),
+    ("onestep-direct", ONESTEP, "direct 4→1", [DIRECT]),
+    ("onestep-nogan", ONESTEP, "regression only (no generator GAN loss)",
+     ["adversarial.gan_weight=0"]),
+]
+# Differences a comparison can rest on: (what it shows, the better row, the row it beats).
+COMPARISONS = [("progressive beats direct, TurboTalk's recipe without its extras",
+                "tt-prog", "tt-direct"),
+               ("progressive beats direct, TurboTalk's full recipe", "tt-full", "tt-full-direct"),
+               ("progressive beats direct, onestep's defaults", "onestep", "onestep-direct")]
+# Overrides that name places on this machine, not the experiment: rows may differ in them.
+LOCAL_KEYS = ("run.root", "run.s3_endpoint_url", "adversarial.teacher", "data.uri")
 
 
-def _variant_args(overrides: list[str], phase_clips: list[int]) -> list[str]:
-    """Direct variants get every progressive phase's clips, so the budgets are equal."""
+def variant_sets(overrides: list[str], phase_clips: list[int]) -> list[str]:
+    """A row's --set list: direct rows get all phases' clips in their one phase (equal budget)."""
     if DIRECT in overrides:
         return [f"adversarial.clips_per_phase={sum(phase_clips)}",
                 "adversarial.last_phase_clips=0", *overrides]
     return [f"adversarial.clips_per_phase={phase_clips[0]}",
             f"adversarial.last_phase_clips={phase_clips[-1]}", *overrides]
+
+
+def sha256(uri: str, endpoint: str) -> str:
+    return hashlib.sha256(resolve(uri, endpoint).read_bytes()).hexdigest()
+
+
+def setup_of(args: argparse.Namespace, cfg, endpoint: str) -> dict:
+    """What makes two rows comparable. Weights by content, so a copy elsewhere still matches."""
+    student = resolve_checkpoint(args.student, endpoint)
+    teacher = resolve_checkpoint(cfg.adversarial.teacher or read_config(student, endpoint)
+                                 .dmd.teacher, endpoint)
+    manifest = read_manifest(resolve(args.data, endpoint))
+    return {"student_sha256": sha256(resolve(student, endpoint).join(WEIGHTS).uri, endpoint),
+            "teacher_sha256": sha256(resolve(teacher, endpoint).join(WEIGHTS).uri, endpoint),
+            "reader_sha256": sha256(args.reader, endpoint),
+            "data": {k: manifest.get(k) for k in ("num_clips", "shards", "source")},
+            "eval_clips": args.eval_clips, "phase_clips": cfg.adversarial.phase_clips(),
+            "settings": sorted(o for o in args.overrides if o.split("=")[0] not in LOCAL_KEYS)}
+
+
+class Ledger:
+    """<out>.json: the setup, then every evaluated row; rewritten atomically after each row."""
+
+    def __init__(self, path: Path, setup: dict, command: str):
+        self.path = path
+        if path.exists():
+            self.data = json.loads(path.read_text())
+            theirs = self.data["setup"]
+            diff = [k for k in sorted(set(setup) | set(theirs)) if setup.get(k) != theirs.get(k)]
+            if diff:
+                raise SystemExit(
+                    f"error: {path} holds rows made with another setup (differs in: "
+                    f"{', '.join(diff)}); they could not be compared with this call's. Pass "
+                    "another --out, or the inputs recorded there (see its 'setup').")
+        else:
+            self.data = {"setup": setup, "references": {}, "rows": {}}
+        self.data["command"] = command
+
+    def has(self, group: str, key: str) -> bool:
+        return key in self.data[group]
+
+    def record(self, group: str, key: str, entry: dict) -> None:
+        """Add one evaluated model, with when and from which code (rows may come from several
+        commits: the setup pins the inputs, not the code)."""
+        self.data[group][key] = {**entry, "commit": _commit(),
+                                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        tmp.replace(self.path)
+        write_markdown(self.data, self.path.with_suffix(".md"))
+
+
+def markdown(data: dict, heading: str = "#") -> list[str]:
+    """The ablation tables (missing rows listed as such), comparisons and every command."""
+    setup, rows, refs = data["setup"], data["rows"], data["references"]
+    lines = [f"{heading} Ablations (TurboTalk Tables 2 and 3 on SynthTalk)", "",
+             (f"1-step generators from one DMD 4-step student, every row at the same "
+              f"{sum(setup['phase_clips'])} clips (progressive phases "
+              f"{' / '.join(map(str, setup['phase_clips']))}; direct rows all in one phase), "
+              f"evaluated on {setup['eval_clips']} held-out clips. Made by `{data['command']}`; "
+              f"shared settings: {', '.join(setup['settings']) or 'none'}."), ""]
+    if refs:
+        lines += [f"{heading}# References (no adversarial stage)", "",
+                  *eval_table({r["name"]: r["metrics"] for r in refs.values()}), ""]
+    for section in dict.fromkeys(s for _, s, _, _ in ROWS):
+        done = {name: rows[key]["metrics"] for key, s, name, _ in ROWS
+                if s == section and key in rows}
+        missing = [name for key, s, name, _ in ROWS if s == section and key not in rows]
+        lines += [f"{heading}# {section}", ""]
+        lines += [*eval_table(done), ""] if done else []
+        lines += [f"Not run yet: {'; '.join(missing)}.", ""] if missing else []
+    compared = [(what, rows[a]["metrics"], rows[b]["metrics"]) for what, a, b in COMPARISONS
+                if a in rows and b in rows]
+    if compared:
+        lines += ["| comparison | lip-sync difference ↑ | Fréchet difference ↓ | holds |",
+                  "|---|---|---|---|"]
+        lines += [f"| {what} | {a['sync'] - b['sync']:+.3f} | {a['frechet'] - b['frechet']:+.3f}"
+                  f" | {'yes' if a['sync'] > b['sync'] and a['frechet'] < b['frechet'] else 'no'}"
+                  " |" for what, a, b in compared]
+        lines.append("")
+    lines += ["Commands of every row (training, then evaluation):", ""]
+    for group in ("references", "rows"):
+        for entry in data[group].values():
+            lines += [f"    {c}" for c in (entry.get("train"), entry["evaluate"]) if c]
+    return lines + [""]
+
+
+def write_markdown(data: dict, path: Path) -> None:
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(markdown(data)))
+    tmp.replace(path)
 
 
 def main() -> None:
@@ -69,70 +182,89 @@ def main() -> None:
     p.add_argument("--clips-per-phase", type=int, required=True,
                    help="clips per progressive phase (the last: adversarial.last_phase_clips, "
                         "if set); a direct run trains all phases' clips in its one phase")
-    p.add_argument("--prefix", default="ablation", help="run names: <prefix>-<variant>")
-    p.add_argument("--only", action="append", default=[],
-                   choices=[suffix for suffix, _ in VARIANTS.values()],
-                   help="run only these rows (repeatable; default: all)")
-    p.add_argument("--eval-clips", type=int, default=8)
-    p.add_argument("--reader", default="runs/mouth_reader.safetensors")
+    p.add_argument("--prefix", default="ablation", help="run names: <prefix>-<row key>")
+    p.add_argument("--only", action="append", default=[], choices=[r[0] for r in ROWS],
+                   help="run only these rows (repeatable; default: every missing row)")
+    p.add_argument("--eval-clips", type=int, default=16)
+    p.add_argument("--reader", default="runs/mouth_reader.safetensors",
+                   help="mouth reader weights (trained and saved here if missing)")
     p.add_argument("--out", default="reports/ablations")
     cli.add_config_args(p)
     args = p.parse_args()
+    cli.setup_logging()
     cfg = cli.config_from_args(args, [f"data.uri={args.data}",
                                       f"adversarial.clips_per_phase={args.clips_per_phase}"])
     endpoint = cfg.run.s3_endpoint_url
+    load_or_train(args.reader, cfg.synth, endpoint_url=endpoint)  # the rows' one feature space
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(out.with_suffix(".json"), setup_of(args, cfg, endpoint),
+                    "python benchmarks/ablations.py " + shlex.join(sys.argv[1:]))
+    evaluate = Evaluator(args, out, endpoint)
+
+    teacher = cfg.adversarial.teacher or read_config(
+        resolve_checkpoint(args.student, endpoint), endpoint).dmd.teacher
+    for key, name, uri, steps in (("teacher", "teacher", teacher, None),
+                                  ("student", "DMD 4-step student", args.student, None),
+                                  ("student-1", "DMD student sampled with 1 step", args.student, 1)):
+        if not ledger.has("references", key):
+            ledger.record("references", key, {"name": name, **evaluate(key, name, uri, steps)})
+
     phase_clips = cfg.adversarial.phase_clips()
-    python = sys.executable
-
-    report = Path(args.out).with_suffix(".json")
-    # Rows trained by an earlier invocation keep the commands that trained them.
-    runs = json.loads(report.read_text())["meta"].get("training_commands", {}) \
-        if report.exists() else {}
-    exports = []
-    for name, (suffix, overrides) in VARIANTS.items():
-        if args.only and suffix not in args.only:
+    for key, _, name, overrides in ROWS:
+        if (args.only and key not in args.only) or ledger.has("rows", key):
             continue
-        run_name = f"{args.prefix}-{suffix}"
-        cfg.run.name = run_name
-        exports.append(f"{name}={export_location(cfg, '1step').uri}")
-        sets = [f"data.uri={args.data}", *args.overrides, f"run.name={run_name}",
-                *_variant_args(overrides, phase_clips)]
-        cmd = [python, "jobs/distill.py", "--stage", "adversarial", "--student", args.student,
-               "--config", args.config, *[a for s in sets for a in ("--set", s)]]
-        if export_location(cfg, "1step").join("config.yaml").exists():
-            # Trained earlier, by this script or by hand (e.g. under `ray job submit`) with
-            # the command it would have run.
-            runs.setdefault(name, shlex.join(["python", *cmd[1:]]))
-            print(f"# {name}: {run_name} already has its 1-step model", flush=True)
-            continue
-        resume = bool(checkpoint_names(run_location(cfg)))
-        runs[name] = shlex.join(["python", *cmd[1:]])
-        print(f"# {name}{' (resumed)' if resume else ''}\n{runs[name]}", flush=True)
-        _run(cmd + (["--resume"] if resume else []), f"the run for {name!r}")
-
-    cmd = [python, "jobs/evaluate.py", "--data", args.data, "--clips", str(args.eval_clips),
-           "--reader", args.reader, "--out", args.out, "--s3-endpoint-url", endpoint]
-    cmd += [a for e in exports for a in ("--checkpoint", e)]
-    print(f"# evaluation\n{shlex.join(['python', *cmd[1:]])}", flush=True)
-    _run(cmd, "the evaluation")
-    _record(report, runs)
+        cfg.run.name = f"{args.prefix}-{key}"
+        sets = [f"data.uri={args.data}", *args.overrides, f"run.name={cfg.run.name}",
+                *variant_sets(overrides, phase_clips)]
+        cmd = ["--stage", "adversarial", "--student", args.student, "--config", args.config,
+               *[a for s in sets for a in ("--set", s)]]
+        train = shlex.join(["python", "jobs/distill.py", *cmd])
+        if not export_location(cfg, "1step").join("config.yaml").exists():
+            resume = bool(checkpoint_names(run_location(cfg)))
+            print(f"# {name}{' (resumed)' if resume else ''}\n{train}", flush=True)
+            _run("distill.py", [*cmd, *(["--resume"] if resume else [])], f"the run for {name!r}")
+        ledger.record("rows", key, {"name": name, "train": train,
+                                    **evaluate(key, name, export_location(cfg, "1step").uri)})
+        print(f"# recorded {name!r} in {ledger.path}", flush=True)
+    print("\n".join(markdown(ledger.data)))
 
 
-def _run(cmd: list[str], what: str) -> None:
-    code = subprocess.run(cmd, check=False, cwd=ROOT).returncode
+class Evaluator:
+    """One `jobs/evaluate.py` call per model, written to <out>-rows/<key>.{json,md,png} (the
+    contact sheet shows that model's first held-out clip)."""
+
+    def __init__(self, args: argparse.Namespace, out: Path, endpoint: str):
+        self.args, self.endpoint = args, endpoint
+        self.folder = out.parent / f"{out.name}-rows"
+
+    def __call__(self, key: str, name: str, uri: str, steps: int | None = None) -> dict:
+        a = self.args
+        cmd = ["--checkpoint", f"{name}={uri}", "--data", a.data,
+               "--clips", str(a.eval_clips), "--reader", a.reader,
+               "--out", str(self.folder / key), *(["--steps", str(steps)] if steps else []),
+               *(["--s3-endpoint-url", self.endpoint] if self.endpoint else [])]
+        command = shlex.join(["python", "jobs/evaluate.py", *cmd])
+        print(f"# evaluation of {name!r}\n{command}", flush=True)
+        _run("evaluate.py", cmd, f"the evaluation of {name!r}")
+        results = json.loads((self.folder / f"{key}.json").read_text())["results"]
+        return {"metrics": results[name], "evaluate": command}
+
+
+def _commit() -> str:
+    """This checkout's commit, marked `+changes` if it has uncommitted ones."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
+                              check=False).stdout
+    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def _run(job: str, args: list[str], what: str) -> None:
+    """A job script of this checkout, in the caller's directory (relative paths stay theirs)."""
+    code = subprocess.run([sys.executable, str(ROOT / "jobs" / job), *args], check=False).returncode
     if code:
         sys.exit(f"error: {what} exited with {code}; run this script again to continue")
-
-
-def _record(path: Path, runs: dict[str, str]) -> None:
-    """Add this script's command and every row's training command to the evaluation's JSON,
-    so the report can say how every row was made."""
-    data = json.loads(path.read_text())
-    data["meta"]["ablation_command"] = "python benchmarks/ablations.py " + shlex.join(sys.argv[1:])
-    data["meta"]["training_commands"] = runs
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -19,20 +19,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from _report import save
-
-COLUMNS = [("sync", "lip-sync ↑", 3), ("abs_offset_frames", "abs. offset ↓", 2),
-           ("frechet", "Fréchet ↓", 3), ("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 3),
-           ("identity", "identity ↑", 3), ("flicker", "flicker", 2),
-           ("nfe_per_chunk", "NFE/chunk", 0), ("compute_s_per_video_s", "CPU s / video s", 3)]
-
-
-def _table(rows: dict) -> list[str]:
-    lines = ["| model | " + " | ".join(c[1] for c in COLUMNS) + " |",
-             "|---|" + "---|" * len(COLUMNS)]
-    for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.{d}f}" for k, _, d in COLUMNS) + " |")
-    return lines
+from _report import eval_table, save
+from ablations import markdown as ablation_markdown
 
 
 def _plot(rows: dict, path: Path) -> None:
@@ -74,7 +62,7 @@ def main() -> None:
     lines = ["# Distillation on SynthTalk: teacher → DMD 4-step → progressive 3/2/1-step", "",
              ("Held-out identities with their own audio (see reports/teacher.md for the metrics). "
               "Every student samples without CFG; the teacher with audio CFG."), "",
-             *_table(rows), "", "![lip-sync and Fréchet distance per model](distill.png)", ""]
+             *eval_table(rows), "", "![lip-sync and Fréchet distance per model](distill.png)", ""]
 
     checks = {}
     teacher = rows.get("teacher")
@@ -104,14 +92,7 @@ def main() -> None:
                   f"{r['speedup_vs_first']:.1f}× |" for r in speed["rows"]]
         lines.append("")
     if args.ablation:
-        ablation = json.loads(Path(args.ablation).read_text())
-        meta = ablation["meta"]
-        commands.append(meta["command"])
-        lines += ["## Ablations (TurboTalk Tables 2–4 on SynthTalk)", "",
-                  ("Adversarial-stage variants of the same DMD 4-step student at an equal "
-                   f"budget; 1-step models. Made by `{meta['ablation_command']}`, which ran:"), "",
-                  *[f"    {c}" for c in meta["training_commands"].values()], "",
-                  *_table(ablation["results"]), ""]
+        lines += ablation_markdown(json.loads(Path(args.ablation).read_text()), heading="##")
     lines += ["Evaluation commands:", ""] + [f"    {c}" for c in commands] + [""]
     if args.notes:
         lines.append(Path(args.notes).read_text())

@@ -1,0 +1,60 @@
+"""benchmarks/ablations.py's bookkeeping: equal budgets, rows that accumulate across calls, and
+a refusal to mix rows of different setups (the table fills up over several sessions)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import ablations  # noqa: E402
+
+METRICS = {"sync": 0.6, "abs_offset_frames": 0.1, "frechet": 0.3, "psnr": 21.0, "ssim": 0.7,
+           "identity": 0.97, "flicker": 11.0, "nfe_per_chunk": 1, "compute_s_per_video_s": 0.08}
+SETUP = {"student_sha256": "aa", "teacher_sha256": "bb", "reader_sha256": "cc", "data": {},
+         "eval_clips": 16, "phase_clips": [640, 640, 1280], "settings": []}
+
+
+def test_every_row_trains_the_same_clips():
+    for key, _, _, overrides in ablations.ROWS:
+        sets = dict(s.split("=", 1) for s in ablations.variant_sets(overrides, [640, 640, 1280]))
+        phases = json.loads(sets.get("adversarial.phases", "[3, 2, 1]"))
+        per, last = int(sets["adversarial.clips_per_phase"]), int(
+            sets["adversarial.last_phase_clips"])
+        clips = [per] * (len(phases) - 1) + [last or per]
+        assert sum(clips) == 2560, key
+
+
+def test_rows_accumulate_and_the_markdown_lists_what_is_missing(tmp_path):
+    path = tmp_path / "ablations.json"
+    first = ablations.Ledger(path, SETUP, "python benchmarks/ablations.py a")
+    first.record("rows", "tt-direct", {"name": "base: direct 4→1", "train": "python train-1",
+                                       "evaluate": "python eval-1", "metrics": METRICS})
+    # A later call (another session) sees the row and adds one; nothing is lost.
+    second = ablations.Ledger(path, SETUP, "python benchmarks/ablations.py b")
+    assert second.has("rows", "tt-direct") and not second.has("rows", "tt-prog")
+    second.record("rows", "tt-prog", {"name": "+ step reduction (4→3→2→1)",
+                                      "train": "python train-2", "evaluate": "python eval-2",
+                                      "metrics": {**METRICS, "sync": 0.7, "frechet": 0.25}})
+    data = json.loads(path.read_text())
+    assert list(data["rows"]) == ["tt-direct", "tt-prog"]
+    md = path.with_suffix(".md").read_text()
+    assert "| base: direct 4→1 | 0.600 |" in md and "| + step reduction (4→3→2→1) | 0.700 |" in md
+    assert "Not run yet: + dynamic timesteps; + self-compare" in md
+    assert ("| progressive beats direct, TurboTalk's recipe without its extras | +0.100 | "
+            "-0.050 | yes |") in md
+    assert "python train-1" in md and "python eval-2" in md
+
+
+@pytest.mark.parametrize("field", ["student_sha256", "reader_sha256", "phase_clips"])
+def test_rows_of_another_setup_are_refused(tmp_path, field):
+    path = tmp_path / "ablations.json"
+    ablations.Ledger(path, SETUP, "a").record(
+        "rows", "tt-direct", {"name": "base", "train": "t", "evaluate": "e", "metrics": METRICS})
+    with pytest.raises(SystemExit, match=f"differs in: {field}"):
+        ablations.Ledger(path, {**SETUP, field: "other"}, "b")
+    assert json.loads(path.read_text())["rows"]["tt-direct"]["metrics"] == METRICS
