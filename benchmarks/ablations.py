@@ -252,12 +252,14 @@ class Evaluator:
 
 
 def _commit() -> str:
-    """This checkout's commit, marked `+changes` if it has uncommitted ones."""
+    """This checkout's commit, marked `+changes` if its code (not its reports) has uncommitted
+    changes."""
     def git(*a: str) -> str:
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
                               check=False).stdout
     head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no", "--",
+                                           "platform", "jobs", "benchmarks") else "")
 
 
 def _run(job: str, args: list[str], what: str) -> None:
