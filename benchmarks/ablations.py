@@ -199,7 +199,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(out.with_suffix(".json"), setup_of(args, cfg, endpoint),
-                    "python benchmarks/ablations.py " + shlex.join(sys.argv[1:]))
+                    "python benchmarks/ablations.py " + shlex.join(_without_only(sys.argv[1:])))
     evaluate = Evaluator(args, out, endpoint)
 
     teacher = cfg.adversarial.teacher or read_config(
@@ -249,6 +249,16 @@ class Evaluator:
         _run("evaluate.py", cmd, f"the evaluation of {name!r}")
         results = json.loads((self.folder / f"{key}.json").read_text())["results"]
         return {"metrics": results[name], "evaluate": command}
+
+
+def _without_only(argv: list[str]) -> list[str]:
+    """The command line less its --only choices: what fills in every missing row."""
+    out, skip = [], False
+    for a in argv:
+        if not skip and a != "--only" and not a.startswith("--only="):
+            out.append(a)
+        skip = a == "--only"
+    return out
 
 
 def _commit() -> str:
