@@ -111,8 +111,10 @@ def evaluate(generator: AvatarGenerator, sampling: Sampling, clips: list[EvalCli
 def write_contact_sheet(videos: dict[str, np.ndarray], path: Path, count: int = 12,
                         scale: int = 3) -> None:
     """A PNG with one row of evenly spaced frames per video, named on the left: artefacts,
-    colour drift across chunks and a frozen mouth show at a glance what the numbers summarise."""
-    from PIL import Image, ImageDraw
+    colour drift across chunks and a frozen mouth show at a glance what the numbers summarise.
+    Labels use matplotlib's DejaVu Sans: Pillow's built-in font lacks arrows such as "4→1"."""
+    from matplotlib import font_manager
+    from PIL import Image, ImageDraw, ImageFont
 
     n = min(len(v) for v in videos.values())
     picks = np.linspace(0, n - 1, count).round().astype(int)
@@ -120,8 +122,9 @@ def write_contact_sheet(videos: dict[str, np.ndarray], path: Path, count: int = 
     label_w, fh, fw = 220, h * scale, w * scale
     sheet = Image.new("RGB", (label_w + count * fw, len(videos) * fh), "white")
     draw = ImageDraw.Draw(sheet)
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 11)
     for row, (name, frames) in enumerate(videos.items()):
-        draw.text((6, row * fh + fh // 2 - 6), name, fill="black")
+        draw.text((6, row * fh + fh // 2 - 6), name, fill="black", font=font)
         for col, i in enumerate(picks):
             tile = Image.fromarray(frames[i]).resize((fw, fh), Image.NEAREST)
             sheet.paste(tile, (label_w + col * fw, row * fh))
