@@ -45,3 +45,28 @@ def eval_table(rows: dict[str, dict]) -> list[str]:
         lines.append(f"| {name} | " + " | ".join(f"{r[k]:.{d}f}" for k, _, d in EVAL_COLUMNS)
                      + " |")
     return lines
+
+
+def plot_sync_frechet(rows: dict[str, dict], path: Path, reference: str = "teacher") -> None:
+    """Bars of lip-sync and Fréchet distance per model (the two targets), the reference's value
+    dashed across both; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(max(11, 0.55 * len(names) + 4), 3.8))
+    for ax, key, label in ((axes[0], "sync", "lip-sync (higher is better)"),
+                           (axes[1], "frechet", "Fréchet distance (lower is better)")):
+        ax.bar(range(len(names)), [rows[n][key] for n in names],
+               color=["#555" if n == reference else "#3a7" for n in names])
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+        ax.set_title(label, fontsize=10)
+        if reference in rows:
+            ax.axhline(rows[reference][key], color="#555", lw=0.8, ls="--")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from _report import eval_table
+from _report import eval_table, plot_sync_frechet
 
 from onestep import cli
 from onestep.checkpoint import WEIGHTS, checkpoint_names, read_config, resolve_checkpoint
@@ -130,11 +130,19 @@ class Ledger:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=2))
         tmp.replace(self.path)
+        plot_sync_frechet(models(self.data), self.path.with_suffix(".png"))
         write_markdown(self.data, self.path.with_suffix(".md"))
 
 
-def markdown(data: dict, heading: str = "#") -> list[str]:
-    """The ablation tables (missing rows listed as such), comparisons and every command."""
+def models(data: dict) -> dict[str, dict]:
+    """Every evaluated model's metrics by name: the references, then the rows in table order."""
+    rows = [data["rows"][key] for key, *_ in ROWS if key in data["rows"]]
+    return {e["name"]: e["metrics"] for e in [*data["references"].values(), *rows]}
+
+
+def markdown(data: dict, heading: str = "#", plot: str | None = None) -> list[str]:
+    """The ablation tables (missing rows listed as such), comparisons, the plot (a path relative
+    to the markdown, if given) and every command."""
     setup, rows, refs = data["setup"], data["rows"], data["references"]
     lines = [f"{heading} Ablations (TurboTalk Tables 2 and 3 on SynthTalk)", "",
              (f"1-step generators from one DMD 4-step student, every row at the same "
@@ -161,6 +169,8 @@ def markdown(data: dict, heading: str = "#") -> list[str]:
                   f" | {'yes' if a['sync'] > b['sync'] and a['frechet'] < b['frechet'] else 'no'}"
                   " |" for what, a, b in compared]
         lines.append("")
+    if plot:
+        lines += [f"![lip-sync and Fréchet distance of every ablation row]({plot})", ""]
     lines += ["Commands of every row (training, then evaluation):", ""]
     for group in ("references", "rows"):
         for entry in data[group].values():
@@ -170,7 +180,7 @@ def markdown(data: dict, heading: str = "#") -> list[str]:
 
 def write_markdown(data: dict, path: Path) -> None:
     tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(markdown(data)))
+    tmp.write_text("\n".join(markdown(data, plot=path.with_suffix(".png").name)))
     tmp.replace(path)
 
 

@@ -15,33 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
 
-from _report import eval_table, save
+from _report import eval_table, plot_sync_frechet, save
 from ablations import markdown as ablation_markdown
-
-
-def _plot(rows: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, key, label in ((axes[0], "sync", "lip-sync (higher is better)"),
-                           (axes[1], "frechet", "Fréchet distance (lower is better)")):
-        values = [rows[n][key] for n in names]
-        ax.bar(range(len(names)), values, color=["#555" if n == "teacher" else "#3a7" for n in
-                                                 names])
-        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
-        ax.set_title(label, fontsize=10)
-        if "teacher" in rows:
-            ax.axhline(rows["teacher"][key], color="#555", lw=0.8, ls="--")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -91,14 +71,17 @@ def main() -> None:
         lines += [f"| {r['model']} | {r['nfe_per_chunk']} | {r['wall_s_per_video_s']:.4f} | "
                   f"{r['speedup_vs_first']:.1f}× |" for r in speed["rows"]]
         lines.append("")
+    out = Path(args.out)
     if args.ablation:
-        lines += ablation_markdown(json.loads(Path(args.ablation).read_text()), heading="##")
+        plot = Path(args.ablation).with_suffix(".png")
+        lines += ablation_markdown(json.loads(Path(args.ablation).read_text()), heading="##",
+                                   plot=os.path.relpath(plot, out.parent) if plot.exists()
+                                   else None)
     lines += ["Evaluation commands:", ""] + [f"    {c}" for c in commands] + [""]
     if args.notes:
         lines.append(Path(args.notes).read_text())
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _plot(rows, out.with_suffix(".png"))
+    plot_sync_frechet(rows, out.with_suffix(".png"))
     meta = {"command": "python benchmarks/distill_report.py " + shlex.join(sys.argv[1:]),
             "evaluations": commands,
         "checks": {k: {"value": v, "threshold": t} for k, (v, t) in checks.items()}}

@@ -48,6 +48,7 @@ def test_rows_accumulate_and_the_markdown_lists_what_is_missing(tmp_path):
     assert ("| progressive beats direct, TurboTalk's recipe without its extras | +0.100 | "
             "-0.050 | yes |") in md
     assert "python train-1" in md and "python eval-2" in md
+    assert "](ablations.png)" in md and path.with_suffix(".png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("field", ["student_sha256", "reader_sha256", "phase_clips"])
