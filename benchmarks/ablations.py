@@ -20,6 +20,11 @@ student, the discriminator's trunk, the mouth reader (whose features the Fréche
 computed in), the data and the budget; <out>.json records all of these (weights by SHA-256)
 and a call with different ones is refused rather than mixed in. The reference rows (the
 teacher, the student at 4 and at 1 step) are evaluated first, on the same clips.
+
+`--seed N` trains rows again with another training seed (`data.seed`: the discriminator head's
+initialisation, the noise, the order of the data), recorded beside the seed-0 rows as
+<row>@seedN. A difference between two rows is a finding only if it outlasts reseeding, so the
+markdown lists each comparison's difference at every seed it was run at.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from _report import eval_table, plot_sync_frechet
 
@@ -72,6 +79,17 @@ COMPARISONS = [("progressive beats direct, TurboTalk's recipe without its extras
                ("progressive beats direct, onestep's defaults", "onestep", "onestep-direct")]
 # Overrides that name places on this machine, not the experiment: rows may differ in them.
 LOCAL_KEYS = ("run.root", "run.s3_endpoint_url", "adversarial.teacher", "data.uri")
+
+
+def row_key(key: str, seed: int) -> str:
+    """A row's key in <out>.json: seed 0 is the table's row, other seeds repeat it."""
+    return key if seed == 0 else f"{key}@seed{seed}"
+
+
+def split_key(stored: str) -> tuple[str, int]:
+    """row_key's inverse: (row, seed)."""
+    key, _, seed = stored.partition("@seed")
+    return key, int(seed or 0)
 
 
 def variant_sets(overrides: list[str], phase_clips: list[int]) -> list[str]:
@@ -165,10 +183,9 @@ def markdown(data: dict, heading: str = "#", plot: str | None = None) -> list[st
     if compared:
         lines += ["| comparison | lip-sync difference ↑ | Fréchet difference ↓ | holds |",
                   "|---|---|---|---|"]
-        lines += [f"| {what} | {a['sync'] - b['sync']:+.3f} | {a['frechet'] - b['frechet']:+.3f}"
-                  f" | {'yes' if a['sync'] > b['sync'] and a['frechet'] < b['frechet'] else 'no'}"
-                  " |" for what, a, b in compared]
+        lines += [_difference(what, a, b) for what, a, b in compared]
         lines.append("")
+    lines += _across_seeds(rows, heading)
     if plot:
         lines += [f"![lip-sync and Fréchet distance of every ablation row]({plot})", ""]
     lines += ["Commands of every row (training, then evaluation):", ""]
@@ -176,6 +193,37 @@ def markdown(data: dict, heading: str = "#", plot: str | None = None) -> list[st
         for entry in data[group].values():
             lines += [f"    {c}" for c in (entry.get("train"), entry["evaluate"]) if c]
     return lines + [""]
+
+
+def _difference(label: str, a: dict, b: dict) -> str:
+    """A table line: how far row `a` is ahead of row `b`, and whether on both targets."""
+    holds = a["sync"] > b["sync"] and a["frechet"] < b["frechet"]
+    return (f"| {label} | {a['sync'] - b['sync']:+.3f} | {a['frechet'] - b['frechet']:+.3f} | "
+            f"{'yes' if holds else 'no'} |")
+
+
+def _across_seeds(rows: dict, heading: str) -> list[str]:
+    """Every comparison trained at more than one seed: its difference at each, and their mean
+    and spread, which say whether the seed-0 difference is larger than a reseeding moves it."""
+    lines = []
+    for what, a, b in COMPARISONS:
+        seeds = sorted(seed for key, seed in map(split_key, rows) if key == a)
+        pairs = [(s, rows[row_key(a, s)]["metrics"], rows[row_key(b, s)]["metrics"])
+                 for s in seeds if row_key(b, s) in rows]
+        if len(pairs) < 2:
+            continue
+        if not lines:
+            lines += [f"{heading}# Across training seeds", "",
+                      "| comparison | seed | lip-sync difference ↑ | Fréchet difference ↓ | holds |",
+                      "|---|---|---|---|---|"]
+        lines += [_difference(f"{what} | {s}", x, y) for s, x, y in pairs]
+        d_sync = np.array([x["sync"] - y["sync"] for _, x, y in pairs])
+        d_fd = np.array([x["frechet"] - y["frechet"] for _, x, y in pairs])
+        held = sum(x["sync"] > y["sync"] and x["frechet"] < y["frechet"] for _, x, y in pairs)
+        lines.append(f"| {what} | mean ± std of {len(pairs)} | {d_sync.mean():+.3f} ± "
+                     f"{d_sync.std(ddof=1):.3f} | {d_fd.mean():+.3f} ± {d_fd.std(ddof=1):.3f} | "
+                     f"{held} of {len(pairs)} |")
+    return [*lines, ""] if lines else []
 
 
 def write_markdown(data: dict, path: Path) -> None:
@@ -195,6 +243,9 @@ def main() -> None:
     p.add_argument("--prefix", default="ablation", help="run names: <prefix>-<row key>")
     p.add_argument("--only", action="append", default=[], choices=[r[0] for r in ROWS],
                    help="run only these rows (repeatable; default: every missing row)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="training seed (data.seed) of the rows this call runs; rows of seed N "
+                        "are recorded as <row>@seedN beside the table's seed-0 rows")
     p.add_argument("--eval-clips", type=int, default=16)
     p.add_argument("--reader", default="runs/mouth_reader.safetensors",
                    help="mouth reader weights (trained and saved here if missing)")
@@ -209,7 +260,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(out.with_suffix(".json"), setup_of(args, cfg, endpoint),
-                    "python benchmarks/ablations.py " + shlex.join(_without_only(sys.argv[1:])))
+                    "python benchmarks/ablations.py " + shlex.join(_without_row_choice(
+                        sys.argv[1:])))
     evaluate = Evaluator(args, out, endpoint)
 
     teacher = cfg.adversarial.teacher or read_config(
@@ -222,10 +274,12 @@ def main() -> None:
 
     phase_clips = cfg.adversarial.phase_clips()
     for key, _, name, overrides in ROWS:
-        if (args.only and key not in args.only) or ledger.has("rows", key):
+        key = row_key(key, args.seed)
+        if (args.only and split_key(key)[0] not in args.only) or ledger.has("rows", key):
             continue
-        cfg.run.name = f"{args.prefix}-{key}"
-        sets = [f"data.uri={args.data}", *args.overrides, f"run.name={cfg.run.name}",
+        cfg.run.name = f"{args.prefix}-{key.replace('@', '-')}"
+        seed = [f"data.seed={args.seed}"] if args.seed else []
+        sets = [f"data.uri={args.data}", *args.overrides, f"run.name={cfg.run.name}", *seed,
                 *variant_sets(overrides, phase_clips)]
         cmd = ["--stage", "adversarial", "--student", args.student, "--config", args.config,
                *[a for s in sets for a in ("--set", s)]]
@@ -261,13 +315,14 @@ class Evaluator:
         return {"metrics": results[name], "evaluate": command}
 
 
-def _without_only(argv: list[str]) -> list[str]:
-    """The command line less its --only choices: what fills in every missing row."""
+def _without_row_choice(argv: list[str]) -> list[str]:
+    """The command line less its --only and --seed choices: what fills in every missing row of
+    the table (each row's own command records its seed)."""
     out, skip = [], False
     for a in argv:
-        if not skip and a != "--only" and not a.startswith("--only="):
+        if not skip and a not in ("--only", "--seed") and not a.startswith(("--only=", "--seed=")):
             out.append(a)
-        skip = a == "--only"
+        skip = a in ("--only", "--seed")
     return out
 
 

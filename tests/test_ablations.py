@@ -59,3 +59,35 @@ def test_rows_of_another_setup_are_refused(tmp_path, field):
     with pytest.raises(SystemExit, match=f"differs in: {field}"):
         ablations.Ledger(path, {**SETUP, field: "other"}, "b")
     assert json.loads(path.read_text())["rows"]["tt-direct"]["metrics"] == METRICS
+
+
+def test_rows_rerun_at_other_seeds_show_whether_a_difference_outlasts_reseeding(tmp_path):
+    path = tmp_path / "ablations.json"
+    ledger = ablations.Ledger(path, SETUP, "a")
+    # Progressive ahead of direct on both targets at seed 0, behind on lip-sync at seed 1.
+    runs = [(0, "onestep", 0.70, 0.30), (0, "onestep-direct", 0.60, 0.40),
+            (1, "onestep", 0.60, 0.30), (1, "onestep-direct", 0.65, 0.35),
+            (0, "tt-full", 0.4, 0.5), (0, "tt-full-direct", 0.3, 0.5), (1, "tt-full", 0.4, 0.5)]
+    for seed, key, sync, frechet in runs:
+        ledger.record("rows", ablations.row_key(key, seed),
+                      {"name": key, "train": f"python train-{key}-{seed}", "evaluate": "e",
+                       "metrics": {**METRICS, "sync": sync, "frechet": frechet}})
+    assert list(json.loads(path.read_text())["rows"])[:4] == [
+        "onestep", "onestep-direct", "onestep@seed1", "onestep-direct@seed1"]
+    assert ablations.split_key("onestep-direct@seed1") == ("onestep-direct", 1)
+    md = path.with_suffix(".md").read_text()
+    what = "progressive beats direct, onestep's defaults"
+    # The table's row is seed 0's; the seeds section shows both seeds and their spread.
+    assert f"| {what} | +0.100 | -0.100 | yes |" in md
+    assert f"| {what} | 0 | +0.100 | -0.100 | yes |" in md
+    assert f"| {what} | 1 | -0.050 | -0.050 | no |" in md
+    assert f"| {what} | mean ± std of 2 | +0.025 ± 0.106 | -0.075 ± 0.035 | 1 of 2 |" in md
+    # A comparison with both of its rows at one seed only has no spread to show.
+    assert "| progressive beats direct, TurboTalk's full recipe | +0.100 |" in md
+    assert "TurboTalk's full recipe | 0 |" not in md and "TurboTalk's full recipe | 1 |" not in md
+
+
+def test_the_recorded_command_fills_every_row_of_the_table():
+    argv = ["--student", "s", "--only", "onestep", "--seed", "2", "--only=tt-gan", "--seed=3",
+            "--out", "o"]
+    assert ablations._without_row_choice(argv) == ["--student", "s", "--out", "o"]
