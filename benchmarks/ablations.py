@@ -214,8 +214,8 @@ def _across_seeds(rows: dict, heading: str) -> list[str]:
             continue
         if not lines:
             lines += [f"{heading}# Across training seeds", "",
-                      "| comparison | seed | lip-sync difference ↑ | Fréchet difference ↓ | holds |",
-                      "|---|---|---|---|---|"]
+                      "| comparison | seed | lip-sync difference ↑ | Fréchet difference ↓ "
+                      "| holds |", "|---|---|---|---|---|"]
         lines += [_difference(f"{what} | {s}", x, y) for s, x, y in pairs]
         d_sync = np.array([x["sync"] - y["sync"] for _, x, y in pairs])
         d_fd = np.array([x["frechet"] - y["frechet"] for _, x, y in pairs])
