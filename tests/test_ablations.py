@@ -78,6 +78,8 @@ def test_rows_rerun_at_other_seeds_show_whether_a_difference_outlasts_reseeding(
     md = path.with_suffix(".md").read_text()
     what = "progressive beats direct, onestep's defaults"
     # The table's row is seed 0's; the seeds section shows both seeds and their spread.
+    assert "| progressive 4→3→2→1 (the defaults) | 0.700 |" in md
+    assert "| progressive 4→3→2→1 (the defaults) | 0.600 |" not in md
     assert f"| {what} | +0.100 | -0.100 | yes |" in md
     assert f"| {what} | 0 | +0.100 | -0.100 | yes |" in md
     assert f"| {what} | 1 | -0.050 | -0.050 | no |" in md
