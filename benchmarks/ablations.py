@@ -195,11 +195,15 @@ def markdown(data: dict, heading: str = "#", plot: str | None = None) -> list[st
     return lines + [""]
 
 
+def _holds(a: dict, b: dict) -> bool:
+    """Row `a` beats row `b` on both targets."""
+    return a["sync"] > b["sync"] and a["frechet"] < b["frechet"]
+
+
 def _difference(label: str, a: dict, b: dict) -> str:
     """A table line: how far row `a` is ahead of row `b`, and whether on both targets."""
-    holds = a["sync"] > b["sync"] and a["frechet"] < b["frechet"]
     return (f"| {label} | {a['sync'] - b['sync']:+.3f} | {a['frechet'] - b['frechet']:+.3f} | "
-            f"{'yes' if holds else 'no'} |")
+            f"{'yes' if _holds(a, b) else 'no'} |")
 
 
 def _across_seeds(rows: dict, heading: str) -> list[str]:
@@ -219,7 +223,7 @@ def _across_seeds(rows: dict, heading: str) -> list[str]:
         lines += [_difference(f"{what} | {s}", x, y) for s, x, y in pairs]
         d_sync = np.array([x["sync"] - y["sync"] for _, x, y in pairs])
         d_fd = np.array([x["frechet"] - y["frechet"] for _, x, y in pairs])
-        held = sum(x["sync"] > y["sync"] and x["frechet"] < y["frechet"] for _, x, y in pairs)
+        held = sum(_holds(x, y) for _, x, y in pairs)
         lines.append(f"| {what} | mean ± std of {len(pairs)} | {d_sync.mean():+.3f} ± "
                      f"{d_sync.std(ddof=1):.3f} | {d_fd.mean():+.3f} ± {d_fd.std(ddof=1):.3f} | "
                      f"{held} of {len(pairs)} |")
@@ -273,9 +277,9 @@ def main() -> None:
             ledger.record("references", key, {"name": name, **evaluate(key, name, uri, steps)})
 
     phase_clips = cfg.adversarial.phase_clips()
-    for key, _, name, overrides in ROWS:
-        key = row_key(key, args.seed)
-        if (args.only and split_key(key)[0] not in args.only) or ledger.has("rows", key):
+    for row, _, name, overrides in ROWS:
+        key = row_key(row, args.seed)
+        if (args.only and row not in args.only) or ledger.has("rows", key):
             continue
         cfg.run.name = f"{args.prefix}-{key.replace('@', '-')}"
         seed = [f"data.seed={args.seed}"] if args.seed else []
