@@ -1,9 +1,9 @@
 """TurboTalk's ablations (its Tables 2 and 3) on SynthTalk, and onestep's own additions:
 adversarial-stage variants of one DMD student at an equal budget, each a 1-step generator.
 
-    python benchmarks/ablations.py --student reports/ablations-inputs/student \\
-        --set adversarial.teacher=$PWD/reports/ablations-inputs/teacher \\
-        --reader reports/ablations-inputs/mouth_reader.safetensors --data data/synthtalk \\
+    python benchmarks/ablations.py --student reports/pretrained/student \\
+        --set adversarial.teacher=$PWD/reports/pretrained/teacher \\
+        --reader reports/pretrained/mouth_reader.safetensors --data data/synthtalk \\
         --clips-per-phase 640 --set adversarial.last_phase_clips=1280 --set run.root=runs \\
         --out reports/ablations
 

@@ -12,33 +12,65 @@ bearer-token auth.
 """
 
 import asyncio
+import hmac
 import logging
 import os
 import time
 import uuid
+from collections import Counter
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import yaml
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from ray import serve
 from ray.util import metrics
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from onestep.generate import ChunkJob
+from onestep.serving import contract, docs_page
 from onestep.serving.service import AvatarService
-from onestep.serving.validation import GenerationRequest, Limits, RequestError, validate
+from onestep.serving.validation import (
+    FILES,
+    PARAMETERS,
+    GenerationRequest,
+    Limits,
+    RequestError,
+    validate,
+)
 
 log = logging.getLogger("onestep.serve")
-app = FastAPI(title="onestep", description="Portrait + voice in, lip-synced MP4 out.")
+DESCRIPTION = ("Portrait + voice in, lip-synced video out. Both generate routes take the same "
+               "multipart form; every error has the same JSON body, naming the field at fault.")
+# The OpenAPI document depends on the deployment's limits and auth, so the ingress serves it
+# itself (see AvatarAPI.openapi); the documentation pages load their assets from this server.
+app = FastAPI(title="onestep", version=version("onestep"), description=DESCRIPTION,
+              openapi_url=None, docs_url=None, redoc_url=None)
+ASSETS = "/docs-assets"
+app.mount(ASSETS, StaticFiles(directory=docs_page.ASSETS_DIR), name="docs-assets")
 LATENCY_BUCKETS = [0.1, 0.3, 1, 3, 10, 30, 100]
+RETRY_AFTER_S = 5
 
 
-def _error(status: int, field: str, message: str, request_id: str) -> JSONResponse:
-    return JSONResponse(status_code=status, headers={"X-Request-ID": request_id},
-                        content={"error": {"field": field, "message": message},
-                                 "request_id": request_id})
+@app.exception_handler(HTTPException)
+async def _routing_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """An unknown path or method (404, 405) gets the API's one error body too."""
+    return _error(exc.status_code, "path" if exc.status_code == 404 else "method",
+                  f"{request.method} {request.url.path}: {exc.detail}",
+                  request.headers.get("x-request-id", "-"), exc.headers)
+GENERATE_ERRORS = contract.error_responses([400, 401, 413, 415, 422, 429, 500])
+
+
+def _error(status: int, field: str, message: str, request_id: str,
+           headers: dict | None = None) -> JSONResponse:
+    body = contract.ErrorBody(error=contract.ErrorDetail(field=field, message=message),
+                              request_id=request_id)
+    return JSONResponse(status_code=status, headers=headers, content=body.model_dump())
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8,
@@ -60,11 +92,6 @@ class Generator:
 
     def describe(self) -> dict:
         return self.service.describe()
-
-    def model_settings(self) -> dict:
-        cfg = self.service.cfg
-        return {"resolution": cfg.resolution, "fps": cfg.synth.fps,
-                "sample_rate": cfg.audio.sample_rate}
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
     async def _denoise(self, jobs: list[ChunkJob]) -> list:
@@ -108,7 +135,8 @@ class AvatarAPI:
         self.generator = generator
         self.limits = Limits(**(limits or {}))
         self.token = api_token
-        self.settings: dict | None = None
+        self.model_info: dict | None = None
+        self.schema: dict | None = None
         self.pending = 0
         self.pending_gauge = metrics.Gauge("onestep_pending_requests",
                                            "generation requests accepted and not yet answered")
@@ -123,24 +151,55 @@ class AvatarAPI:
                                              boundaries=LATENCY_BUCKETS)
 
     def _authorised(self, request: Request) -> bool:
-        return not self.token or request.headers.get("authorization") == f"Bearer {self.token}"
+        """RFC 7235: the scheme is case-insensitive; the token is compared in constant time."""
+        if not self.token:
+            return True
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
+                                                                  self.token.encode())
 
-    async def _model_settings(self) -> dict:
-        if self.settings is None:
-            self.settings = await self.generator.model_settings.remote()
-        return self.settings
+    async def _model_info(self) -> dict:
+        if self.model_info is None:
+            self.model_info = await self.generator.describe.remote()
+        return self.model_info
 
-    @app.get("/healthz")
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(self):
+        """This deployment's contract: its limits, its model's defaults, its auth."""
+        if self.schema is None:
+            base = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                               description=app.description)
+            self.schema = contract.openapi_document(base, self.limits, await self._model_info(),
+                                                    auth=bool(self.token))
+        return JSONResponse(self.schema)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request):
+        root = request.scope.get("root_path", "")
+        return HTMLResponse(docs_page.swagger_page(app.title, f"{root}/openapi.json",
+                                                   f"{root}{ASSETS}"))
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(self, request: Request):
+        root = request.scope.get("root_path", "")
+        return HTMLResponse(docs_page.redoc_page(app.title, f"{root}/openapi.json",
+                                                 f"{root}{ASSETS}"))
+
+    @app.get("/healthz", response_model=contract.Health, summary="Liveness (never needs a token)")
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=contract.ModelsResponse,
+             responses=contract.error_responses([401]), summary="The served model")
     async def models(self, request: Request):
+        """Checkpoint, sampling defaults, resolution and cost per chunk of the served model."""
         if not self._authorised(request):
-            return _error(401, "authorization", "missing or wrong bearer token", "-")
-        return {"models": [await self.generator.describe.remote()]}
+            return _error(401, "authorization", "missing or wrong bearer token",
+                          request.headers.get("x-request-id", "-"))
+        return {"models": [await self._model_info()]}
 
-    @app.post("/v1/generate")
+    @app.post("/v1/generate", response_class=Response, responses=GENERATE_ERRORS,
+              summary="Portrait + audio → MP4")
     async def generate(self, request: Request):
         """The whole MP4 (H.264 + AAC) in one response."""
         async def respond(req: GenerationRequest, request_id: str, t0: float):
@@ -148,18 +207,19 @@ class AvatarAPI:
             log.info("request %s: %d frames in %.2f s (%.2f s in the generator, batch waits "
                      "included)", request_id, info["frames"], time.perf_counter() - t0,
                      info["generation_s"])
-            return Response(video, media_type="video/mp4", headers={"X-Request-ID": request_id})
+            return Response(video, media_type="video/mp4")
 
         return await self._serve(request, "generate", respond)
 
-    @app.post("/v1/generate/stream")
+    @app.post("/v1/generate/stream", response_class=StreamingResponse,
+              responses=GENERATE_ERRORS, summary="Portrait + audio → MPEG-TS, streamed")
     async def generate_stream(self, request: Request):
-        """MPEG-TS, one piece per generated chunk: playback can start after the first."""
+        """MPEG-TS (H.264 + AAC), one piece per generated chunk: playback can start after the
+        first. Errors are answered before the first byte, with the same JSON body."""
         async def respond(req: GenerationRequest, request_id: str, t0: float):
             pieces = self.generator.options(stream=True).stream.remote(req)
             return StreamingResponse(self._relay(pieces, request_id, t0),
-                                     media_type="video/mp2t",
-                                     headers={"X-Request-ID": request_id})
+                                     media_type="video/mp2t")
 
         return await self._serve(request, "stream", respond, finishes_later=True)
 
@@ -191,6 +251,8 @@ class AvatarAPI:
     async def _serve(self, request: Request, route: str, respond, finishes_later: bool = False):
         """Auth, validation and error handling shared by both routes: nothing reaches the model
         before the request is known to be good, and no stack trace reaches the client."""
+        # Serve's proxy gives every request an id (the client's X-Request-ID if it sent one) and
+        # puts it on the response; the error body and the log lines repeat it.
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:12]
         t0 = time.perf_counter()
         self.pending += 1
@@ -199,6 +261,9 @@ class AvatarAPI:
         try:
             if not self._authorised(request):
                 raise RequestError(401, "authorization", "missing or wrong bearer token")
+            if self.pending > self.limits.max_pending_requests:
+                raise RequestError(429, "server", f"{self.pending - 1} requests are in progress, "
+                                                  "the most this server accepts; retry later")
             req = await self._parse(request)
             response = await respond(req, request_id, t0)
             status, handed_over = 200, finishes_later
@@ -207,7 +272,8 @@ class AvatarAPI:
             status = e.status
             self.errors.inc(tags={"route": route, "field": e.field})
             log.info("request %s rejected: %s", request_id, e)
-            return _error(e.status, e.field, e.message, request_id)
+            retry = {"Retry-After": str(RETRY_AFTER_S)} if e.status == 429 else None
+            return _error(e.status, e.field, e.message, request_id, retry)
         except Exception:  # a failing request must never take the replica down or leak a trace
             self.errors.inc(tags={"route": route, "field": "server"})
             log.exception("request %s failed", request_id)
@@ -223,14 +289,29 @@ class AvatarAPI:
         limit = (self.limits.max_image_mb + self.limits.max_audio_mb + 1) * 2 ** 20
         if int(request.headers.get("content-length") or 0) > limit:
             raise RequestError(413, "body", f"request is over {limit / 2 ** 20:.0f} MB")
-        form = await request.form()
+        if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+            raise RequestError(400, "body", "expected a multipart/form-data body")
+        try:  # a text field holds a number: 1 KB is plenty
+            form = await request.form(max_files=2 * len(FILES), max_fields=2 * len(PARAMETERS),
+                                      max_part_size=1024)
+        except HTTPException as e:  # Starlette's answer to a malformed or oversized form
+            raise RequestError(400, "body", f"malformed multipart form: {e.detail}") from None
+        repeated = sorted(n for n, count in Counter(k for k, _ in form.multi_items()).items()
+                          if count > 1)
+        if repeated:
+            raise RequestError(422, repeated[0], "is given more than once")
         files = {k: v for k, v in form.items() if isinstance(v, UploadFile)}
-        for field in ("image", "audio"):
-            if field not in files:
-                raise RequestError(422, field, "missing multipart file field")
+        unexpected = sorted(set(files) - set(FILES))
+        if unexpected:
+            raise RequestError(422, unexpected[0], "unexpected file field; expected image and "
+                                                   "audio")
+        for name in FILES:
+            if name not in files:
+                raise RequestError(422, name, "missing multipart file field (a part with a "
+                                              "filename)")
         params = {k: v for k, v in form.items() if k not in files}
         image, audio = await files["image"].read(), await files["audio"].read()
-        s = await self._model_settings()
+        s = await self._model_info()
         # Decoding is CPU work; keep the ingress event loop free for other requests.
         return await asyncio.to_thread(validate, image, audio, params, self.limits,
                                        s["resolution"], s["fps"], s["sample_rate"])

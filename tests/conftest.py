@@ -81,3 +81,83 @@ def tiny_config():
         return load_config("tiny", tiny_overrides(**extra))
 
     return make
+
+
+SERVE_URL = "http://127.0.0.1:8000"
+SERVE_LIMITS = {"max_audio_seconds": 5, "max_image_mb": 1}
+
+
+def wav_bytes(seconds: float, sr: int = 22050, channels: int = 2) -> bytes:
+    """A 180 Hz tone as 16-bit PCM WAV."""
+    import io
+    import wave
+
+    import numpy as np
+
+    t = np.arange(int(seconds * sr)) / sr
+    x = (0.3 * np.sin(2 * np.pi * 180 * t) * 32767).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes(np.repeat(x, channels).tobytes())
+    return buf.getvalue()
+
+
+def png_bytes(size=(50, 40), mode="RGB", fmt="PNG") -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, size, 120).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+class ServedApp:
+    """The application of serve/config.yaml on a tiny (untrained) generator, at SERVE_URL."""
+
+    def __init__(self, checkpoint: str):
+        self.checkpoint = checkpoint
+
+    def deploy(self, env: dict | None = None, **limits) -> None:
+        """(Re)deploy with these limits on top of SERVE_LIMITS; `env` is set while the app is
+        built (ONESTEP_API_TOKEN is read there) and restored after."""
+        from ray import serve
+
+        from serve.app import build
+
+        saved = {k: os.environ.get(k) for k in env or {}}
+        os.environ.update(env or {})
+        try:
+            app = build({"checkpoint": self.checkpoint, "limits": {**SERVE_LIMITS, **limits}})
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        serve.run(app, name="onestep", route_prefix="/")
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_cluster, tmp_path_factory):
+    """The Serve application for a module's HTTP tests (shut down after it, so that the Train
+    tests after it get their CPUs back); a test that redeploys it with other settings deploys
+    the defaults again before it ends."""
+    import torch
+    from ray import serve
+
+    from onestep.checkpoint import save_export
+    from onestep.config import load_config
+    from onestep.model import build_model
+
+    cfg = load_config("tiny", ["model.dim=48", "model.depth=2", "model.heads=2",
+                               "model.audio_dim=32", "sample.steps=2"])
+    torch.manual_seed(0)
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    save_export(ckpt, build_model(cfg).state_dict(), cfg, {"stage": "teacher", "step": 0})
+    serve.start(http_options={"host": "127.0.0.1", "port": 8000})
+    served = ServedApp(str(ckpt))
+    served.deploy()
+    yield served
+    serve.delete("onestep")
+    serve.shutdown()

@@ -99,3 +99,16 @@ def test_non_rgb_images_become_rgb_squares(mode):
 def test_unreadable_image_is_a_clear_error():
     with pytest.raises(MediaError, match="not a readable image"):
         load_image(b"GIF89a broken", 32)
+
+
+def test_exif_orientation_is_honoured():
+    """A phone stores a portrait shot sideways plus a tag saying "rotate 90°": the model must
+    see the upright face, as every viewer shows it."""
+    stored = np.zeros((40, 40, 3), np.uint8)
+    stored[:, :20] = 255  # left half white as stored; upright (rotated 90° clockwise) it is on top
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, format="JPEG", exif=exif, quality=95)
+    out = load_image(buf.getvalue(), 40).astype(int)
+    assert out[:20].mean() > 200 and out[20:].mean() < 50

@@ -1,64 +1,15 @@
 """The HTTP endpoint, with real requests against `serve.run` on local Ray."""
 
 import concurrent.futures
-import io
-import wave
 
 import numpy as np
 import pytest
 import requests
-import torch
 import yaml
-from PIL import Image
 
-from conftest import ROOT
-from onestep.checkpoint import save_export
-from onestep.config import load_config
+from conftest import ROOT, SERVE_URL as URL, png_bytes as _png, wav_bytes as _wav
 from onestep.media import decode_video, load_audio
-from onestep.model import build_model
 from onestep.serving.validation import Limits
-
-URL = "http://127.0.0.1:8000"
-
-
-def _wav(seconds: float, sr: int = 22050, channels: int = 2) -> bytes:
-    t = np.arange(int(seconds * sr)) / sr
-    x = (0.3 * np.sin(2 * np.pi * 180 * t) * 32767).astype("<i2")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(np.repeat(x, channels).tobytes())
-    return buf.getvalue()
-
-
-def _png(size=(50, 40), mode="RGB", fmt="PNG") -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size, 120).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def endpoint(ray_cluster, tmp_path_factory):
-    """A tiny (untrained) generator served exactly as serve/config.yaml builds it."""
-    from ray import serve
-
-    from serve.app import build
-
-    cfg = load_config("tiny", ["model.dim=48", "model.depth=2", "model.heads=2",
-                               "model.audio_dim=32", "sample.steps=2"])
-    torch.manual_seed(0)
-    ckpt = tmp_path_factory.mktemp("ckpt")
-    save_export(ckpt, build_model(cfg).state_dict(), cfg, {"stage": "teacher", "step": 0})
-    serve.start(http_options={"host": "127.0.0.1", "port": 8000})
-    serve.run(build({"checkpoint": str(ckpt), "limits": {"max_audio_seconds": 5,
-                                                         "max_image_mb": 1}}),
-              name="onestep", route_prefix="/")
-    yield cfg
-    serve.delete("onestep")
-    serve.shutdown()
-
 
 def _post(files=None, data=None, headers=None):
     files = files if files is not None else {"image": ("face.png", _png()),
@@ -110,6 +61,55 @@ def test_bad_input_gets_a_status_and_a_named_field(endpoint, files, data, status
     assert "Traceback" not in r.text
 
 
+def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "b0und") -> bytes:
+    """A multipart body written by hand: (name, filename or None, content) per part."""
+    out = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        out += content + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+MEDIA = [("image", "a.png", _png()), ("audio", "a.wav", _wav(0.3))]
+
+
+@pytest.mark.parametrize("content_type,body,status,field", [
+    ("multipart/form-data", _multipart(MEDIA), 400, "body"),  # no boundary
+    ("multipart/form-data; boundary=b0und", b"\x00garbage" * 100, 400, "body"),
+    ("multipart/form-data; boundary=b0und", b"--b0und\r\nNo-Header\r\n\r\nx", 400, "body"),
+    ("application/json", b'{"image": 1}', 400, "body"),
+    ("multipart/form-data; boundary=b0und",
+     _multipart(MEDIA + [("steps", None, b"1" * 2 ** 20)]), 400, "body"),  # 1 MB text field
+    ("multipart/form-data; boundary=b0und",
+     _multipart(MEDIA + [(f"f{i}", None, b"1") for i in range(1200)]), 400, "body"),
+    ("multipart/form-data; boundary=b0und",
+     _multipart(MEDIA + [(f"x{i}", f"x{i}.bin", b"1") for i in range(1200)]), 400, "body"),
+    ("multipart/form-data; boundary=b0und",
+     _multipart(MEDIA + [("extra", "x.bin", b"1")]), 422, "extra"),  # an unexpected file
+    ("multipart/form-data; boundary=b0und",
+     _multipart(MEDIA + [("steps", None, b"1"), ("steps", None, b"2")]), 422, "steps"),
+    ("multipart/form-data; boundary=b0und",
+     _multipart([("image", None, _png()), MEDIA[1]]), 422, "image"),  # image as a text part
+    ("multipart/form-data; boundary=b0und",
+     _multipart(MEDIA + [("steps", None, "٣".encode())]), 422, "steps"),  # not ASCII digits
+    ("multipart/form-data; boundary=b0und",
+     _multipart(MEDIA + [("audio_scale", None, b"nan")]), 422, "audio_scale"),
+])
+def test_malformed_bodies_get_400_or_422_never_500(endpoint, content_type, body, status, field):
+    r = requests.post(f"{URL}/v1/generate", data=body, timeout=60,
+                      headers={"Content-Type": content_type})
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["field"] == field and "Traceback" not in r.text
+    assert requests.get(f"{URL}/healthz", timeout=10).status_code == 200
+
+
+def test_unknown_routes_and_methods_get_the_error_body(endpoint):
+    for r in (requests.get(f"{URL}/v2/nothing", timeout=10),
+              requests.delete(f"{URL}/v1/generate", timeout=10)):
+        assert r.status_code in (404, 405) and set(r.json()) == {"error", "request_id"}
+
+
 def test_non_rgb_and_jpeg_webp_images_work(endpoint):
     for image in (_png(mode="RGBA"), _png(mode="L"), _png(fmt="JPEG"), _png(fmt="WEBP")):
         r = _post(files={"image": ("i", image), "audio": ("a.wav", _wav(0.3))},
@@ -117,27 +117,40 @@ def test_non_rgb_and_jpeg_webp_images_work(endpoint):
         assert r.status_code == 200, r.text
 
 
-def test_bearer_token(endpoint, monkeypatch):
-    from ray import serve
-
-    from serve.app import build
-
-    ckpt = requests.get(f"{URL}/v1/models", timeout=10).json()["models"][0]["checkpoint"]
-    args = {"checkpoint": ckpt, "limits": {"max_audio_seconds": 5, "max_image_mb": 1}}
-    monkeypatch.setenv("ONESTEP_API_TOKEN", "s3cret")
-    serve.run(build(args), name="onestep", route_prefix="/")
+def test_bearer_token(endpoint):
+    endpoint.deploy(env={"ONESTEP_API_TOKEN": "s3cret"})
     try:
         assert _post(data={"steps": "1"}).status_code == 401
         wrong = _post(data={"steps": "1"}, headers={"Authorization": "Bearer wrong"})
         assert wrong.status_code == 401 and wrong.json()["error"]["field"] == "authorization"
         assert requests.get(f"{URL}/v1/models", timeout=10).status_code == 401
-        r = _post(data={"steps": "1"}, headers={"Authorization": "Bearer s3cret"})
-        assert r.status_code == 200, r.text
+        for scheme in ("Bearer", "bearer", "BEARER"):  # RFC 7235: case-insensitive
+            r = _post(data={"steps": "1"}, headers={"Authorization": f"{scheme} s3cret"})
+            assert r.status_code == 200, r.text
         assert requests.get(f"{URL}/healthz", timeout=10).status_code == 200  # probes stay open
+        schema = requests.get(f"{URL}/openapi.json", timeout=10).json()
+        assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+        assert schema["paths"]["/v1/generate"]["post"]["security"] == [{"bearer": []}]
+        assert "401" in schema["paths"]["/v1/models"]["get"]["responses"]
     finally:
-        monkeypatch.delenv("ONESTEP_API_TOKEN")
-        serve.run(build(args), name="onestep", route_prefix="/")
+        endpoint.deploy()
     assert _post(data={"steps": "1"}).status_code == 200  # auth off again
+
+
+def test_requests_beyond_capacity_get_429_with_retry_after(endpoint):
+    """One request in progress at a time: the others are told to come back, not queued."""
+    endpoint.deploy(max_pending_requests=1)
+    try:
+        files = {"image": ("face.png", _png()), "audio": ("speech.wav", _wav(3.0))}
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda _: requests.post(
+                f"{URL}/v1/generate", files=files, data={"steps": "1"}, timeout=120), range(4)))
+    finally:
+        endpoint.deploy()
+    statuses = sorted(r.status_code for r in replies)
+    assert 200 in statuses and 429 in statuses and set(statuses) <= {200, 429}, statuses
+    busy = next(r for r in replies if r.status_code == 429)
+    assert int(busy.headers["retry-after"]) > 0 and busy.json()["error"]["field"] == "server"
 
 
 def test_concurrent_requests_all_succeed_and_batching_does_not_change_them(endpoint):

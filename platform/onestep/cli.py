@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 
 from onestep.config import Config, ConfigError, load_config
@@ -56,5 +57,19 @@ def init_ray(cfg: Config | None = None, trial_cpus: int = 0) -> None:
         return
     need = DATA_CPUS + trial_cpus + (cfg.train.num_workers * cfg.train.cpus_per_worker
                                      if cfg else 0)
-    # "local": a fresh instance even if another Ray on this machine left its address behind.
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need))
+    # "local": an instance of our own even if another Ray runs on this machine (a user's `ray
+    # start`, another job). Ray's own actors (Train's controller, Ray Data's hang detector) call
+    # the state API without an address; with two instances running they would find both and
+    # either log "Found multiple active Ray instances" tracebacks or talk to the other one.
+    # The job's environment points them, and this driver, at this instance's dashboard.
+    port = _free_port()
+    api = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    os.environ.update(api)
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), include_dashboard=True,
+             dashboard_host="127.0.0.1", dashboard_port=port, runtime_env={"env_vars": api})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 Source = str | Path | bytes
 
@@ -171,6 +171,8 @@ def load_image(src: Source, resolution: int) -> np.ndarray:
     try:
         img = Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
         img.load()
+        # Phones store the sensor's orientation and a rotation tag; show what the user saw.
+        img = ImageOps.exif_transpose(img)
     except (UnidentifiedImageError, OSError) as e:
         raise MediaError(f"{_describe(src)}: not a readable image ({e})") from None
     if img.mode in ("RGBA", "LA", "P"):

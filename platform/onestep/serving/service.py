@@ -87,7 +87,8 @@ class AvatarService:
                 "steps": s.steps, "resolution": self.cfg.resolution, "fps": self.cfg.synth.fps,
                 "nfe_per_chunk": s.nfe, "chunk_frames": self.cfg.data.frames,
                 "motion_frames": self.cfg.data.motion_frames,
-                "audio_scale": s.audio_scale, "ref_scale": s.ref_scale}
+                "audio_scale": s.audio_scale, "ref_scale": s.ref_scale, "seed": s.seed,
+                "sample_rate": self.cfg.audio.sample_rate}
 
     def start(self, req: GenerationRequest) -> Render:
         sampling = Sampling.from_config(self.cfg, steps=req.steps, seed=req.seed,

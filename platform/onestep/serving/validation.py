@@ -7,6 +7,7 @@ what was expected, so the endpoint can answer with a JSON body a client can act 
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import av
@@ -17,6 +18,15 @@ from onestep.media import MediaError, load_audio, load_image
 
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
 AUDIO_CONTAINERS = {"wav", "flac", "mp3", "ogg", "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"}
+FILES = ("image", "audio")
+PARAMETERS = ("steps", "seed", "audio_scale", "ref_scale", "fps", "resolution")
+SEED_RANGE = (0, 2 ** 31 - 1)
+AUDIO_SCALE_RANGE = REF_SCALE_RANGE = (0.0, 20.0)
+MIN_RESOLUTION = 16
+# What the API documents as integer / number, and nothing else Python's int() and float() take
+# ("1_000", " 7", "nan", "inf", other scripts' digits), short enough to parse in constant time.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
+_NUMBER = re.compile(r"[+-]?([0-9]{1,18}(\.[0-9]{0,18})?|\.[0-9]{1,18})([eE][+-]?[0-9]{1,3})?")
 
 
 class RequestError(ValueError):
@@ -34,6 +44,9 @@ class Limits:
     min_fps: int = 5
     max_fps: int = 60
     max_resolution: int = 1024
+    # Requests accepted and not yet answered, per ingress replica; one more is answered 429 with
+    # Retry-After instead of queueing behind work it would wait minutes for.
+    max_pending_requests: int = 48
 
 
 @dataclass
@@ -78,10 +91,10 @@ def _audio_container(data: bytes) -> str:
 def _number(value, field: str, kind, lo, hi):
     if value is None or value == "":
         return None
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise RequestError(422, field, f"expected {kind.__name__}, got {value!r}") from None
+    pattern, name = (_INTEGER, "an integer") if kind is int else (_NUMBER, "a decimal number")
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise RequestError(422, field, f"expected {name}, got {str(value)[:40]!r}")
+    number = kind(value)
     if not lo <= number <= hi:
         raise RequestError(422, field, f"must be in [{lo}, {hi}], got {number}")
     return number
@@ -92,17 +105,15 @@ def validate(image: bytes, audio: bytes, params: dict, limits: Limits, resolutio
     """Check sizes, types, parameters and duration; decode the media. Raises RequestError."""
     _check_size(image, "image", limits.max_image_mb)
     _check_size(audio, "audio", limits.max_audio_mb)
-    unknown = sorted(set(params) - {"steps", "seed", "audio_scale", "ref_scale", "fps",
-                                    "resolution"})
+    unknown = sorted(set(params) - set(PARAMETERS))
     if unknown:
-        raise RequestError(422, unknown[0], "unknown parameter; expected steps, seed, "
-                                            "audio_scale, ref_scale, fps, resolution")
+        raise RequestError(422, unknown[0], f"unknown parameter; expected {', '.join(PARAMETERS)}")
     steps = _number(params.get("steps"), "steps", int, 1, limits.max_steps)
-    seed = _number(params.get("seed"), "seed", int, 0, 2 ** 31 - 1)
-    audio_scale = _number(params.get("audio_scale"), "audio_scale", float, 0.0, 20.0)
-    ref_scale = _number(params.get("ref_scale"), "ref_scale", float, 0.0, 20.0)
+    seed = _number(params.get("seed"), "seed", int, *SEED_RANGE)
+    audio_scale = _number(params.get("audio_scale"), "audio_scale", float, *AUDIO_SCALE_RANGE)
+    ref_scale = _number(params.get("ref_scale"), "ref_scale", float, *REF_SCALE_RANGE)
     out_fps = _number(params.get("fps"), "fps", int, limits.min_fps, limits.max_fps) or fps
-    out_res = _number(params.get("resolution"), "resolution", int, 16,
+    out_res = _number(params.get("resolution"), "resolution", int, MIN_RESOLUTION,
                       limits.max_resolution) or resolution
     if out_res % 2:
         raise RequestError(422, "resolution", f"must be even (H.264), got {out_res}")
