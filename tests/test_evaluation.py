@@ -77,3 +77,15 @@ def test_clips_with_an_audio_video_offset_are_not_evaluated(tmp_path):
 
     loaded = {c.clip_id for c in load_eval_clips(str(tmp_path), limit=len(clips))}
     assert loaded == {c.clip_id for c in clips} - offset
+
+
+def test_the_table_judges_each_model_against_the_first():
+    from onestep.evaluation.run import TABLE, markdown_table
+
+    row = {k: 1.0 for k, _ in TABLE}
+    table = markdown_table({"teacher": {**row, "sync": 0.5, "compute_s_per_video_s": 2.0},
+                            "1-step": {**row, "sync": 0.4, "compute_s_per_video_s": 0.05}})
+    header, _, teacher, student = table.splitlines()
+    assert header.endswith("| lip-sync ÷ teacher's | speed-up vs teacher |")
+    assert teacher.endswith("| 1.00× | 1.0× |") and student.endswith("| 0.80× | 40.0× |")
+    assert "speed-up" not in markdown_table({"alone": row})

@@ -141,11 +141,18 @@ TABLE = [("sync", "lip-sync corr ↑"), ("sync_shuffled_audio", "shuffled-audio 
 
 
 def markdown_table(results: dict[str, dict]) -> str:
-    head = "| model | " + " | ".join(label for _, label in TABLE) + " |"
-    sep = "|---" * (len(TABLE) + 1) + "|"
-    lines = [head, sep]
+    """One row per model; with several, each row's lip-sync and speed relative to the first
+    model's (a distilled student is judged against its teacher, listed first)."""
+    first, ref = next(iter(results.items()))
+    relative = [f"lip-sync ÷ {first}'s", f"speed-up vs {first}"] if len(results) > 1 else []
+    head = "| model | " + " | ".join([label for _, label in TABLE] + relative) + " |"
+    lines = [head, "|---" * (len(TABLE) + len(relative) + 1) + "|"]
     for name, r in results.items():
         cells = [f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k, _ in TABLE]
+        if relative:
+            sync = r["sync"] / ref["sync"] if ref["sync"] else float("nan")
+            speed = ref["compute_s_per_video_s"] / r["compute_s_per_video_s"]
+            cells += [f"{sync:.2f}×", f"{speed:.1f}×"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
