@@ -41,7 +41,7 @@ def _steps(clone: Path) -> list[str]:
     """The demo target's commands, one per line as make would run them."""
     out = subprocess.run(["make", "-n", "demo"], cwd=clone, capture_output=True, text=True,
                          check=True).stdout
-    return [line for line in out.replace("\\\n", " ").splitlines()
+    return [" ".join(line.split()) for line in out.replace("\\\n", " ").splitlines()
             if line.strip() and not line.startswith("echo ")]
 
 

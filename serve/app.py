@@ -33,7 +33,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from onestep.generate import ChunkJob
-from onestep.serving import contract, docs_page
+from onestep.serving import contract, docs_page, isolation
 from onestep.serving.service import AvatarService
 from onestep.serving.validation import (
     FILES,
@@ -41,7 +41,7 @@ from onestep.serving.validation import (
     GenerationRequest,
     Limits,
     RequestError,
-    validate,
+    validate_isolated,
 )
 
 log = logging.getLogger("onestep.serve")
@@ -134,6 +134,7 @@ class AvatarAPI:
     def __init__(self, generator, limits: dict | None = None, api_token: str = ""):
         self.generator = generator
         self.limits = Limits(**(limits or {}))
+        isolation.warm_up()  # the decoders' fork server, before the first request
         self.token = api_token
         self.model_info: dict | None = None
         self.schema: dict | None = None
@@ -312,8 +313,8 @@ class AvatarAPI:
         params = {k: v for k, v in form.items() if k not in files}
         image, audio = await files["image"].read(), await files["audio"].read()
         s = await self._model_info()
-        # Decoding is CPU work; keep the ingress event loop free for other requests.
-        return await asyncio.to_thread(validate, image, audio, params, self.limits,
+        # Decoding is CPU work (off the event loop) on untrusted bytes (in a child process).
+        return await asyncio.to_thread(validate_isolated, image, audio, params, self.limits,
                                        s["resolution"], s["fps"], s["sample_rate"])
 
 

@@ -35,7 +35,7 @@ def test_cross_field_validation():
 
 
 def test_unknown_preset_and_missing_file(tmp_path):
-    with pytest.raises(ConfigError, match="presets: base, small, tiny"):
+    with pytest.raises(ConfigError, match="presets: base, demo, small, tiny"):
         load_config("huge")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "nope.yaml"))
@@ -86,3 +86,24 @@ def test_run_name_defaults_to_stage_and_preset():
 def test_distillation_settings_are_checked(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config("tiny", override if isinstance(override, list) else [override])
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("train.num_workers=0", "train.num_workers: expected > 0, got 0"),  # was ZeroDivisionError
+    ("train.lr=-0.001", "train.lr: expected > 0"),
+    ("train.lr=.nan", "train.lr: expected a finite number"),
+    ("adversarial.disc_lr=.inf", "adversarial.disc_lr: expected a finite number"),
+    ("train.global_batch=0", "train.global_batch: expected > 0"),
+    ("train.total_clips=-5", "train.total_clips: expected > 0"),
+    ("train.max_failures=-1", "train.max_failures: expected ≥ 0"),
+    ("train.ema_decay=1.5", "train.ema_decay: expected in [0, 1]"),
+    ("data.frames=0", "data.frames: expected > 0"),
+])
+def test_values_that_cannot_train_are_refused_by_name(override, expected):
+    with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+        load_config("tiny", [override]).validate()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "base", "demo"])
+def test_every_preset_validates(preset):
+    load_config(preset).validate()

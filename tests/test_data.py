@@ -11,11 +11,12 @@ from onestep.synth import make_clip
 
 def _write_shard_with_a_corrupt_row(root_dir, cfg):
     synth = SynthConfig(**{**cfg.synth.__dict__, "test_identity_fraction": 0.0})
-    rows = [clip_row(make_clip(i, synth), synth.fps, synth.sample_rate) for i in range(3)]
+    rows = [clip_row(make_clip(i, synth), synth.fps, synth.sample_rate) for i in range(4)]
     rows[1]["mp4"] = b"\x00\x00\x00\x18ftypmp42 then garbage"
+    rows[2]["audio_pcm16"] = rows[2]["audio_pcm16"][:-1]  # PCM16 one byte short
     root = resolve(str(root_dir))
     root.join(shard_name(0)).write_bytes(rows_to_parquet(rows))
-    write_manifest(root, [{"name": shard_name(0), "rows": 3}], {"kind": "test"})
+    write_manifest(root, [{"name": shard_name(0), "rows": 4}], {"kind": "test"})
     return rows[1]["clip_id"]
 
 
@@ -24,7 +25,7 @@ def test_windows_have_the_training_shapes(ray_cluster, tmp_path, tiny_config):
     _write_shard_with_a_corrupt_row(tmp_path, cfg)
     batches = list(build_dataset(cfg).iter_torch_batches(batch_size=2))
     windows = sum(len(b["video"]) for b in batches)
-    assert windows == 2 * cfg.data.windows_per_clip  # the corrupt clip was skipped
+    assert windows == 2 * cfg.data.windows_per_clip  # both corrupt clips were skipped
     b = batches[0]
     assert tuple(b["video"].shape[1:]) == (3, 8, 32, 32)
     assert tuple(b["ref"].shape[1:]) == (3, 32, 32)
@@ -35,5 +36,6 @@ def test_windows_have_the_training_shapes(ray_cluster, tmp_path, tiny_config):
 def test_corrupt_clip_is_fatal_when_configured(ray_cluster, tmp_path, tiny_config):
     cfg = tiny_config(**{"data.uri": str(tmp_path), "data.on_corrupt": "fail"})
     bad_id = _write_shard_with_a_corrupt_row(tmp_path, cfg)
-    with pytest.raises(Exception, match=bad_id):
+    with pytest.raises(Exception, match=rf"clip {bad_id}: .*\(shard \S*{shard_name(0)}\)"):
         list(build_dataset(cfg).iter_torch_batches(batch_size=2))
+

@@ -112,3 +112,25 @@ def test_exif_orientation_is_honoured():
     Image.fromarray(stored).save(buf, format="JPEG", exif=exif, quality=95)
     out = load_image(buf.getvalue(), 40).astype(int)
     assert out[:20].mean() > 200 and out[20:].mean() < 50
+
+
+@pytest.mark.parametrize("channels", [2, 6, 8, 16])
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_any_channel_count_and_sample_width_becomes_mono(channels, width):
+    """8+ channels once segfaulted inside FFmpeg's resampler (and took a Serve replica down);
+    channels are now averaged before it, at the level they had."""
+    import wave
+
+    t = np.arange(11025) / 22050
+    x = np.repeat((0.5 * np.sin(2 * np.pi * 220 * t))[:, None], channels, axis=1)
+    data = {1: (x * 127 + 128).astype("u1"), 2: (x * 32767).astype("<i2"),
+            4: (x * 2 ** 31 * 0.999).astype("<i4")}[width]
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(22050)
+        w.writeframes(data.tobytes())
+    mono = load_audio(buf.getvalue(), 16000)
+    assert mono.ndim == 1 and len(mono) == 8000
+    assert abs(np.abs(mono).max() - 0.5) < 0.01

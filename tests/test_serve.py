@@ -1,6 +1,8 @@
 """The HTTP endpoint, with real requests against `serve.run` on local Ray."""
 
 import concurrent.futures
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -10,6 +12,17 @@ import yaml
 from conftest import ROOT, SERVE_URL as URL, png_bytes as _png, wav_bytes as _wav
 from onestep.media import decode_video, load_audio
 from onestep.serving.validation import Limits
+
+def _claimed_png(width: int, height: int, color_type: int = 2) -> bytes:
+    """A valid PNG header that claims `width`×`height` pixels, followed by no real image data:
+    what a decompression bomb looks like before anyone decodes it."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+
 
 def _post(files=None, data=None, headers=None):
     files = files if files is not None else {"image": ("face.png", _png()),
@@ -47,6 +60,10 @@ def test_models_and_health(endpoint):
     ({"image": ("a.gif", _png(fmt="GIF")), "audio": ("a.wav", _wav(1))}, {}, 415, "image"),
     ({"image": ("a.png", b"\x89PNG broken"), "audio": ("a.wav", _wav(1))}, {}, 415, "image"),
     ({"image": ("a.png", b"0" * (2 * 2 ** 20)), "audio": ("a.wav", _wav(1))}, {}, 413, "image"),
+    ({"image": ("a.png", _claimed_png(20000, 20000)), "audio": ("a.wav", _wav(1))}, {}, 413,
+     "image"),  # 400 MP claimed in 1 KB
+    ({"image": ("a.png", _claimed_png(13000, 13000, 6)), "audio": ("a.wav", _wav(1))}, {}, 413,
+     "image"),  # RGBA, under PIL's own bomb limit, over ours
     ({"audio": ("a.wav", _wav(1))}, {}, 422, "image"),  # missing field
     (None, {"steps": "0"}, 422, "steps"),
     (None, {"steps": "many"}, 422, "steps"),
@@ -110,11 +127,14 @@ def test_unknown_routes_and_methods_get_the_error_body(endpoint):
         assert r.status_code in (404, 405) and set(r.json()) == {"error", "request_id"}
 
 
-def test_non_rgb_and_jpeg_webp_images_work(endpoint):
+def test_non_rgb_and_jpeg_webp_images_and_many_channel_audio_work(endpoint):
     for image in (_png(mode="RGBA"), _png(mode="L"), _png(fmt="JPEG"), _png(fmt="WEBP")):
         r = _post(files={"image": ("i", image), "audio": ("a.wav", _wav(0.3))},
                   data={"steps": "1"})
         assert r.status_code == 200, r.text
+    r = _post(files={"image": ("i", _png()), "audio": ("a.wav", _wav(0.3, channels=8))},
+              data={"steps": "1"})  # once a segfault that killed the ingress replica
+    assert r.status_code == 200, r.text
 
 
 def test_bearer_token(endpoint):

@@ -1,6 +1,6 @@
 """Sweep the adversarial stage's self-compare weight λ and dynamic-timestep warm-up on Ray Tune.
 
-    python tune/sweep.py --student runs/dmd-tiny/exports/4step
+    python tune/sweep.py --student runs/dmd-demo/exports/4step
     python tune/sweep.py --student ... --set "sweep.self_compare_weights=[0,0.5,1]" \\
         --set "sweep.warmup_steps=[20,100]" --set sweep.search=random --set sweep.num_samples=12
     python tune/sweep.py --resume            # continue an interrupted sweep (same run.root/name)

@@ -8,6 +8,7 @@ so that any result can be reproduced from the checkpoint alone. Unknown keys are
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,7 +270,15 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def validate(self) -> "Config":
-        """Cross-field checks that no single field's type can express."""
+        """Value ranges, then cross-field checks that no single field's type can express."""
+        for keys, ok, expected in (
+                (POSITIVE, lambda v: v > 0, "> 0"), (NON_NEGATIVE, lambda v: v >= 0, "≥ 0"),
+                (FRACTIONS, lambda v: 0 <= v <= 1, "in [0, 1]")):
+            for key in keys:
+                section, name = key.split(".")
+                value = getattr(getattr(self, section), name)
+                if not ok(value):
+                    raise ConfigError(f"{key}: expected {expected}, got {value}")
         checks = [
             (self.resolution % (self.codec.factor * self.model.patch[1]) == 0,
              "synth.resolution", f"a multiple of codec.factor*model.patch[1] = "
@@ -340,6 +349,26 @@ class Config:
         return self
 
 
+# Fields that cannot train (or generate) outside these ranges; checked before anything divides by
+# them, so a wrong value gets its name instead of a ZeroDivisionError.
+POSITIVE = (
+    "synth.num_clips", "synth.clip_seconds", "synth.resolution", "synth.fps", "synth.sample_rate",
+    "synth.num_identities", "synth.clips_per_shard", "data.frames", "data.windows_per_clip",
+    "data.shuffle_buffer", "audio.sample_rate", "audio.feature_rate", "codec.factor",
+    "model.dim", "model.depth", "model.heads", "model.audio_dim", "model.audio_tokens",
+    "sample.steps", "train.num_workers", "train.cpus_per_worker", "train.global_batch",
+    "train.total_clips", "train.lr", "train.checkpoint_every_clips", "train.log_every_steps",
+    "train.torch_threads", "dmd.lr", "dmd.critic_lr", "adversarial.clips_per_phase",
+    "adversarial.lr", "adversarial.disc_lr")
+NON_NEGATIVE = (
+    "model.audio_context", "sample.audio_scale", "sample.ref_scale", "train.warmup_clips",
+    "train.weight_decay", "train.grad_clip", "train.max_failures", "dmd.audio_scale",
+    "dmd.ref_scale", "adversarial.warmup_steps", "adversarial.reg_sigma")
+FRACTIONS = (
+    "synth.test_identity_fraction", "synth.degraded_fraction", "data.motion_prob",
+    "flow.audio_drop", "flow.all_drop", "train.min_lr_ratio", "train.ema_decay")
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -358,6 +387,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if typ is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value}")
     if typ is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
         try:
             return float(value)

@@ -47,6 +47,9 @@ def clip_windows(row: dict, cfg: Config, encoder, rng: np.random.Generator) -> l
     if frames.shape[1] != cfg.resolution or frames.shape[2] != cfg.resolution:
         raise CorruptClip(f"clip {clip_id}: {frames.shape[2]}x{frames.shape[1]} frames, expected "
                           f"{cfg.resolution}x{cfg.resolution}")
+    if len(row["audio_pcm16"]) % 2:
+        raise CorruptClip(f"clip {clip_id}: {len(row['audio_pcm16'])} bytes of 16-bit PCM audio, "
+                          "an odd count (truncated?)")
     audio = pcm16_array(row["audio_pcm16"])
     per_frame = cfg.audio.feature_rate // cfg.synth.fps
     feats = encoder(audio)
@@ -88,6 +91,7 @@ class WindowMaker:
             try:
                 examples.extend(clip_windows(row, self.cfg, self.encoder, rng))
             except CorruptClip as e:
+                e.args = (f"{e} (shard {batch['path'][i]})",)
                 if self.cfg.data.on_corrupt == "fail":
                     raise
                 log.warning("skipping corrupt clip: %s", e)
@@ -125,7 +129,7 @@ def build_dataset(cfg: Config):
 
     root = resolve(cfg.data.uri, cfg.run.s3_endpoint_url)
     paths = shard_uris(root, read_manifest(root))
-    ds = ray.data.read_parquet(paths, filesystem=root.fs, columns=COLUMNS,
+    ds = ray.data.read_parquet(paths, filesystem=root.fs, columns=COLUMNS, include_paths=True,
                                shuffle=FileShuffleConfig(seed=cfg.data.seed))
     return ds.map_batches(WindowMaker, fn_constructor_kwargs={"cfg": cfg}, batch_size=4,
                           concurrency=(1, 2), batch_format="numpy")

@@ -144,7 +144,9 @@ def decode_video(src: Source) -> tuple[np.ndarray, float]:
 def load_audio(src: Source, sample_rate: int = 16000) -> np.ndarray:
     """Decode any audio FFmpeg reads (WAV/FLAC/MP3/OGG/M4A, a video's track) → mono float32.
 
-    Channels are averaged (FFmpeg's own downmix attenuates by 3 dB, which would change loudness).
+    Channels are averaged here, before FFmpeg's resampler sees the audio: its own downmix
+    attenuates by 3 dB (which would change loudness), and it crashed the process (SIGSEGV in
+    PyAV 18) on layouts of 8 channels or more.
     """
     if isinstance(src, (bytes, bytearray)) and not src:
         raise MediaError("audio upload is empty (0 bytes)")
@@ -152,18 +154,31 @@ def load_audio(src: Source, sample_rate: int = 16000) -> np.ndarray:
         with _open(src) as box:
             if not box.streams.audio:
                 raise MediaError(f"{_describe(src)}: no audio stream")
-            stream = box.streams.audio[0]
-            resampler = av.AudioResampler(format="fltp", layout=stream.layout.name,
-                                          rate=sample_rate)
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
             parts = []
-            for frame in box.decode(stream):
-                parts.extend(f.to_ndarray().mean(axis=0) for f in resampler.resample(frame))
-            parts.extend(f.to_ndarray().mean(axis=0) for f in resampler.resample(None))
+            for frame in box.decode(box.streams.audio[0]):
+                parts.extend(f.to_ndarray()[0] for f in resampler.resample(_mono(frame)))
+            parts.extend(f.to_ndarray()[0] for f in resampler.resample(None))
     except (av.error.FFmpegError, UnicodeDecodeError) as e:
         raise MediaError(f"{_describe(src)}: not decodable audio ({e})") from None
     if not parts or sum(len(p) for p in parts) == 0:
         raise MediaError(f"{_describe(src)}: audio is empty")
     return np.concatenate(parts).astype(np.float32)
+
+
+def _mono(frame: av.AudioFrame) -> av.AudioFrame:
+    """A decoded frame's channels averaged into one float32 channel at the frame's rate."""
+    x = frame.to_ndarray()  # planar: (channels, n); packed: (1, n · channels)
+    if not frame.format.is_planar:
+        x = x.reshape(-1, len(frame.layout.channels)).T
+    if x.dtype == np.uint8:  # 8-bit PCM is unsigned, centred on 128
+        x = (x.astype(np.float32) - 128) / 128
+    elif x.dtype.kind == "i":
+        x = x / float(-np.iinfo(x.dtype).min)
+    mono = av.AudioFrame.from_ndarray(x.mean(axis=0, dtype=np.float64).astype(np.float32)[None],
+                                      format="flt", layout="mono")
+    mono.sample_rate = frame.sample_rate
+    return mono
 
 
 def load_image(src: Source, resolution: int) -> np.ndarray:

@@ -91,8 +91,9 @@ def generation_form(limits: Limits, model: dict) -> dict:
     properties = {
         "image": {"type": "string", "format": "binary", "contentMediaType": "image/*",
                   "description": f"The portrait: PNG, JPEG or WebP, at most "
-                                 f"{_mb(limits.max_image_mb)}; centre-cropped to a square, "
-                                 "EXIF orientation applied."},
+                                 f"{_mb(limits.max_image_mb)} and "
+                                 f"{limits.max_image_megapixels:g} megapixels; centre-cropped "
+                                 "to a square, EXIF orientation applied."},
         "audio": {"type": "string", "format": "binary", "contentMediaType": "audio/*",
                   "description": f"The speech: WAV, FLAC, MP3, OGG, M4A or WebM, any sample "
                                  f"rate, mono or stereo, at most {_mb(limits.max_audio_mb)} and "

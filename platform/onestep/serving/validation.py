@@ -6,8 +6,10 @@ what was expected, so the endpoint can answer with a JSON body a client can act 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
+import warnings
 from dataclasses import dataclass
 
 import av
@@ -15,6 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from onestep.media import MediaError, load_audio, load_image
+from onestep.serving.isolation import ChildLimits, IsolationError, run_isolated
 
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
 AUDIO_CONTAINERS = {"wav", "flac", "mp3", "ogg", "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"}
@@ -38,6 +41,7 @@ class RequestError(ValueError):
 @dataclass(frozen=True)
 class Limits:
     max_image_mb: float = 10.0
+    max_image_megapixels: float = 50.0  # a 48 MP phone photo passes; decoded RGBA ≤ 200 MB
     max_audio_mb: float = 20.0
     max_audio_seconds: float = 60.0
     max_steps: int = 50
@@ -47,6 +51,10 @@ class Limits:
     # Requests accepted and not yet answered, per ingress replica; one more is answered 429 with
     # Retry-After instead of queueing behind work it would wait minutes for.
     max_pending_requests: int = 48
+    # The child process that decodes a request's uploads (validate_isolated): heap it may add,
+    # and CPU seconds; past either the request is answered 422 and the child is gone.
+    decode_memory_mb: int = 2048
+    decode_seconds: float = 20.0
 
 
 @dataclass
@@ -69,12 +77,24 @@ def _check_size(data: bytes, field: str, max_mb: float) -> None:
         raise RequestError(422, field, "is empty")
 
 
-def _image_format(data: bytes) -> str:
+def _image_format(data: bytes, max_megapixels: float) -> str:
+    """The format, from the header alone: a 1 MB PNG can claim 20000×20000 pixels (1.6 GB
+    decoded), so the size is checked before anything is decoded."""
     try:
-        return Image.open(io.BytesIO(data)).format or ""
+        with warnings.catch_warnings():  # PIL warns above its own bomb limit; ours is lower
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            header = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise RequestError(413, "image", f"claims over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} "
+                                         f"megapixels; the limit is {max_megapixels:g}") from None
     except (UnidentifiedImageError, OSError):
         raise RequestError(415, "image", "is not a readable image; send PNG, JPEG or "
                                          "WebP") from None
+    w, h = header.size
+    if w * h > max_megapixels * 1e6:
+        raise RequestError(413, "image", f"{w}×{h} pixels is over the {max_megapixels:g} "
+                                         "megapixel limit")
+    return header.format or ""
 
 
 def _audio_container(data: bytes) -> str:
@@ -101,8 +121,11 @@ def _number(value, field: str, kind, lo, hi):
 
 
 def validate(image: bytes, audio: bytes, params: dict, limits: Limits, resolution: int,
-             fps: int, sample_rate: int) -> GenerationRequest:
-    """Check sizes, types, parameters and duration; decode the media. Raises RequestError."""
+             fps: int, sample_rate: int, stage=lambda field: None) -> GenerationRequest:
+    """Check sizes, types, parameters and duration; decode the media. Raises RequestError.
+
+    `stage(field)` is called before the untrusted bytes of `field` reach a decoder, so that a
+    decoder crash (see validate_isolated) can be blamed on the right field."""
     _check_size(image, "image", limits.max_image_mb)
     _check_size(audio, "audio", limits.max_audio_mb)
     unknown = sorted(set(params) - set(PARAMETERS))
@@ -118,9 +141,11 @@ def validate(image: bytes, audio: bytes, params: dict, limits: Limits, resolutio
     if out_res % 2:
         raise RequestError(422, "resolution", f"must be even (H.264), got {out_res}")
 
-    fmt = _image_format(image)
+    stage("image")
+    fmt = _image_format(image, limits.max_image_megapixels)
     if fmt not in IMAGE_FORMATS:
         raise RequestError(415, "image", f"format {fmt} is not supported; send PNG, JPEG or WebP")
+    stage("audio")
     container = _audio_container(audio)
     if container not in AUDIO_CONTAINERS:
         raise RequestError(415, "audio", f"container {container!r} is not supported; send WAV, "
@@ -135,9 +160,41 @@ def validate(image: bytes, audio: bytes, params: dict, limits: Limits, resolutio
                                          f"{limits.max_audio_seconds:g} s limit")
     if seconds < 1.0 / fps:
         raise RequestError(422, "audio", f"{seconds * 1000:.0f} ms is shorter than one frame")
+    stage("image")
     try:
         picture = load_image(image, resolution)
     except MediaError as e:
         raise RequestError(422, "image", str(e).split(": ", 1)[-1]) from None
     return GenerationRequest(picture, wave, steps, seed, audio_scale, ref_scale, out_fps,
                              out_res)
+
+
+def _validate_in_child(*args, stage) -> dict:
+    """validate() as isolation.run_isolated runs it: a RequestError becomes part of the answer."""
+    try:
+        return dataclasses.asdict(validate(*args, stage=stage))
+    except RequestError as e:
+        return {"error": [e.status, e.field, e.message]}
+
+
+def validate_isolated(image: bytes, audio: bytes, params: dict, limits: Limits,
+                      resolution: int, fps: int, sample_rate: int) -> GenerationRequest:
+    """validate() with the decoders in a limited child process: a crash is a 415 and an
+    overrun of memory or time a 422, both naming the field being decoded; the caller lives."""
+    child = ChildLimits(memory_mb=limits.decode_memory_mb, cpu_s=int(limits.decode_seconds) + 1,
+                        wall_s=2 * limits.decode_seconds)  # wall: room for a loaded machine
+    try:
+        answer = run_isolated(_validate_in_child, image, audio, params, limits, resolution, fps,
+                              sample_rate, limits=child)
+    except IsolationError as e:
+        field = e.stage if e.stage in FILES else "body"
+        if e.crashed:
+            raise RequestError(415, field, f"is not decodable (the decoder {e})") from None
+        raise RequestError(422, field, f"is too expensive to decode: the decoder {e}") from None
+    if "error" in answer:
+        raise RequestError(*answer["error"])
+    request = GenerationRequest(**answer)
+    if request.image.shape != (resolution, resolution, 3) or request.audio.ndim != 1:
+        raise RequestError(415, "image" if request.image.ndim != 3 else "audio",
+                           "decoded to an unexpected shape")
+    return request
