@@ -14,9 +14,19 @@ import requests
 from openapi_spec_validator import validate
 
 from conftest import SERVE_LIMITS, SERVE_URL as URL, png_bytes, wav_bytes
+from onestep.serving.contract import generation_form
+from onestep.serving.validation import FILES, PARAMETERS, Limits
 
 FORM_FIELDS = {"image", "audio", "steps", "seed", "audio_scale", "ref_scale", "fps",
                "resolution"}
+
+
+def test_the_form_schema_has_exactly_the_fields_validation_takes():
+    model = {"steps": 2, "seed": 0, "audio_scale": 2.0, "ref_scale": 1.0, "fps": 25,
+             "resolution": 32}
+    form = generation_form(Limits(max_steps=7), model)["content"]["multipart/form-data"]
+    assert set(form["schema"]["properties"]) == {*FILES, *PARAMETERS} == FORM_FIELDS
+    assert form["schema"]["properties"]["steps"]["maximum"] == 7
 
 
 def _schema() -> dict:

@@ -16,7 +16,6 @@ from pydantic import BaseModel, Field
 from onestep.serving.validation import (
     AUDIO_SCALE_RANGE,
     MIN_RESOLUTION,
-    PARAMETERS,
     REF_SCALE_RANGE,
     SEED_RANGE,
     Limits,
@@ -117,7 +116,6 @@ def generation_form(limits: Limits, model: dict) -> dict:
                        "description": "Side of the returned square video in pixels (even, "
                                       "for H.264)."},
     }
-    assert set(properties) == {"image", "audio", *PARAMETERS}, "schema and validation disagree"
     return {
         "required": True,
         "content": {"multipart/form-data": {
