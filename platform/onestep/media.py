@@ -141,7 +141,12 @@ def decode_video(src: Source) -> tuple[np.ndarray, float]:
     return np.stack(frames), fps
 
 
-def load_audio(src: Source, sample_rate: int = 16000) -> np.ndarray:
+class AudioTooLong(MediaError):
+    """Decoding stopped at the caller's `max_seconds`."""
+
+
+def load_audio(src: Source, sample_rate: int = 16000,
+               max_seconds: float = float("inf")) -> np.ndarray:
     """Decode any audio FFmpeg reads (WAV/FLAC/MP3/OGG/M4A, a video's track) → mono float32.
 
     Channels are averaged here, before FFmpeg's resampler sees the audio: its own downmix
@@ -155,9 +160,13 @@ def load_audio(src: Source, sample_rate: int = 16000) -> np.ndarray:
             if not box.streams.audio:
                 raise MediaError(f"{_describe(src)}: no audio stream")
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-            parts = []
+            parts, samples = [], 0
             for frame in box.decode(box.streams.audio[0]):
-                parts.extend(f.to_ndarray()[0] for f in resampler.resample(_mono(frame)))
+                for out in resampler.resample(_mono(frame)):
+                    parts.append(out.to_ndarray()[0])
+                    samples += len(parts[-1])
+                if samples > max_seconds * sample_rate:  # whatever the header said
+                    raise AudioTooLong(f"{_describe(src)}: longer than {max_seconds:.1f} s")
             parts.extend(f.to_ndarray()[0] for f in resampler.resample(None))
     except (av.error.FFmpegError, UnicodeDecodeError) as e:
         raise MediaError(f"{_describe(src)}: not decodable audio ({e})") from None

@@ -96,7 +96,9 @@ def generation_form(limits: Limits, model: dict) -> dict:
         "audio": {"type": "string", "format": "binary", "contentMediaType": "audio/*",
                   "description": f"The speech: WAV, FLAC, MP3, OGG, M4A or WebM, any sample "
                                  f"rate, mono or stereo, at most {_mb(limits.max_audio_mb)} and "
-                                 f"{limits.max_audio_seconds:g} s. The video is as long as it."},
+                                 f"{limits.max_audio_seconds:g} s, and resolution² × fps × "
+                                 f"seconds at most {limits.max_megapixel_frames:g} million. "
+                                 "The video is as long as it."},
         "steps": {**integer, "minimum": 1, "maximum": limits.max_steps,
                   "default": model["steps"], "description": "Sampling steps (the model's own "
                                                             "by default)."},

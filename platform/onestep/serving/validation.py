@@ -16,7 +16,7 @@ import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from onestep.media import MediaError, load_audio, load_image
+from onestep.media import AudioTooLong, MediaError, load_audio, load_image
 from onestep.serving.isolation import ChildLimits, IsolationError, run_isolated
 
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
@@ -55,6 +55,9 @@ class Limits:
     # and CPU seconds; past either the request is answered 422 and the child is gone.
     decode_memory_mb: int = 2048
     decode_seconds: float = 20.0
+    # resolution² × fps × seconds of a request's video, in millions: 400 is 10 s at 1024² and
+    # 40 fps, or a minute at 512² and 25 fps (≈ 1.2 GB of frames).
+    max_megapixel_frames: float = 400.0
 
 
 @dataclass
@@ -97,11 +100,28 @@ def _image_format(data: bytes, max_megapixels: float) -> str:
     return header.format or ""
 
 
-def _audio_container(data: bytes) -> str:
+def _duration_limit(limits: Limits, resolution: int, fps: int) -> tuple[float, str]:
+    """The longest audio a request may send, and the limit that sets it: the duration limit, or
+    the work budget (resolution² × fps × duration, which bounds the request's frames in memory
+    at 3 bytes a pixel) when that is tighter."""
+    by_work = limits.max_megapixel_frames * 1e6 / (resolution ** 2 * fps)
+    if by_work < limits.max_audio_seconds:
+        return by_work, (f"the {limits.max_megapixel_frames:g} megapixel-frame work budget at "
+                         f"{resolution}² pixels and {fps} fps")
+    return limits.max_audio_seconds, f"the {limits.max_audio_seconds:g} s limit"
+
+
+def _audio_container(data: bytes, max_seconds: float, limit: str) -> str:
+    """The container, with the duration its header declares checked before decoding: a 3-hour
+    FLAC of silence is 2 MB. (A header may not know or may lie: decoding stops at the limit.)"""
     try:
         with av.open(io.BytesIO(data)) as box:
             if not box.streams.audio:
                 raise RequestError(415, "audio", "has no audio stream")
+            declared = box.duration / av.time_base if box.duration is not None else 0.0
+            if declared > max_seconds:
+                raise RequestError(422, "audio", f"{declared:.1f} s (its header says) is over "
+                                                 f"{limit}: at most {max_seconds:.1f} s")
             return box.format.name
     except av.error.FFmpegError:
         raise RequestError(415, "audio", "is not decodable audio; send WAV, FLAC, MP3, OGG or "
@@ -140,24 +160,25 @@ def validate(image: bytes, audio: bytes, params: dict, limits: Limits, resolutio
                       limits.max_resolution) or resolution
     if out_res % 2:
         raise RequestError(422, "resolution", f"must be even (H.264), got {out_res}")
+    max_seconds, limit = _duration_limit(limits, out_res, out_fps)
 
     stage("image")
     fmt = _image_format(image, limits.max_image_megapixels)
     if fmt not in IMAGE_FORMATS:
         raise RequestError(415, "image", f"format {fmt} is not supported; send PNG, JPEG or WebP")
     stage("audio")
-    container = _audio_container(audio)
+    container = _audio_container(audio, max_seconds, limit)
     if container not in AUDIO_CONTAINERS:
         raise RequestError(415, "audio", f"container {container!r} is not supported; send WAV, "
                                          "FLAC, MP3, OGG or M4A")
     try:
-        wave = load_audio(audio, sample_rate)
+        wave = load_audio(audio, sample_rate, max_seconds=max_seconds)
+    except AudioTooLong:
+        raise RequestError(422, "audio", f"is over {limit}: at most {max_seconds:.1f} "
+                                         "s") from None
     except MediaError as e:
         raise RequestError(422, "audio", str(e).split(": ", 1)[-1]) from None
     seconds = len(wave) / sample_rate
-    if seconds > limits.max_audio_seconds:
-        raise RequestError(422, "audio", f"{seconds:.1f} s is longer than the "
-                                         f"{limits.max_audio_seconds:g} s limit")
     if seconds < 1.0 / fps:
         raise RequestError(422, "audio", f"{seconds * 1000:.0f} ms is shorter than one frame")
     stage("image")
