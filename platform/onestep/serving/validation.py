@@ -215,7 +215,8 @@ def validate_isolated(image: bytes, audio: bytes, params: dict, limits: Limits,
     if "error" in answer:
         raise RequestError(*answer["error"])
     request = GenerationRequest(**answer)
-    if request.image.shape != (resolution, resolution, 3) or request.audio.ndim != 1:
-        raise RequestError(415, "image" if request.image.ndim != 3 else "audio",
-                           "decoded to an unexpected shape")
+    if request.image.shape != (resolution, resolution, 3):
+        raise RequestError(415, "image", f"decoded to an unexpected shape {request.image.shape}")
+    if request.audio.ndim != 1:
+        raise RequestError(415, "audio", f"decoded to an unexpected shape {request.audio.shape}")
     return request
