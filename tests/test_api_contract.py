@@ -107,7 +107,7 @@ def test_docs_work_offline_and_try_it_out_plays_the_video(endpoint, tmp_path):
     dead proxy, and the page is told to abort and record any request elsewhere. The page must
     render both generate operations with every form field, then "Try it out" on
     /v1/generate must upload a portrait and speech and show the answer as a playable video."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     (tmp_path / "face.png").write_bytes(png_bytes((64, 64)))
     (tmp_path / "speech.wav").write_bytes(wav_bytes(1.0))
@@ -132,8 +132,10 @@ def test_docs_work_offline_and_try_it_out_plays_the_video(endpoint, tmp_path):
             for op in ("generate_v1_generate_post", "generate_stream_v1_generate_stream_post"):
                 block = page.locator(f"#operations-default-{op}")
                 block.wait_for(timeout=30_000)
-                for field in FORM_FIELDS:
-                    assert block.locator(f'tr[data-property-name="{field}"]').count() == 1, field
+                # Swagger renders an operation's block before its body rows: wait for each row
+                for field in sorted(FORM_FIELDS):
+                    expect(block.locator(f'tr[data-property-name="{field}"]'),
+                           f"no {field} row").to_have_count(1, timeout=30_000)
             block = page.locator("#operations-default-generate_v1_generate_post")
             block.get_by_role("button", name="Try it out").click()
             block.locator('tr[data-property-name="image"] input[type=file]').set_input_files(
