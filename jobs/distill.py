@@ -4,6 +4,7 @@
     python jobs/distill.py --stage dmd --teacher runs/teacher-tiny
     python jobs/distill.py --stage adversarial --student runs/dmd-tiny/exports/4step
     python jobs/distill.py --stage teacher --config tiny --resume
+    python jobs/distill.py --stage teacher --config tiny --resume auto   # resume if it exists
     python jobs/distill.py --stage adversarial --branch-from runs/adversarial-tiny/checkpoint_X \
         --set run.name=probe --set adversarial.reg_weight=3
     ray job submit --working-dir . -- python jobs/distill.py --stage teacher --config small
@@ -16,6 +17,7 @@ s3://. Each stage publishes its finished models under <run>/exports/ (teacher, 4
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from onestep import cli
@@ -36,19 +38,22 @@ def _keep_sources(cfg: Config, keys: tuple[str, ...]) -> None:
     """A resumed (or branched) run restarts its frozen networks from the checkpoints its run
     (or the run it branches from) was pinned to, even if their runs have trained on since."""
     run, endpoint = run_location(cfg), cfg.run.s3_endpoint_url
-    if checkpoint_names(run):
-        origin = latest_checkpoint(run.uri, endpoint)
-    elif cfg.run.branch_from:
-        origin = cfg.run.branch_from
-    else:
+    saved = None
+    for name in reversed(checkpoint_names(run)):  # a folder cut short may lack its config
+        with contextlib.suppress(CheckpointError):
+            saved = read_config(run.join(name).uri, endpoint)
+            break
+    if saved is None and cfg.run.branch_from:
+        saved = read_config(cfg.run.branch_from, endpoint)
+    if saved is None:
         return
-    saved = read_config(origin, endpoint)
     for key in keys:
         section, name = key.split(".")
         setattr(getattr(cfg, section), name, getattr(getattr(saved, section), name))
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
+    """The command line as the job reads it: its arguments and the config they make."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", default=None, choices=list(STAGES),
@@ -57,15 +62,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="teacher checkpoint or run (sets dmd.teacher, adversarial.teacher)")
     parser.add_argument("--student", default=None,
                         help="DMD student checkpoint or run (sets adversarial.student)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run's latest checkpoint (same --config/run.name)")
+    parser.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"],
+                        help="continue the run (same --config/run.name) from its newest intact "
+                        "checkpoint; `--resume auto` starts the run if it has none yet (for a "
+                        "job that is retried, e.g. a KubeRay RayJob whose head restarted)")
     parser.add_argument("--branch-from", default=None, metavar="CHECKPOINT",
                         help="start a new run (name it with --set run.name=...) from another "
                         "run's checkpoint of this stage: its step, optimiser and EMA state and "
                         "its pinned sources, under this command's config (sets run.branch_from)")
     cli.add_config_args(parser)
     args = parser.parse_args(argv)
-    cli.setup_logging()
     extra = [f"train.stage={args.stage}"] if args.stage else []
     if args.teacher:
         extra += [f"dmd.teacher={args.teacher}", f"adversarial.teacher={args.teacher}"]
@@ -73,9 +79,16 @@ def main(argv: list[str] | None = None) -> None:
         extra += [f"adversarial.student={args.student}"]
     if args.branch_from:
         extra += [f"run.branch_from={args.branch_from}"]
-    cfg = cli.config_from_args(args, extra)
+    return args, cli.config_from_args(args, extra)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, cfg = parse(argv)
+    cli.setup_logging()
     stage = stage_class(cfg.train.stage)
     try:
+        resume = args.resume == "yes" or (args.resume == "auto"
+                                          and bool(checkpoint_names(run_location(cfg))))
         if cfg.run.branch_from:
             cfg.run.branch_from = training_checkpoint(
                 cfg.run.branch_from, cfg.train.stage, cfg.train.num_workers,
@@ -84,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise ValueError(f"run.branch_from: {cfg.run.branch_from} is a checkpoint of "
                                  "this run; name the branch with --set run.name=...")
             print(f"# branch from: {cfg.run.branch_from}", flush=True)
-        if args.resume or cfg.run.branch_from:
+        if resume or cfg.run.branch_from:
             _keep_sources(cfg, stage.sources)
         for line in stage.resolve_sources(cfg):
             print(f"# {line}", flush=True)
@@ -94,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# onestep config\n{cfg.to_yaml()}", flush=True)
     cli.init_ray(cfg)
     try:
-        result = launch(cfg, resume=args.resume)
+        result = launch(cfg, resume=resume)
     except (RunExistsError, StorageError) as e:
         sys.exit(f"error: {e}")
     if result.error:

@@ -21,7 +21,6 @@ from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
 import yaml
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
@@ -32,6 +31,7 @@ from ray.util import metrics
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from onestep.checkpoint import check_export, resolve_checkpoint
 from onestep.generate import ChunkJob
 from onestep.serving import contract, docs_page, isolation
 from onestep.serving.service import AvatarService
@@ -55,6 +55,7 @@ ASSETS = "/docs-assets"
 app.mount(ASSETS, StaticFiles(directory=docs_page.ASSETS_DIR), name="docs-assets")
 LATENCY_BUCKETS = [0.1, 0.3, 1, 3, 10, 30, 100]
 RETRY_AFTER_S = 5
+HEALTH_WAIT_S = 2
 
 
 @app.exception_handler(HTTPException)
@@ -71,6 +72,25 @@ def _error(status: int, field: str, message: str, request_id: str,
     body = contract.ErrorBody(error=contract.ErrorDetail(field=field, message=message),
                               request_id=request_id)
     return JSONResponse(status_code=status, headers=headers, content=body.model_dump())
+
+
+def _capped(request: Request, limit: int, error: RequestError) -> Request:
+    """`request` whose body stops at `limit` bytes while it arrives: a body sent without a
+    Content-Length (chunked) is refused at the limit, not after it has all been read.
+
+    Defined above the deployments, as everything their methods use must be: `serve.ingress`
+    pickles the routes while the class is being defined, with the globals that exist then."""
+    received = 0
+
+    async def receive():
+        nonlocal received
+        message = await request.receive()
+        received += len(message.get("body", b""))
+        if received > limit:
+            raise error
+        return message
+
+    return Request(request.scope, receive)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8,
@@ -113,10 +133,13 @@ class Generator:
             self.in_flight_gauge.set(self.in_flight)
 
     async def render(self, req: GenerationRequest) -> tuple[bytes, dict]:
+        """The whole MP4; each chunk is encoded as it comes, so no request holds its frames."""
         t0 = time.perf_counter()
-        frames = np.concatenate([f async for f in self._chunks(req)])
-        video = await asyncio.to_thread(self.service.mp4, frames, req)
-        return video, {"frames": len(frames), "generation_s": time.perf_counter() - t0}
+        out = self.service.mp4_stream(req)
+        async for frames in self._chunks(req):
+            await asyncio.to_thread(out.write, frames)
+        video = await asyncio.to_thread(out.close)
+        return video, {"frames": out.encoder.frames, "generation_s": time.perf_counter() - t0}
 
     async def stream(self, req: GenerationRequest):
         """MPEG-TS pieces, one per generated chunk (the last one also closes the stream)."""
@@ -131,11 +154,13 @@ class Generator:
 @serve.deployment(max_ongoing_requests=32)
 @serve.ingress(app)
 class AvatarAPI:
-    def __init__(self, generator, limits: dict | None = None, api_token: str = ""):
+    def __init__(self, generator, limits: dict | None = None, api_token: str = "",
+                 docs_need_token: bool = False):
         self.generator = generator
         self.limits = Limits(**(limits or {}))
         isolation.warm_up()  # the decoders' fork server, before the first request
         self.token = api_token
+        self.docs_need_token = docs_need_token
         self.model_info: dict | None = None
         self.schema: dict | None = None
         self.pending = 0
@@ -159,14 +184,26 @@ class AvatarAPI:
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
                                                                   self.token.encode())
 
+    def _unauthorised(self, request: Request) -> JSONResponse | None:
+        if self._authorised(request):
+            return None
+        return _error(401, "authorization", "missing or wrong bearer token",
+                      request.headers.get("x-request-id", "-"))
+
+    def _docs_refused(self, request: Request) -> JSONResponse | None:
+        """With `docs_need_token`, the contract and its pages are for token holders only."""
+        return self._unauthorised(request) if self.docs_need_token else None
+
     async def _model_info(self) -> dict:
         if self.model_info is None:
             self.model_info = await self.generator.describe.remote()
         return self.model_info
 
     @app.get("/openapi.json", include_in_schema=False)
-    async def openapi(self):
+    async def openapi(self, request: Request):
         """This deployment's contract: its limits, its model's defaults, its auth."""
+        if refused := self._docs_refused(request):
+            return refused
         if self.schema is None:
             base = get_openapi(title=app.title, version=app.version, routes=app.routes,
                                description=app.description)
@@ -176,27 +213,39 @@ class AvatarAPI:
 
     @app.get("/docs", include_in_schema=False)
     async def docs(self, request: Request):
+        if refused := self._docs_refused(request):
+            return refused
         root = request.scope.get("root_path", "")
         return HTMLResponse(docs_page.swagger_page(app.title, f"{root}/openapi.json",
                                                    f"{root}{ASSETS}"))
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(self, request: Request):
+        if refused := self._docs_refused(request):
+            return refused
         root = request.scope.get("root_path", "")
         return HTMLResponse(docs_page.redoc_page(app.title, f"{root}/openapi.json",
                                                  f"{root}{ASSETS}"))
 
-    @app.get("/healthz", response_model=contract.Health, summary="Liveness (never needs a token)")
-    async def healthz(self) -> dict:
+    @app.get("/healthz", response_model=contract.Health,
+             responses={503: {"model": contract.Health, "description": "the model is not "
+                                                                       "loaded yet"}},
+             summary="Readiness: 200 once the model has loaded (never needs a token)")
+    async def healthz(self):
+        """Not ready (503) until a generator replica has loaded its checkpoint and answered:
+        before that a request would only wait."""
+        try:
+            await asyncio.wait_for(self._model_info(), timeout=HEALTH_WAIT_S)
+        except Exception:  # still starting (or failing to): a probe gets an answer, not a wait
+            return JSONResponse(status_code=503, content={"status": "loading"})
         return {"status": "ok"}
 
     @app.get("/v1/models", response_model=contract.ModelsResponse,
              responses=contract.error_responses([401]), summary="The served model")
     async def models(self, request: Request):
         """Checkpoint, sampling defaults, resolution and cost per chunk of the served model."""
-        if not self._authorised(request):
-            return _error(401, "authorization", "missing or wrong bearer token",
-                          request.headers.get("x-request-id", "-"))
+        if refused := self._unauthorised(request):
+            return refused
         return {"models": [await self._model_info()]}
 
     @app.post("/v1/generate", response_class=Response, responses=GENERATE_ERRORS,
@@ -226,7 +275,11 @@ class AvatarAPI:
 
     async def _relay(self, pieces, request_id: str, t0: float):
         """Pass the generator's pieces on. The status line is out already, so a failure here
-        can only end the stream early; the log says why, under the request id."""
+        (a generator replica lost mid-request) can only cut the stream short, and it must not
+        look like a complete one: the error is raised on, so the connection is closed without
+        the chunked encoding's final empty chunk and every HTTP client reports a truncated
+        body (requests: ChunkedEncodingError; curl: exit 18). The log says why, under the
+        request id."""
         count = 0
         try:
             async for piece in pieces:
@@ -240,7 +293,9 @@ class AvatarAPI:
         except Exception:
             self.requests.inc(tags={"route": "stream", "status": "500"})
             self.errors.inc(tags={"route": "stream", "field": "server"})
-            log.exception("request %s failed after %d pieces", request_id, count)
+            log.exception("request %s failed after %d pieces; the stream is cut", request_id,
+                          count)
+            raise
         finally:
             self.latency.observe(time.perf_counter() - t0, tags={"route": "stream"})
             self._done()
@@ -288,13 +343,14 @@ class AvatarAPI:
 
     async def _parse(self, request: Request) -> GenerationRequest:
         limit = (self.limits.max_image_mb + self.limits.max_audio_mb + 1) * 2 ** 20
+        too_big = RequestError(413, "body", f"request is over {limit / 2 ** 20:.0f} MB")
         if int(request.headers.get("content-length") or 0) > limit:
-            raise RequestError(413, "body", f"request is over {limit / 2 ** 20:.0f} MB")
+            raise too_big
         if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
             raise RequestError(400, "body", "expected a multipart/form-data body")
         try:  # a text field holds a number: 1 KB is plenty
-            form = await request.form(max_files=2 * len(FILES), max_fields=2 * len(PARAMETERS),
-                                      max_part_size=1024)
+            form = await _capped(request, limit, too_big).form(
+                max_files=2 * len(FILES), max_fields=2 * len(PARAMETERS), max_part_size=1024)
         except HTTPException as e:  # Starlette's answer to a malformed or oversized form
             raise RequestError(400, "body", f"malformed multipart form: {e.detail}") from None
         repeated = sorted(n for n, count in Counter(k for k, _ in form.multi_items()).items()
@@ -323,7 +379,8 @@ def build(args: dict) -> serve.Application:
     applies the config's deployment options itself).
 
     Bearer-token auth is on when ONESTEP_API_TOKEN is set where the app is built (the shell of
-    `serve run`, or `runtime_env.env_vars` of the application for `serve deploy`).
+    `serve run`, or `runtime_env.env_vars` of the application for `serve deploy`);
+    `docs_need_token: true` puts /openapi.json, /docs and /redoc behind it too.
     """
     return _wire(args, {})
 
@@ -338,10 +395,22 @@ def from_config(path: str | Path, **args) -> serve.Application:
 
 
 def _wire(args: dict, options: dict) -> serve.Application:
-    """The ingress bound to the generator; `options` maps a deployment name to its options."""
+    """The ingress bound to the generator; `options` maps a deployment name to its options.
+
+    The checkpoint is verified here, where the application is built, so that a server never
+    comes up on weights it cannot load: its checksums, its config and its tensors' shapes
+    (from the header, nothing loaded). A failure names the file, and the application does not
+    deploy (`serve status` shows DEPLOY_FAILED with that line).
+    """
+    endpoint = args.get("s3_endpoint_url", "")
+    check_export(resolve_checkpoint(args["checkpoint"], endpoint), endpoint)
+    token = os.environ.get("ONESTEP_API_TOKEN", "")
+    if args.get("docs_need_token") and not token:
+        raise ValueError("docs_need_token: true needs ONESTEP_API_TOKEN set where the app is "
+                         "built (there is no token to ask for)")
     batching = args.get("batching") or {}
     generator = Generator.options(**options.get("Generator", {})).bind(
         args["checkpoint"], args.get("s3_endpoint_url", ""), args.get("device", "cpu"),
         **batching)
     return AvatarAPI.options(**options.get("AvatarAPI", {})).bind(
-        generator, args.get("limits"), os.environ.get("ONESTEP_API_TOKEN", ""))
+        generator, args.get("limits"), token, bool(args.get("docs_need_token", False)))

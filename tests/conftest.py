@@ -121,9 +121,10 @@ class ServedApp:
     def __init__(self, checkpoint: str):
         self.checkpoint = checkpoint
 
-    def deploy(self, env: dict | None = None, **limits) -> None:
-        """(Re)deploy with these limits on top of SERVE_LIMITS; `env` is set while the app is
-        built (ONESTEP_API_TOKEN is read there) and restored after."""
+    def deploy(self, env: dict | None = None, args: dict | None = None, **limits) -> None:
+        """(Re)deploy with these limits on top of SERVE_LIMITS and these other application
+        `args`; `env` is set while the app is built (ONESTEP_API_TOKEN is read there) and
+        restored after."""
         from ray import serve
 
         from serve.app import build
@@ -131,7 +132,8 @@ class ServedApp:
         saved = {k: os.environ.get(k) for k in env or {}}
         os.environ.update(env or {})
         try:
-            app = build({"checkpoint": self.checkpoint, "limits": {**SERVE_LIMITS, **limits}})
+            app = build({"checkpoint": self.checkpoint, "limits": {**SERVE_LIMITS, **limits},
+                         **(args or {})})
         finally:
             for k, v in saved.items():
                 os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)

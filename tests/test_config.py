@@ -107,3 +107,30 @@ def test_values_that_cannot_train_are_refused_by_name(override, expected):
 @pytest.mark.parametrize("preset", ["tiny", "small", "base", "demo"])
 def test_every_preset_validates(preset):
     load_config(preset).validate()
+
+
+def test_the_rayjob_manifest_runs_the_distill_job_resumably():
+    """KubeRay validates jobs/rayjob.yaml only on a cluster: its entrypoint must be a command
+    the job accepts, that resumes when KubeRay retries it, on the resources the cluster has."""
+    import shlex
+    from pathlib import Path
+
+    import yaml
+
+    import distill
+
+    root = Path(__file__).resolve().parents[1]
+    job = yaml.safe_load((root / "jobs" / "rayjob.yaml").read_text())
+    assert job["kind"] == "RayJob" and job["spec"]["backoffLimit"] >= 1
+    python, script, *argv = shlex.split(job["spec"]["entrypoint"])
+    assert python == "python" and script == "/home/ray/onestep/jobs/distill.py"
+    args, cfg = distill.parse(argv)
+    assert args.resume == "auto" and cfg.train.use_gpu
+    gpus = sum(int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+               * g["maxReplicas"] for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"])
+    assert cfg.train.num_workers == gpus
+    service = yaml.safe_load((root / "serve" / "rayservice.yaml").read_text())
+    image = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
+        "containers"][0]["image"]
+    assert job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0][
+        "image"] == image

@@ -1,8 +1,13 @@
 """The HTTP endpoint, with real requests against `serve.run` on local Ray."""
 
 import concurrent.futures
+import shutil
 import struct
+import subprocess
+import sys
+import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,6 +126,47 @@ def test_malformed_bodies_get_400_or_422_never_500(endpoint, content_type, body,
     assert requests.get(f"{URL}/healthz", timeout=10).status_code == 200
 
 
+def test_a_chunked_upload_is_refused_at_the_limit_while_it_arrives(endpoint):
+    """No Content-Length to check up front: the body is counted as it streams in, and the
+    answer comes soon after the limit (22 MB here; Ray's proxy reads ahead of the replica)
+    while the client is still sending (200 MB).
+    A raw socket, because HTTP clients read the answer only after sending the whole body."""
+    import socket
+    import threading
+
+    sent, stop = [0], threading.Event()
+    sock = socket.create_connection(("127.0.0.1", 8000), timeout=60)
+    sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked"
+                 b"\r\nContent-Type: multipart/form-data; boundary=b0und\r\n\r\n")
+    head = (b"--b0und\r\nContent-Disposition: form-data; name=\"audio\"; filename=\"a.wav\""
+            b"\r\nContent-Type: audio/wav\r\n\r\n")
+
+    def send():
+        try:
+            for piece in [head] + [bytes(2 ** 20)] * 200:
+                if stop.is_set():
+                    return
+                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                sent[0] += len(piece)
+                time.sleep(0.01)  # a fast client (100 MB/s) that still takes 2 s for 200 MB
+        except OSError:  # the server may close the connection after answering
+            pass
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(65536)
+    at_answer = sent[0]
+    stop.set()
+    sender.join(timeout=30)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    print(f"answered after {at_answer / 2 ** 20:.0f} MB")
+    assert at_answer < 100 * 2 ** 20, f"answered only after {at_answer / 2 ** 20:.0f} MB"
+    assert requests.get(f"{URL}/healthz", timeout=10).status_code == 200
+
+
 def test_unknown_routes_and_methods_get_the_error_body(endpoint):
     for r in (requests.get(f"{URL}/v2/nothing", timeout=10),
               requests.delete(f"{URL}/v1/generate", timeout=10)):
@@ -138,7 +184,8 @@ def test_non_rgb_and_jpeg_webp_images_and_many_channel_audio_work(endpoint):
 
 
 def test_bearer_token(endpoint):
-    endpoint.deploy(env={"ONESTEP_API_TOKEN": "s3cret"})
+    endpoint.deploy(env={"ONESTEP_API_TOKEN": "s3cret"}, args={"docs_need_token": True})
+    token = {"Authorization": "Bearer s3cret"}
     try:
         assert _post(data={"steps": "1"}).status_code == 401
         wrong = _post(data={"steps": "1"}, headers={"Authorization": "Bearer wrong"})
@@ -148,13 +195,46 @@ def test_bearer_token(endpoint):
             r = _post(data={"steps": "1"}, headers={"Authorization": f"{scheme} s3cret"})
             assert r.status_code == 200, r.text
         assert requests.get(f"{URL}/healthz", timeout=10).status_code == 200  # probes stay open
-        schema = requests.get(f"{URL}/openapi.json", timeout=10).json()
+        for page in ("/openapi.json", "/docs", "/redoc"):  # docs_need_token
+            refused = requests.get(f"{URL}{page}", timeout=10)
+            assert refused.status_code == 401 and refused.json()["error"]["field"] == "authorization"
+            assert requests.get(f"{URL}{page}", headers=token, timeout=10).status_code == 200
+        schema = requests.get(f"{URL}/openapi.json", headers=token, timeout=10).json()
         assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
         assert schema["paths"]["/v1/generate"]["post"]["security"] == [{"bearer": []}]
         assert "401" in schema["paths"]["/v1/models"]["get"]["responses"]
     finally:
         endpoint.deploy()
     assert _post(data={"steps": "1"}).status_code == 200  # auth off again
+
+
+def test_docs_need_token_without_a_token_is_refused_at_build(endpoint):
+    with pytest.raises(ValueError, match="docs_need_token: true needs ONESTEP_API_TOKEN"):
+        endpoint.deploy(args={"docs_need_token": True})
+
+
+def test_a_server_is_never_built_on_a_checkpoint_it_cannot_load(tmp_path, endpoint):
+    """Checked where the app is built (`serve run`'s process, or the Serve controller for a
+    config file), before any replica starts: the line names the file."""
+    from onestep.checkpoint import CheckpointError
+    from serve.app import build
+
+    broken = tmp_path / "broken"
+    shutil.copytree(endpoint.checkpoint, broken)
+    data = bytearray((broken / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (broken / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"^{broken}/model.safetensors: SHA-256 differs"):
+        build({"checkpoint": str(broken)})
+    serve_cli = str(Path(sys.executable).parent / "serve")  # the venv's, as a user runs it
+    run = subprocess.run([serve_cli, "run", "serve.app:build", f"checkpoint={broken}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0  # `serve run` of the import path builds here, so it stops
+    assert (f"CheckpointError: {broken}/model.safetensors: SHA-256 differs from checksums.json"
+            in run.stderr.splitlines()[-1])
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=f"^{broken}: no model.safetensors"):
+        build({"checkpoint": str(broken)})
 
 
 def test_requests_beyond_capacity_get_429_with_retry_after(endpoint):
@@ -213,8 +293,9 @@ def _serve_configs():
 
 
 @pytest.mark.parametrize("name", ["serve/config.yaml", "serve/rayservice.yaml"])
-def test_deploy_configs_are_what_serve_and_the_app_accept(name):
-    """`serve deploy` and KubeRay validate these only when a cluster gets them: check now."""
+def test_deploy_configs_are_what_serve_and_the_app_accept(name, endpoint):
+    """`serve deploy` and KubeRay validate these only when a cluster gets them: check now
+    (with the test's checkpoint: the builder verifies the one it is given)."""
     import inspect
 
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
@@ -224,8 +305,10 @@ def test_deploy_configs_are_what_serve_and_the_app_accept(name):
 
     app = ServeDeploySchema.model_validate(yaml.safe_load(_serve_configs()[name])).applications[0]
     assert app.import_path == "serve.app:build"
-    assert set(app.args) <= {"checkpoint", "s3_endpoint_url", "device", "limits", "batching"}
-    call_user_app_builder_with_args_if_necessary(build, app.args)  # what `serve run` calls
+    assert set(app.args) <= {"checkpoint", "s3_endpoint_url", "device", "limits", "batching",
+                             "docs_need_token"}
+    call_user_app_builder_with_args_if_necessary(  # what `serve run` calls
+        build, {**app.args, "checkpoint": endpoint.checkpoint, "s3_endpoint_url": ""})
     Limits(**app.args["limits"])  # unknown limit names raise
     batching = app.args["batching"]
     assert set(batching) <= set(inspect.signature(Generator.func_or_class).parameters)
@@ -233,3 +316,38 @@ def test_deploy_configs_are_what_serve_and_the_app_accept(name):
     assert generator.max_ongoing_requests >= batching["max_batch_size"]  # batches can fill
     scaling = generator.autoscaling_config
     assert scaling["min_replicas"] < scaling["max_replicas"]
+
+
+def _generator_replicas() -> list:
+    from ray._private.state import actors
+
+    return [a for a in actors().values() if a["State"] == "ALIVE"
+            and "Generator" in (a.get("Name") or "") and "SERVE_REPLICA" in a["Name"]]
+
+
+def test_a_stream_cut_by_a_lost_generator_is_seen_as_cut_and_the_replica_replaced(endpoint):
+    """The Generator replica is killed while it streams: the client must get a truncated body
+    (no final chunk), not a clean 200 of fewer frames; Serve starts a replacement. Last in
+    the module: the replacement must be up before the endpoint is torn down."""
+    import ray
+
+    files = {"image": ("face.png", _png()), "audio": ("speech.wav", _wav(5.0))}
+    (victim,) = _generator_replicas()
+    got = []
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        with requests.post(f"{URL}/v1/generate/stream", files=files, data={"steps": "50"},
+                           stream=True, timeout=120) as r:
+            assert r.status_code == 200
+            for piece in r.iter_content(chunk_size=None):
+                if not got:
+                    ray.kill(ray.get_actor(victim["Name"], namespace="serve"))
+                got.append(piece)
+    assert got and len(decode_video(b"".join(got))[0]) < 125  # cut short, and seen to be
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the replacement
+        if _post(data={"steps": "1"}).status_code == 200:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("no Generator replica answered within 120 s of the kill")
+    assert [a["ActorID"] for a in _generator_replicas()] != [victim["ActorID"]]

@@ -7,6 +7,7 @@ generate an MP4 with audio from the S3 checkpoint → evaluate it.
 
 import json
 
+import boto3
 import numpy as np
 import pytest
 from PIL import Image
@@ -23,7 +24,7 @@ def _state(uri: str) -> dict:
     return json.loads(resolve(uri).join("state.json").read_bytes())
 
 
-def test_teacher_chain_on_s3(ray_cluster, bucket, tiny_config, tmp_path, capsys):
+def test_teacher_chain_on_s3(ray_cluster, bucket, tiny_config, tmp_path, caplog):
     overrides = {"data.uri": f"s3://{bucket}/synthtalk", "run.root": f"s3://{bucket}/runs",
                  "run.name": "teacher"}
     cfg = tiny_config(**overrides)
@@ -44,8 +45,18 @@ def test_teacher_chain_on_s3(ray_cluster, bucket, tiny_config, tmp_path, capsys)
     assert resolve(first).join("ema").listdir() == ["generator-rank0.safetensors",
                                                     "generator-rank1.safetensors"]
 
+    # TensorBoard events are in the run's storage, not on whichever node held rank 0.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = resolve(run.uri).join("tensorboard").listdir()
+    (tmp_path / events).write_bytes(resolve(run.uri).join("tensorboard", events).read_bytes())
+    scalars = EventAccumulator(str(tmp_path / events)).Reload().Tags()["scalars"]
+    assert {"teacher/loss", "teacher/lr", "teacher/samples_per_s"} <= set(scalars)
+
     with pytest.raises(RunExistsError, match="--resume"):
         launch(cfg)
+    with pytest.raises(RunExistsError, match="no checkpoint to resume from"):
+        launch(tiny_config(**{**overrides, "run.name": "never-ran"}), resume=True)
 
     # Resumed with a longer schedule and a new peak rate: the config wins over the checkpoint's.
     longer = tiny_config(**overrides, **{"train.total_clips": 16, "train.lr": 2 * cfg.train.lr})
@@ -55,6 +66,28 @@ def test_teacher_chain_on_s3(ray_cluster, bucket, tiny_config, tmp_path, capsys)
     state = _state(latest_checkpoint(run.uri))
     assert state["resumed_at_steps"] == [2] and state["clips_seen"] == 16
     assert len(checkpoint_names(run)) == 3  # num_to_keep
+
+    # The newest checkpoint damaged in storage, and a folder cut short when a driver was killed
+    # (never registered): the resume passes over both, continues the previous, removes the cut.
+    s3 = boto3.client("s3")
+    newest = checkpoint_names(run)[-1]
+    shard = f"runs/teacher/{newest}/ema/generator-rank1.safetensors"
+    data = bytearray(s3.get_object(Bucket=bucket, Key=shard)["Body"].read())
+    data[-3] ^= 0xFF
+    s3.put_object(Bucket=bucket, Key=shard, Body=bytes(data))
+    cut = "checkpoint_2099-01-01_00-00-00.000000"
+    for key in [o["Key"] for o in s3.list_objects_v2(
+            Bucket=bucket, Prefix=f"runs/teacher/{newest}/")["Contents"]]:
+        if not key.endswith("checksums-rank1.json"):
+            s3.copy_object(Bucket=bucket, Key=key.replace(newest, cut),
+                           CopySource={"Bucket": bucket, "Key": key})
+    result = launch(tiny_config(**overrides, **{"train.total_clips": 20}), resume=True)
+    assert result.error is None and result.metrics["step"] == 5
+    assert _state(latest_checkpoint(run.uri))["resumed_at_steps"] == [2, 3]
+    assert cut not in checkpoint_names(run)
+    log = caplog.text
+    assert f"not resuming from {cut}: {run.uri}/{cut}/checksums-rank1.json: missing" in log
+    assert f"not resuming from {newest}: {run.uri}/{shard[len('runs/teacher/'):]}" in log
 
     import generate
     import make_sample

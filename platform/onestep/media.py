@@ -33,33 +33,55 @@ def encode_mp4(frames: np.ndarray, fps: int, audio: np.ndarray | None = None,
     """(F, H, W, 3) uint8 frames (+ mono float audio) → MP4 bytes, H.264 yuv420p + AAC."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise MediaError(f"expected uint8 frames (F, H, W, 3), got {frames.dtype} {frames.shape}")
-    n, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        raise MediaError(f"H.264 yuv420p needs even width and height, got {w}x{h}")
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as box:
-        video = box.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = w, h, "yuv420p"
-        video.options = {"crf": str(crf), "preset": "veryfast"}
-        sound = None
-        if audio is not None:
-            sound = box.add_stream("aac", rate=sample_rate)
-            sound.layout = "mono"
-        for i in range(n):
-            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
-            frame.pts = i
-            box.mux(video.encode(frame))
-        box.mux(video.encode())
-        if sound is not None:
+    encoder = Mp4Encoder(frames.shape[2], frames.shape[1], fps,
+                         sample_rate if audio is not None else 0, crf)
+    encoder.write(frames)
+    return encoder.close(audio)
+
+
+class Mp4Encoder:
+    """Frames, piece by piece → one MP4 (H.264 yuv420p + AAC): each piece is encoded when it
+    arrives, so what a long video holds in memory is its compressed bytes, not its frames.
+
+    The audio goes in at `close` (the MP4 index is written then anyway); `sample_rate=0` makes
+    a silent video.
+    """
+
+    def __init__(self, width: int, height: int, fps: int, sample_rate: int = 16000,
+                 crf: int = 18):
+        if height % 2 or width % 2:
+            raise MediaError(f"H.264 yuv420p needs even width and height, got {width}x{height}")
+        self._buf = io.BytesIO()
+        self._box = av.open(self._buf, mode="w", format="mp4")
+        self._video = self._box.add_stream("libx264", rate=fps)
+        self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
+        self._video.options = {"crf": str(crf), "preset": "veryfast"}
+        self._sound = None
+        if sample_rate:
+            self._sound = self._box.add_stream("aac", rate=sample_rate)
+            self._sound.layout = "mono"
+        self.sample_rate, self.frames = sample_rate, 0
+
+    def write(self, frames: np.ndarray) -> None:
+        for frame in frames:
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            video_frame.pts = self.frames
+            self._box.mux(self._video.encode(video_frame))
+            self.frames += 1
+
+    def close(self, audio: np.ndarray | None = None) -> bytes:
+        self._box.mux(self._video.encode())
+        if self._sound is not None and audio is not None:
             samples = np.asarray(audio, dtype=np.float32).reshape(1, -1)
             step = 1024  # AAC frame size
             for start in range(0, samples.shape[1], step):
                 chunk = np.ascontiguousarray(samples[:, start:start + step])
                 frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = sample_rate, start
-                box.mux(sound.encode(frame))
-            box.mux(sound.encode())
-    return buf.getvalue()
+                frame.sample_rate, frame.pts = self.sample_rate, start
+                self._box.mux(self._sound.encode(frame))
+            self._box.mux(self._sound.encode())
+        self._box.close()
+        return self._buf.getvalue()
 
 
 class _Sink:

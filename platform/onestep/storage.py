@@ -66,6 +66,9 @@ class Location:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
+    def delete_tree(self) -> None:
+        self.fs.delete_dir(self.path)
+
     def listdir(self) -> list[str]:
         selector = pafs.FileSelector(self.path, allow_not_found=True)
         return sorted(info.base_name for info in self.fs.get_file_info(selector))

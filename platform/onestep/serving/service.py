@@ -13,7 +13,7 @@ from PIL import Image
 
 from onestep.checkpoint import load_generator, resolve_checkpoint
 from onestep.generate import AvatarGenerator, Render, Sampling
-from onestep.media import TsStreamEncoder, encode_mp4
+from onestep.media import Mp4Encoder, TsStreamEncoder
 from onestep.serving.validation import GenerationRequest
 
 log = logging.getLogger("onestep.serve")
@@ -65,6 +65,22 @@ class TsStream:
         return tail + self.encoder.close()
 
 
+class Mp4Stream:
+    """One request's MP4, encoded chunk by chunk as the frames arrive (retimed and resized on
+    the way), so that a replica's memory does not grow with the length of a video."""
+
+    def __init__(self, req: GenerationRequest, src_fps: int, sample_rate: int):
+        self.retime = FrameRetimer(src_fps, req.fps, req.resolution)
+        self.encoder = Mp4Encoder(req.resolution, req.resolution, req.fps, sample_rate)
+        self.audio = req.audio
+
+    def write(self, frames: np.ndarray) -> None:
+        self.encoder.write(self.retime(frames))
+
+    def close(self) -> bytes:
+        return self.encoder.close(self.audio)
+
+
 class AvatarService:
     def __init__(self, checkpoint: str, endpoint_url: str = "", device: str = "cpu"):
         checkpoint = resolve_checkpoint(checkpoint, endpoint_url)
@@ -95,9 +111,8 @@ class AvatarService:
                                         audio_scale=req.audio_scale, ref_scale=req.ref_scale)
         return self.generator.start(req.image, req.audio, sampling)
 
-    def mp4(self, frames: np.ndarray, req: GenerationRequest) -> bytes:
-        frames = FrameRetimer(self.cfg.synth.fps, req.fps, req.resolution)(frames)
-        return encode_mp4(frames, req.fps, req.audio, self.cfg.audio.sample_rate)
+    def mp4_stream(self, req: GenerationRequest) -> Mp4Stream:
+        return Mp4Stream(req, self.cfg.synth.fps, self.cfg.audio.sample_rate)
 
     def ts_stream(self, req: GenerationRequest) -> TsStream:
         return TsStream(req, self.cfg.synth.fps, self.cfg.audio.sample_rate)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from onestep.checkpoint import (CheckpointError, inherit_architecture, load_export,
-                                load_weights_into, read_config, resolve_checkpoint)
+from onestep.checkpoint import (CheckpointError, check_export, inherit_architecture, load_export,
+                                load_weights_into, resolve_checkpoint)
 from onestep.config import Config
 from onestep.model import build_model
 
@@ -12,7 +12,8 @@ def pin(cfg: Config, key: str, uri: str) -> tuple[str, Config]:
     """`uri` (a checkpoint, or a run whose latest checkpoint is meant) → (checkpoint, its config).
 
     Pinning the concrete checkpoint means workers, restarts and resumes all start from the same
-    weights even if the source run keeps training.
+    weights even if the source run keeps training. Its files are verified here, on the driver,
+    so a damaged source is one line at start rather than a failure on every worker.
     """
     if not uri:
         raise CheckpointError(f"{key}: required by stage {cfg.train.stage!r} (a checkpoint or run "
@@ -22,7 +23,7 @@ def pin(cfg: Config, key: str, uri: str) -> tuple[str, Config]:
         ckpt = resolve_checkpoint(uri, endpoint)
     except CheckpointError as e:
         raise CheckpointError(f"{key}: {e}") from None
-    return ckpt, read_config(ckpt, endpoint)
+    return ckpt, check_export(ckpt, endpoint)
 
 
 def inherit(cfg: Config, source: Config, uri: str) -> list[str]:

@@ -19,7 +19,8 @@ from typing import Callable, ContextManager, Iterator
 
 import torch
 
-from onestep.checkpoint import read_state, save_export
+from onestep import integrity
+from onestep.checkpoint import CONFIG, STATE, WEIGHTS, read_state, save_export
 from onestep.config import Config
 from onestep.evaluation.validation import Validator
 from onestep.model import count_parameters
@@ -46,6 +47,9 @@ class Hooks:
     report: Callable[[dict, Path | None], None] = lambda metrics, checkpoint: None
     restore_dir: Callable[[], ContextManager[Path | None]] = _no_checkpoint
     tensorboard_dir: Path | None = None
+    # Called after TensorBoard events are flushed (final=True once at the end): where the run's
+    # storage is not this node's disk, this copies them there.
+    tensorboard_sync: Callable[[bool], None] = lambda final: None
     # Rank 0 only: keep a finished model (a stage's milestone, e.g. "1step") under a stable name.
     publish: Callable[[str, Path], None] = lambda name, checkpoint: None
 
@@ -88,6 +92,8 @@ def _save(directory: Path, cfg: Config, stage, engines: dict, emas: dict, state:
     export = emas[stage.export].full_state_dict()
     if rank == 0:
         save_export(directory, export, stage.export_config(state["step"]), state)
+    resume_files = integrity.files_under(directory, exclude={WEIGHTS, CONFIG, STATE})
+    integrity.record(directory, resume_files, integrity.rank_sums(rank))
 
 
 def _restore(directory: Path, stage, engines: dict, emas: dict) -> dict:
@@ -220,6 +226,7 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
                     for k, v in metrics.items():
                         writer.add_scalar(f"{stage.name}/{k}", v, state["step"])
                     writer.flush()
+                    hooks.tensorboard_sync(False)
             meter = _Meter()
             if checkpoint_now:
                 with tempfile.TemporaryDirectory(prefix="onestep-ckpt-") as tmp:
@@ -232,4 +239,5 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
                 hooks.report(metrics, None)
     if writer is not None:
         writer.close()
+        hooks.tensorboard_sync(True)
     return metrics

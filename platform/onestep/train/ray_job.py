@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
+import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +22,11 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from onestep import cli
-from onestep.checkpoint import CONFIG, STATE, WEIGHTS, checkpoint_names
+from onestep.checkpoint import CONFIG, STATE, WEIGHTS, checkpoint_names, resume_point
 from onestep.config import Config, from_dict
 from onestep.data import build_dataset
 from onestep.evaluation.mouth_reader import load_or_train
+from onestep.integrity import EXPORT_SUMS
 from onestep.stages import build_stage, stage_class
 from onestep.storage import Location, check_reachable, resolve
 from onestep.train.engine import world
@@ -59,14 +63,20 @@ def _report(metrics: dict, checkpoint: Path | None) -> None:
     ray.train.report({k: float(v) for k, v in metrics.items()}, checkpoint=ckpt)
 
 
-def _restorer(cfg: Config):
-    """The run's own latest checkpoint (Ray Train restores it by run name and storage), else
-    the checkpoint it branches from, else none."""
+def _restorer(cfg: Config, resume_from: str, newer_than: str):
+    """A checkpoint this launch wrote (after a worker failure: Ray Train hands it over), else
+    the one the driver chose to resume from, else the checkpoint the run branches from, else
+    none. Ray's own latest from before this launch is not used: it may be damaged, and it
+    misses a checkpoint written after the driver was interrupted (written, never registered),
+    so the driver's choice among the folders themselves (`launch`) wins."""
     @contextlib.contextmanager
     def restore_dir():
         ckpt = ray.train.get_checkpoint()
-        if ckpt is None and cfg.run.branch_from:
-            loc = resolve(cfg.run.branch_from, cfg.run.s3_endpoint_url)
+        if ckpt is not None and Path(ckpt.path).name <= newer_than:
+            ckpt = None
+        source = resume_from or cfg.run.branch_from
+        if ckpt is None and source:
+            loc = resolve(source, cfg.run.s3_endpoint_url)
             ckpt = ray.train.Checkpoint(loc.path, filesystem=loc.fs)
         if ckpt is None:
             yield None
@@ -76,12 +86,29 @@ def _restorer(cfg: Config):
     return restore_dir
 
 
-def tensorboard_dir(cfg: Config) -> Path:
-    """TensorBoard events beside the run when it is local; a local cache for S3 runs."""
-    run = resolve(cfg.run.root, cfg.run.s3_endpoint_url)
-    if run.is_s3:
-        return Path.home() / ".cache" / "onestep" / "tensorboard" / cfg.run.name
-    return Path(run.path) / cfg.run.name / "tensorboard"
+def tensorboard_location(cfg: Config) -> Location:
+    """TensorBoard events live with the run: `tensorboard --logdir <run>/tensorboard` (an
+    s3:// logdir too; TensorBoard reads S3 through boto3)."""
+    return run_location(cfg).join("tensorboard")
+
+
+class TensorBoardUpload:
+    """For a run on S3: events are written to a local folder and copied to the run's storage,
+    at most every `every_s` seconds and at the end. S3 has no append, so each copy is a whole
+    event file (one PUT: readers never see a part of one)."""
+
+    def __init__(self, dest: Location, every_s: float = 30.0):
+        self.dest, self.every_s, self.last = dest, every_s, 0.0
+        self.local = Path(tempfile.mkdtemp(prefix="onestep-tensorboard-"))
+
+    def __call__(self, final: bool) -> None:
+        if not final and time.monotonic() - self.last < self.every_s:
+            return
+        self.last = time.monotonic()
+        for f in self.local.iterdir():
+            self.dest.join(f.name).write_bytes(f.read_bytes())
+        if final:
+            shutil.rmtree(self.local, ignore_errors=True)
 
 
 def export_location(cfg: Config, name: str) -> Location:
@@ -92,19 +119,27 @@ def export_location(cfg: Config, name: str) -> Location:
 def _publisher(cfg: Config):
     def publish(name: str, checkpoint: Path) -> None:
         dest = export_location(cfg, name)
-        for f in (WEIGHTS, STATE, CONFIG):  # config.yaml last: it marks a complete export
+        for f in (WEIGHTS, STATE, EXPORT_SUMS, CONFIG):  # config.yaml last: it marks it complete
             dest.join(f).write_bytes((checkpoint / f).read_bytes())
     return publish
 
 
 def train_worker(config: dict) -> None:
+    """config: the run's config, and `resume_from` / `newer_than` (see `_restorer`)."""
     cli.setup_logging(force=True)
     # DeepSpeed calls collectives torch has renamed; torch warns on every step, burying our logs.
     warnings.filterwarnings("ignore", category=FutureWarning,
                             message=r".*is deprecated\. Please use `torch\.distributed\.")
-    cfg = from_dict(config)
-    hooks = Hooks(report=_report, restore_dir=_restorer(cfg), tensorboard_dir=tensorboard_dir(cfg),
-                  publish=_publisher(cfg))
+    cfg = from_dict(config["config"])
+    hooks = Hooks(report=_report, publish=_publisher(cfg),
+                  restore_dir=_restorer(cfg, config["resume_from"], config["newer_than"]))
+    if ray.train.get_context().get_world_rank() == 0:  # the rank that writes events
+        events = tensorboard_location(cfg)
+        if events.is_s3:
+            upload = TensorBoardUpload(events)
+            hooks.tensorboard_dir, hooks.tensorboard_sync = upload.local, upload
+        else:
+            hooks.tensorboard_dir = Path(events.path)
     run_stage(cfg, build_stage(cfg), _batches(cfg), hooks)
 
 
@@ -138,13 +173,16 @@ def prepare_validation(cfg: Config) -> None:
                       endpoint_url=cfg.run.s3_endpoint_url)
 
 
-def make_trainer(cfg: Config, callbacks: list | None = None) -> TorchTrainer:
-    """The TorchTrainer for `cfg.train.stage`. A run whose folder has checkpoints continues
-    from the latest (Ray Train restores a run by its name and storage path)."""
+def make_trainer(cfg: Config, callbacks: list | None = None, resume_from: str = "",
+                 newer_than: str = "") -> TorchTrainer:
+    """The TorchTrainer for `cfg.train.stage`, starting from `resume_from` if given. Without it
+    a run whose folder has checkpoints continues from the latest Ray Train registered (it
+    restores a run by its name and storage path: a Tune trial restarted by Tune)."""
     root = resolve(cfg.run.root, cfg.run.s3_endpoint_url)
     return TorchTrainer(
         train_worker,
-        train_loop_config=worker_config(cfg).to_dict(),
+        train_loop_config={"config": worker_config(cfg).to_dict(), "resume_from": resume_from,
+                           "newer_than": newer_than},
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
@@ -156,12 +194,51 @@ def make_trainer(cfg: Config, callbacks: list | None = None) -> TorchTrainer:
     )
 
 
+def _registered(run: Location) -> set[str]:
+    """Checkpoint folders Ray Train's controller has recorded in the run's snapshot. Any folder
+    name the snapshot mentions counts, so that nothing Ray may still need is ever removed."""
+    snapshot = run.join("checkpoint_manager_snapshot.json")
+    text = snapshot.read_bytes().decode(errors="replace") if snapshot.exists() else ""
+    return {name for name in checkpoint_names(run) if name in text}
+
+
+def _remove_orphans(run: Location, keep: str = "") -> None:
+    """Remove checkpoint folders Ray never registered (written by workers while the driver was
+    being stopped, or half-written when it was killed) other than `keep`; and when Ray has
+    registered newer ones, every unregistered folder older than those (superseded)."""
+    registered = _registered(run)
+    newest = max(registered, default="")
+    for name in sorted(set(checkpoint_names(run)) - registered - {keep}):
+        if not keep and name > newest:
+            continue  # newer than anything registered: may be the only copy of that step
+        log.warning("removing %s: a checkpoint folder Ray Train never registered", name)
+        run.join(name).delete_tree()
+
+
 def launch(cfg: Config, resume: bool = False) -> ray.train.Result:
-    """Train `cfg.train.stage`; with `resume`, continue the run's latest checkpoint."""
+    """Train `cfg.train.stage`; with `resume`, continue from the run's newest checkpoint that
+    is complete and intact (checksums verified), whether or not Ray registered it."""
     check_reachable(resolve(cfg.run.root, cfg.run.s3_endpoint_url), create=True)
     run = run_location(cfg)
-    if checkpoint_names(run) and not resume:
+    names = checkpoint_names(run)
+    if names and not resume:
         raise RunExistsError(f"{run.uri} already has checkpoints: pass --resume to continue it, "
                              "or choose another name with --set run.name=...")
+    if resume and not names:
+        raise RunExistsError(f"{run.uri}: no checkpoint to resume from; drop --resume to start "
+                             "the run, or pass --resume auto (resume if there is one)")
+    resume_from = ""
+    if resume:
+        pick, passed_over = resume_point(run)
+        for name, found in passed_over.items():
+            log.warning("not resuming from %s: %s", name, "; ".join(found))
+        if pick is None:
+            raise RunExistsError(f"{run.uri}: none of its {len(names)} checkpoints is complete "
+                                 "and intact (see the warnings above); start a new run")
+        _remove_orphans(run, keep=pick)
+        resume_from = run.join(pick).uri
+        log.info("resuming from %s", resume_from)
     prepare_validation(cfg)
-    return make_trainer(cfg).fit()
+    result = make_trainer(cfg, resume_from=resume_from, newer_than=max(names, default="")).fit()
+    _remove_orphans(run)
+    return result
