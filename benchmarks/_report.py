@@ -12,7 +12,7 @@ from pathlib import Path
 
 def header(title: str, script: str, machine: str) -> tuple[dict, list[str]]:
     """Metadata for the JSON and the opening lines of the markdown."""
-    meta = {"command": f"python benchmarks/{script} " + shlex.join(sys.argv[1:]),
+    meta = {"command": f"python benchmarks/{script} {shlex.join(sys.argv[1:])}".rstrip(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{os.cpu_count()} CPU cores; {machine}"}
     return meta, [f"# {title}", "", f"Command: `{meta['command']}`  ",

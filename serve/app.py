@@ -55,6 +55,7 @@ ASSETS = "/docs-assets"
 app.mount(ASSETS, StaticFiles(directory=docs_page.ASSETS_DIR), name="docs-assets")
 LATENCY_BUCKETS = [0.1, 0.3, 1, 3, 10, 30, 100]
 RETRY_AFTER_S = 5
+METRIC_FIELDS = {*FILES, *PARAMETERS, "body", "authorization", "server"}
 HEALTH_WAIT_S = 2
 
 
@@ -326,8 +327,12 @@ class AvatarAPI:
             return response
         except RequestError as e:
             status = e.status
-            self.errors.inc(tags={"route": route, "field": e.field})
-            log.info("request %s rejected: %s", request_id, e)
+            # A field name can be anything a client sends: the metric gets a name from a fixed
+            # set (unbounded or non-ASCII tag values would break Ray's metrics) and the log
+            # line the repr (no forged lines).
+            field = e.field if e.field in METRIC_FIELDS else "other"
+            self.errors.inc(tags={"route": route, "field": field})
+            log.info("request %s rejected: %r", request_id, str(e))
             retry = {"Retry-After": str(RETRY_AFTER_S)} if e.status == 429 else None
             return _error(e.status, e.field, e.message, request_id, retry)
         except Exception:  # a failing request must never take the replica down or leak a trace

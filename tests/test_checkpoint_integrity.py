@@ -69,8 +69,8 @@ def test_an_intact_export_loads_and_each_kind_of_damage_is_named(export, tiny_co
     from safetensors.torch import save_file
     save_file(build_model(other).state_dict(), str(weights))
     rerecorded()
-    with pytest.raises(CheckpointError, match=r"does not fit the model in its config\.yaml "
-                                              r"\(.*; \S+ is \(64,\), the config's model has \(48,\)\)$"):
+    with pytest.raises(CheckpointError, match=r"does not fit the model in its config\.yaml \(.*; "
+                                              r"\S+ is \(64,\), the config's model has \(48,\)\)$"):
         check_export(str(export))
     weights.write_bytes(original)
     (export / "config.yaml").write_text("model: [1, 2")

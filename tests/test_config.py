@@ -134,3 +134,12 @@ def test_the_rayjob_manifest_runs_the_distill_job_resumably():
         "containers"][0]["image"]
     assert job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0][
         "image"] == image
+
+
+def test_a_refused_value_is_blamed_on_the_file_or_the_override_that_wrote_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--set \(on top of tiny\.yaml\): train\.lr: "):
+        load_config("tiny", ["train.lr=-1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lr: -1}\n")
+    with pytest.raises(ConfigError, match=f"^{bad}: train.lr: "):
+        load_config(str(bad), ["train.global_batch=8"])

@@ -3,7 +3,7 @@
 import pytest
 
 from onestep.config import SynthConfig
-from onestep.data import build_dataset
+from onestep.data import DataError, build_dataset, readable_shards
 from onestep.shards import clip_row, rows_to_parquet, shard_name, write_manifest
 from onestep.storage import resolve
 from onestep.synth import make_clip
@@ -39,3 +39,26 @@ def test_corrupt_clip_is_fatal_when_configured(ray_cluster, tmp_path, tiny_confi
     with pytest.raises(Exception, match=rf"clip {bad_id}: .*\(shard \S*{shard_name(0)}\)"):
         list(build_dataset(cfg).iter_torch_batches(batch_size=2))
 
+
+
+def test_a_truncated_or_miscounted_shard_is_skipped_by_name_or_fatal(tmp_path, tiny_config,
+                                                                    caplog):
+    cfg = tiny_config(**{"data.uri": str(tmp_path)})
+    synth = SynthConfig(**{**cfg.synth.__dict__, "test_identity_fraction": 0.0})
+    rows = [clip_row(make_clip(i, synth), synth.fps, synth.sample_rate) for i in range(2)]
+    root = resolve(str(tmp_path))
+    data = rows_to_parquet(rows)
+    for i in range(3):
+        root.join(shard_name(i)).write_bytes(data)
+    (tmp_path / shard_name(1)).write_bytes(data[: len(data) // 2])  # an upload cut short
+    manifest = {"shards": [{"name": shard_name(0), "rows": 2}, {"name": shard_name(1), "rows": 2},
+                           {"name": shard_name(2), "rows": 3}]}  # shard 2 is not what was listed
+    assert readable_shards(root, manifest, "skip") == [root.join(shard_name(0)).path]
+    assert f"skipping shard {root.join(shard_name(1)).uri}: not a readable Parquet file" \
+        in caplog.text
+    assert f"skipping shard {root.join(shard_name(2)).uri}: 2 rows, the manifest says 3" \
+        in caplog.text
+    with pytest.raises(DataError, match=f"^{root.join(shard_name(1)).uri}: not a readable"):
+        readable_shards(root, manifest, "fail")
+    with pytest.raises(DataError, match="none of its 2 shards is readable"):
+        readable_shards(root, {"shards": manifest["shards"][1:]}, "skip")

@@ -134,3 +134,20 @@ def test_any_channel_count_and_sample_width_becomes_mono(channels, width):
     mono = load_audio(buf.getvalue(), 16000)
     assert mono.ndim == 1 and len(mono) == 8000
     assert abs(np.abs(mono).max() - 0.5) < 0.01
+
+
+def _float_wav(samples: np.ndarray, sr: int = 16000) -> bytes:
+    """IEEE-float WAV (format 3): float samples can hold any value, NaN included."""
+    import struct
+
+    data = samples.astype("<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, sr, sr * 4, 4, 32)
+    return (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + struct.pack("<I", 16)
+            + fmt + b"data" + struct.pack("<I", len(data)) + data)
+
+
+def test_float_audio_past_full_scale_is_clipped_and_nan_refused():
+    loud = load_audio(_float_wav(np.full(8000, 1e30, np.float32)))
+    assert loud.max() == 1.0 and np.isfinite(loud).all()
+    with pytest.raises(MediaError, match="NaN or infinite samples"):
+        load_audio(_float_wav(np.where(np.arange(8000) % 7, 0.1, np.nan).astype(np.float32)))

@@ -135,6 +135,9 @@ class TrainConfig:
     checkpoint_every_clips: int = 256
     log_every_steps: int = 5
     max_failures: int = 1
+    # Node preemptions (a spot instance reclaimed) a run may restart from, -1 without limit;
+    # they do not use up max_failures. On Ray's notice the run checkpoints at once.
+    max_preemption_failures: int = -1
     torch_threads: int = 1
 
 
@@ -289,6 +292,8 @@ class Config:
             (0 <= self.data.motion_frames < self.data.frames, "data.motion_frames",
              "in [0, data.frames)"),
             (self.train.zero_stage in (0, 1, 2, 3), "train.zero_stage", "0, 1, 2 or 3"),
+            (self.train.max_preemption_failures >= -1, "train.max_preemption_failures",
+             "≥ 0, or -1 for no limit"),
             (self.train.global_batch % self.train.num_workers == 0, "train.global_batch",
              f"divisible by train.num_workers={self.train.num_workers}"),
             (self.data.on_corrupt in ("skip", "fail"), "data.on_corrupt", "'skip' or 'fail'"),
@@ -455,6 +460,16 @@ def resolve_config_path(name_or_path: str) -> Path:
     return preset
 
 
+def _blame(file_data: dict, path: Path) -> str:
+    """Who wrote a value the config refuses: the file, unless the file alone is valid (then an
+    override broke it)."""
+    try:
+        from_dict(file_data)
+    except ConfigError:
+        return str(path)
+    return f"--set (on top of {path.name})"
+
+
 def load_config(name_or_path: str = "tiny", overrides: list[str] | None = None) -> Config:
     """Load a preset or YAML file, apply dotted overrides, validate."""
     path = resolve_config_path(name_or_path)
@@ -464,12 +479,13 @@ def load_config(name_or_path: str = "tiny", overrides: list[str] | None = None) 
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    merged = data
     for text in overrides or []:
-        data = _merge(data, parse_override(text))
+        merged = _merge(merged, parse_override(text))
     try:
-        cfg = from_dict(data)
+        cfg = from_dict(merged)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{_blame(data, path)}: {e}") from None
     if not cfg.run.name:
         cfg.run.name = f"{cfg.train.stage}-{path.stem}"
     return cfg

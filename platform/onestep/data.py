@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -18,10 +19,14 @@ from onestep.audio_features import build_audio_encoder, feature_dim
 from onestep.config import Config
 from onestep.media import MediaError, decode_video, pcm16_array
 from onestep.shards import read_manifest, shard_uris
-from onestep.storage import resolve
+from onestep.storage import Location, StorageError, resolve
 
 log = logging.getLogger(__name__)
 COLUMNS = ["clip_id", "mp4", "audio_pcm16", "sample_rate", "fps", "split"]
+
+
+class DataError(StorageError):
+    """The data at `data.uri` cannot be trained on; the message names the shard."""
 
 
 class CorruptClip(ValueError):
@@ -122,13 +127,46 @@ def _corrupt_counter():
     return _COUNTER
 
 
+def readable_shards(root: Location, manifest: dict, on_corrupt: str) -> list[str]:
+    """The manifest's shards whose Parquet footer reads and holds the rows it lists, checked on
+    the driver before Ray Data starts: a truncated or replaced shard would otherwise stop the
+    pipeline in a read task with a trace that does not name the file. Bad shards are skipped
+    with a warning naming them (`on_corrupt: skip`) or stop the job at once (`fail`)."""
+    import pyarrow.parquet as pq
+
+    def check(shard: dict, path: str) -> str:
+        try:
+            with root.fs.open_input_file(path) as f:
+                rows = pq.read_metadata(f).num_rows
+        except (OSError, ValueError) as e:  # pyarrow: ArrowInvalid (a ValueError), IOError
+            return f"not a readable Parquet file ({str(e).splitlines()[0][:160]})"
+        return "" if rows == shard["rows"] else f"{rows} rows, the manifest says {shard['rows']}"
+
+    paths = shard_uris(root, manifest)
+    with ThreadPoolExecutor(16) as pool:  # a footer is one ranged read: S3 latency bound
+        problems = list(pool.map(check, manifest["shards"], paths))
+    good = []
+    for shard, path, problem in zip(manifest["shards"], paths, problems):
+        where = root.join(shard["name"]).uri
+        if not problem:
+            good.append(path)
+            continue
+        if on_corrupt == "fail":
+            raise DataError(f"{where}: {problem}; rewrite it with jobs/prepare_data.py, or "
+                            "--set data.on_corrupt=skip to train without it")
+        log.warning("skipping shard %s: %s", where, problem)
+    if not good:
+        raise DataError(f"{root.uri}: none of its {len(manifest['shards'])} shards is readable")
+    return good
+
+
 def build_dataset(cfg: Config):
     """The streaming Ray Dataset of training examples for `cfg.data`."""
     import ray.data
     from ray.data.datasource.file_based_datasource import FileShuffleConfig
 
     root = resolve(cfg.data.uri, cfg.run.s3_endpoint_url)
-    paths = shard_uris(root, read_manifest(root))
+    paths = readable_shards(root, read_manifest(root), cfg.data.on_corrupt)
     ds = ray.data.read_parquet(paths, filesystem=root.fs, columns=COLUMNS, include_paths=True,
                                shuffle=FileShuffleConfig(seed=cfg.data.seed))
     return ds.map_batches(WindowMaker, fn_constructor_kwargs={"cfg": cfg}, batch_size=4,

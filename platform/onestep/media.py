@@ -194,7 +194,12 @@ def load_audio(src: Source, sample_rate: int = 16000,
         raise MediaError(f"{_describe(src)}: not decodable audio ({e})") from None
     if not parts or sum(len(p) for p in parts) == 0:
         raise MediaError(f"{_describe(src)}: audio is empty")
-    return np.concatenate(parts).astype(np.float32)
+    audio = np.concatenate(parts).astype(np.float32)
+    # Float formats can carry anything: NaN poisons the model's input and the AAC encoder
+    # refuses it; a level past full scale is clipped, as any player would.
+    if not np.isfinite(audio).all():
+        raise MediaError(f"{_describe(src)}: audio has NaN or infinite samples")
+    return np.clip(audio, -1.0, 1.0)
 
 
 def _mono(frame: av.AudioFrame) -> av.AudioFrame:

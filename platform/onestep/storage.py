@@ -17,6 +17,12 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 
+# S3's transient errors (throttling, 5xx, dropped connections) are retried with exponential
+# backoff by both clients (pyarrow's for data and checkpoints, boto3's for bucket checks).
+S3_ATTEMPTS = 8
+S3_CONNECT_TIMEOUT_S = 10
+
+
 class StorageError(RuntimeError):
     """Storage is unreachable or misconfigured; the message names the URI and the cause."""
 
@@ -92,7 +98,9 @@ def resolve(uri: str, endpoint_url: str = "") -> Location:
         raise StorageError(f"{uri}: no bucket name; expected s3://bucket/prefix")
     endpoint = endpoint_from_env(endpoint_url)
     kwargs = {"region": os.environ.get("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION",
-                                                                          "us-east-1"))}
+                                                                          "us-east-1")),
+              "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS),
+              "connect_timeout": S3_CONNECT_TIMEOUT_S}
     if endpoint:
         ep = urlparse(endpoint)
         kwargs.update(endpoint_override=ep.netloc or ep.path, scheme=ep.scheme or "https")
@@ -101,12 +109,15 @@ def resolve(uri: str, endpoint_url: str = "") -> Location:
     return Location(uri.rstrip("/"), fs, path, endpoint)
 
 
-def s3_client(endpoint_url: str = ""):
+def s3_client(endpoint_url: str = "", attempts: int = S3_ATTEMPTS):
     import boto3
+    from botocore.config import Config as BotoConfig
 
+    retries = BotoConfig(retries={"mode": "standard", "max_attempts": attempts},
+                         connect_timeout=S3_CONNECT_TIMEOUT_S)
     # A fresh session re-reads the environment; boto3's default session caches credentials.
     return boto3.session.Session().client("s3", endpoint_url=endpoint_from_env(endpoint_url)
-                                          or None)
+                                          or None, config=retries)
 
 
 def check_reachable(loc: Location, create: bool = False) -> None:
@@ -124,8 +135,8 @@ def check_reachable(loc: Location, create: bool = False) -> None:
 
     bucket = loc.path.split("/", 1)[0]
     where = f" at endpoint {loc.endpoint_url}" if loc.endpoint_url else ""
-    try:
-        s3_client(loc.endpoint_url).head_bucket(Bucket=bucket)
+    try:  # few attempts: an endpoint that cannot be reached should say so within seconds
+        s3_client(loc.endpoint_url, attempts=2).head_bucket(Bucket=bucket)
     except bx.NoCredentialsError:
         raise StorageError(f"{loc.uri}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
                            "AWS_SECRET_ACCESS_KEY (or a profile/role)") from None

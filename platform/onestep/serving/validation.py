@@ -56,7 +56,8 @@ class Limits:
     decode_memory_mb: int = 2048
     decode_seconds: float = 20.0
     # resolution² × fps × seconds of a request's video, in millions: 400 is 10 s at 1024² and
-    # 40 fps, or a minute at 512² and 25 fps (≈ 1.2 GB of frames).
+    # 40 fps, or a minute at 512² and 25 fps. Frames are resized and encoded chunk by chunk,
+    # so this bounds a request's resize and encode time (and its answer's size), not memory.
     max_megapixel_frames: float = 400.0
 
 
@@ -102,8 +103,8 @@ def _image_format(data: bytes, max_megapixels: float) -> str:
 
 def _duration_limit(limits: Limits, resolution: int, fps: int) -> tuple[float, str]:
     """The longest audio a request may send, and the limit that sets it: the duration limit, or
-    the work budget (resolution² × fps × duration, which bounds the request's frames in memory
-    at 3 bytes a pixel) when that is tighter."""
+    the work budget (resolution² × fps × duration: the pixels the request's video resizes and
+    encodes) when that is tighter."""
     by_work = limits.max_megapixel_frames * 1e6 / (resolution ** 2 * fps)
     if by_work < limits.max_audio_seconds:
         return by_work, (f"the {limits.max_megapixel_frames:g} megapixel-frame work budget at "

@@ -52,6 +52,9 @@ class Hooks:
     tensorboard_sync: Callable[[bool], None] = lambda final: None
     # Rank 0 only: keep a finished model (a stage's milestone, e.g. "1step") under a stable name.
     publish: Callable[[str, Path], None] = lambda name, checkpoint: None
+    # Collective (every rank calls it at the same steps): whether a node of the run has been
+    # told it will be preempted, so the run checkpoints before it goes.
+    preemption_notice: Callable[[], bool] = lambda: False
 
 
 @dataclass
@@ -207,6 +210,11 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
         last = state["step"] == total_steps
         milestone = stage.milestone(state["step"], total_steps)
         checkpoint_now = state["step"] % ckpt_every == 0 or last or milestone is not None
+        if state["step"] % cfg.train.log_every_steps == 0 and not checkpoint_now \
+                and hooks.preemption_notice():
+            checkpoint_now = True
+            if rank == 0:
+                log.warning("preemption notice: checkpointing at step %d", state["step"])
         validate_now = val_every and (state["step"] % val_every == 0 or last)
         if validate_now:
             val = _validate(stage, emas, validator, state["step"])

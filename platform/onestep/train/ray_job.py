@@ -132,7 +132,8 @@ def train_worker(config: dict) -> None:
                             message=r".*is deprecated\. Please use `torch\.distributed\.")
     cfg = from_dict(config["config"])
     hooks = Hooks(report=_report, publish=_publisher(cfg),
-                  restore_dir=_restorer(cfg, config["resume_from"], config["newer_than"]))
+                  restore_dir=_restorer(cfg, config["resume_from"], config["newer_than"]),
+                  preemption_notice=lambda: ray.train.get_preemption_info() is not None)
     if ray.train.get_context().get_world_rank() == 0:  # the rank that writes events
         events = tensorboard_location(cfg)
         if events.is_s3:
@@ -188,7 +189,9 @@ def make_trainer(cfg: Config, callbacks: list | None = None, resume_from: str = 
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(
             name=cfg.run.name, storage_path=root.path, storage_filesystem=root.fs,
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            failure_config=FailureConfig(
+                max_failures=cfg.train.max_failures,
+                max_preemption_failures=cfg.train.max_preemption_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=3), callbacks=callbacks or []),
         datasets={"train": build_dataset(cfg)},
     )
@@ -215,10 +218,23 @@ def _remove_orphans(run: Location, keep: str = "") -> None:
         run.join(name).delete_tree()
 
 
+def check_storage(cfg: Config) -> None:
+    """Every place the job writes or reads, reachable with the credentials at hand, before any
+    work: one line naming the URI instead of a failure on the workers minutes later. (A local
+    data folder without shards is named by the manifest check, with the command that makes it.)
+    """
+    endpoint = cfg.run.s3_endpoint_url
+    check_reachable(resolve(cfg.run.root, endpoint), create=True)
+    reads = [cfg.data.uri] + ([cfg.validation.reader] if cfg.validation.every_clips else [])
+    for uri in reads:
+        if resolve(uri, endpoint).is_s3:
+            check_reachable(resolve(uri, endpoint))
+
+
 def launch(cfg: Config, resume: bool = False) -> ray.train.Result:
     """Train `cfg.train.stage`; with `resume`, continue from the run's newest checkpoint that
     is complete and intact (checksums verified), whether or not Ray registered it."""
-    check_reachable(resolve(cfg.run.root, cfg.run.s3_endpoint_url), create=True)
+    check_storage(cfg)
     run = run_location(cfg)
     names = checkpoint_names(run)
     if names and not resume:
