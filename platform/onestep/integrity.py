@@ -51,11 +51,9 @@ def files_under(directory: Path, exclude: set[str] = frozenset()) -> list[str]:
             if p.is_file() and p.name not in exclude and not p.name.startswith("checksums")]
 
 
-def problems(loc: Location, sums_name: str, read: bool = True) -> list[str]:
-    """What is wrong with the files `sums_name` lists in `loc` (empty: all there and intact).
-
-    `read=False` checks presence and sizes only (no download); a missing list is a problem.
-    """
+def problems(loc: Location, sums_name: str) -> list[str]:
+    """What is wrong with the files `sums_name` lists in `loc` (empty: all there and intact);
+    a missing or unreadable list is a problem too."""
     try:
         listing = json.loads(loc.join(sums_name).read_bytes())["files"]
     except Exception as e:  # absent, unreadable or not our JSON: the folder cannot be trusted
@@ -69,7 +67,7 @@ def problems(loc: Location, sums_name: str, read: bool = True) -> list[str]:
         elif info.size != expected["bytes"]:
             found.append(f"{item.uri}: {info.size} bytes, {expected['bytes']} when written "
                          "(truncated or replaced)")
-        elif read:
+        else:
             with loc.fs.open_input_stream(item.path) as f:
                 if _digest(f) != expected["sha256"]:
                     found.append(f"{item.uri}: SHA-256 differs from {sums_name} (the file "
