@@ -212,21 +212,20 @@ class AvatarAPI:
                                                     auth=bool(self.token))
         return JSONResponse(self.schema)
 
-    @app.get("/docs", include_in_schema=False)
-    async def docs(self, request: Request):
+    def _doc_page(self, request: Request, page) -> Response:
+        """A documentation page (`docs_page.swagger_page` or `redoc_page`) under this root."""
         if refused := self._docs_refused(request):
             return refused
         root = request.scope.get("root_path", "")
-        return HTMLResponse(docs_page.swagger_page(app.title, f"{root}/openapi.json",
-                                                   f"{root}{ASSETS}"))
+        return HTMLResponse(page(app.title, f"{root}/openapi.json", f"{root}{ASSETS}"))
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request):
+        return self._doc_page(request, docs_page.swagger_page)
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(self, request: Request):
-        if refused := self._docs_refused(request):
-            return refused
-        root = request.scope.get("root_path", "")
-        return HTMLResponse(docs_page.redoc_page(app.title, f"{root}/openapi.json",
-                                                 f"{root}{ASSETS}"))
+        return self._doc_page(request, docs_page.redoc_page)
 
     @app.get("/healthz", response_model=contract.Health,
              responses={503: {"model": contract.Health, "description": "the model is not "
