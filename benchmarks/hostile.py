@@ -777,6 +777,22 @@ def killed_worker(runs: TinyRuns) -> dict:
             "clips_lost": 0 if proc.returncode == 0 else 64}
 
 
+def other_worker_count(runs: TinyRuns) -> dict:
+    """A run saved by 2 workers resumed on 1, then on 2 again (ZeRO shards resharded)."""
+    name = "resized"
+    first = runs.run(name, 32)
+    fewer = runs.run(name, 48, "--resume", "--set", "train.num_workers=1")
+    more = runs.run(name, 64, "--resume", "--set", "train.num_workers=2")
+    state = runs.final_state(name) if more.returncode == 0 else {}
+    codes = [p.returncode for p in (first, fewer, more)]
+    return {"fault": "saved by 2 workers, --resume on 1, then on 2 again",
+            "survived": codes == [0, 0, 0] and state.get("clips_seen") == 64
+            and state.get("world_size") == 2,
+            "detail": f"rc {codes}; resumed at steps {state.get('resumed_at_steps')}; finished "
+                      f"{state.get('clips_seen')}/64 clips",
+            "clips_lost": 0 if codes == [0, 0, 0] else 64}
+
+
 def bad_data(runs: TinyRuns) -> list[dict]:
     """A truncated shard, then a row whose PCM audio is a byte short."""
     import pyarrow.parquet as pq
@@ -850,6 +866,7 @@ def faults_part(workdir: Path) -> dict:
     for step in (lambda: interrupted_driver(runs, signal.SIGINT, "SIGINT"),
                  lambda: interrupted_driver(runs, signal.SIGKILL, "SIGKILL"),
                  lambda: damaged_newest(runs), lambda: killed_worker(runs),
+                 lambda: other_worker_count(runs),
                  lambda: bad_data(runs), lambda: refused_inputs(runs, workdir)):
         t0 = time.perf_counter()
         result = step()

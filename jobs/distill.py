@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                                           and bool(checkpoint_names(run_location(cfg))))
         if cfg.run.branch_from:
             cfg.run.branch_from = training_checkpoint(
-                cfg.run.branch_from, cfg.train.stage, cfg.train.num_workers,
-                cfg.run.s3_endpoint_url)
+                cfg.run.branch_from, cfg.train.stage, cfg.run.s3_endpoint_url)
             if cfg.run.branch_from.startswith(run_location(cfg).uri + "/"):
                 raise ValueError(f"run.branch_from: {cfg.run.branch_from} is a checkpoint of "
                                  "this run; name the branch with --set run.name=...")

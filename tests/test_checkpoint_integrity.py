@@ -139,8 +139,8 @@ def test_resume_passes_over_damaged_and_half_written_checkpoints(export, tmp_pat
     assert "rank1_optim.pt: SHA-256 differs" in passed_over[names[3]][0]
     assert "checksums-rank1.json: missing" in passed_over[names[2]][0]
     with pytest.raises(CheckpointError, match="cannot be continued: .*rank1_optim.pt"):
-        training_checkpoint(str(run / names[3]), "teacher", 2)
-    assert training_checkpoint(str(run / names[1]), "teacher", 2) == str(run / names[1])
+        training_checkpoint(str(run / names[3]), "teacher")
+    assert training_checkpoint(str(run / names[1]), "teacher") == str(run / names[1])
 
 
 def test_unregistered_checkpoint_folders_are_removed_once_superseded(export, tmp_path):

@@ -139,9 +139,9 @@ def resolve_checkpoint(uri: str, endpoint_url: str = "") -> str:
     return latest_checkpoint(uri, endpoint_url)
 
 
-def training_checkpoint(uri: str, stage: str, num_workers: int, endpoint_url: str = "") -> str:
+def training_checkpoint(uri: str, stage: str, endpoint_url: str = "") -> str:
     """`uri` (a checkpoint, or a run whose latest checkpoint is meant) as a concrete checkpoint
-    that a run of `stage` on `num_workers` workers can continue from."""
+    that a run of `stage` can continue from (on any number of workers: see train.resize)."""
     ckpt = resolve_checkpoint(uri, endpoint_url)
     loc = resolve(ckpt, endpoint_url)
     if not loc.join("engines").listdir():
@@ -153,9 +153,6 @@ def training_checkpoint(uri: str, stage: str, num_workers: int, endpoint_url: st
     state = json.loads(loc.join(STATE).read_bytes())
     if state["stage"] != stage:
         raise CheckpointError(f"{ckpt}: a checkpoint of stage {state['stage']!r}, not {stage!r}")
-    if state["world_size"] != num_workers:
-        raise CheckpointError(f"{ckpt}: saved by {state['world_size']} workers; its ZeRO shards "
-                              f"need train.num_workers={state['world_size']} (not {num_workers})")
     return ckpt
 
 

@@ -120,6 +120,10 @@ class TrainConfig:
 
     stage: str = "teacher"
     num_workers: int = 2
+    # Elastic when > 0: Ray Train starts with as many workers as fit, at least this many and at
+    # most num_workers, and grows the group as nodes join; a restart on another count reshards
+    # the checkpoint. 0: exactly num_workers.
+    min_workers: int = 0
     use_gpu: bool = False
     cpus_per_worker: int = 1
     zero_stage: int = 3
@@ -139,6 +143,15 @@ class TrainConfig:
     # they do not use up max_failures. On Ray's notice the run checkpoints at once.
     max_preemption_failures: int = -1
     torch_threads: int = 1
+
+    @property
+    def worker_counts(self) -> range:
+        """Every number of workers the run may train on."""
+        return range(self.min_workers or self.num_workers, self.num_workers + 1)
+
+
+def _counts(counts: range) -> str:
+    return str(counts.start) if len(counts) == 1 else f"{counts.start}–{counts.stop - 1}"
 
 
 @dataclass
@@ -294,8 +307,12 @@ class Config:
             (self.train.zero_stage in (0, 1, 2, 3), "train.zero_stage", "0, 1, 2 or 3"),
             (self.train.max_preemption_failures >= -1, "train.max_preemption_failures",
              "≥ 0, or -1 for no limit"),
-            (self.train.global_batch % self.train.num_workers == 0, "train.global_batch",
-             f"divisible by train.num_workers={self.train.num_workers}"),
+            (self.train.min_workers <= self.train.num_workers, "train.min_workers",
+             f"≤ train.num_workers={self.train.num_workers} (0: not elastic)"),
+            (all(self.train.global_batch % n == 0 for n in self.train.worker_counts),
+             "train.global_batch", f"divisible by every worker count the run may have "
+             f"({_counts(self.train.worker_counts)}): a multiple of "
+             f"{math.lcm(*self.train.worker_counts)}"),
             (self.data.on_corrupt in ("skip", "fail"), "data.on_corrupt", "'skip' or 'fail'"),
             (self.audio.encoder in ("logmel", "wav2vec2"), "audio.encoder",
              "'logmel' or 'wav2vec2'"),
@@ -367,7 +384,7 @@ POSITIVE = (
     "adversarial.lr", "adversarial.disc_lr")
 NON_NEGATIVE = (
     "model.audio_context", "sample.audio_scale", "sample.ref_scale", "train.warmup_clips",
-    "train.weight_decay", "train.grad_clip", "train.max_failures", "dmd.audio_scale",
+    "train.weight_decay", "train.grad_clip", "train.max_failures", "train.min_workers", "dmd.audio_scale",
     "dmd.ref_scale", "adversarial.warmup_steps", "adversarial.reg_sigma")
 FRACTIONS = (
     "synth.test_identity_fraction", "synth.degraded_fraction", "data.motion_prob",

@@ -12,7 +12,7 @@ import contextlib
 import torch
 from safetensors.torch import load_file, save_file
 
-from onestep.train.engine import full_state_dict, local_shard
+from onestep.train.engine import full_state_dict, local_shard, world
 
 
 class ShardedEMA:
@@ -54,6 +54,22 @@ class ShardedEMA:
 
     def save_shard(self, path: str) -> None:
         save_file({n: s.contiguous() for n, s in zip(self.names, self.shadow)}, path)
+
+    @torch.no_grad()
+    def load_full(self, weights: dict[str, torch.Tensor]) -> None:
+        """This rank's slices of the whole EMA (a checkpoint's export): how the average follows
+        a run that resumes on another number of workers. A ZeRO-3 partition is the rank's
+        equal, zero-padded piece of the flattened parameter."""
+        rank, _ = world()
+        for i, (n, p) in enumerate(zip(self.names, self.module.parameters())):
+            full = weights[n].detach().float().flatten()
+            if not hasattr(p, "ds_tensor"):
+                self.shadow[i].copy_(full.view_as(self.shadow[i]))
+                continue
+            size = self.shadow[i].numel()
+            piece = full[rank * size:(rank + 1) * size]
+            self.shadow[i].zero_()
+            self.shadow[i][:piece.numel()].copy_(piece)
 
     def load_shard(self, path: str) -> None:
         state = load_file(path)

@@ -91,20 +91,26 @@ def lr_lambda(cfg: Config, update_every: int = 1, total_clips: int | None = None
     return fn
 
 
+def deepspeed_pickled_types() -> list[type]:
+    """The non-tensor types DeepSpeed's checkpoint files hold: what `weights_only` loading must
+    allow, and nothing more."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    return [ZeroStageEnum, LossScaler]
+
+
 def _safe_checkpoint_engine(ds_config_params):
     """DeepSpeed's torch checkpoint engine, but loading with `weights_only=True`.
 
     DeepSpeed unpickles its shards with weights_only=False; resuming from storage other people can
-    write to would then run their code. Its ZeRO files need only two non-tensor types, allowed
-    here explicitly.
+    write to would then run their code.
     """
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
 
     class SafeTorchCheckpointEngine(TorchCheckpointEngine):
         def load(self, path: str, map_location=None):
-            with torch.serialization.safe_globals([ZeroStageEnum, LossScaler]):
+            with torch.serialization.safe_globals(deepspeed_pickled_types()):
                 return torch.load(path, map_location=map_location, weights_only=True)
 
     return SafeTorchCheckpointEngine(ds_config_params)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
 import torch
+from safetensors.torch import load_file
 
 from onestep import integrity
 from onestep.checkpoint import CONFIG, STATE, WEIGHTS, read_state, save_export
@@ -25,6 +26,7 @@ from onestep.config import Config
 from onestep.evaluation.validation import Validator
 from onestep.model import count_parameters
 from onestep.train.ema import ShardedEMA
+from onestep.train.resize import load_resized
 from onestep.train.engine import (
     init_distributed,
     local_shard,
@@ -100,18 +102,28 @@ def _save(directory: Path, cfg: Config, stage, engines: dict, emas: dict, state:
 
 
 def _restore(directory: Path, stage, engines: dict, emas: dict) -> dict:
+    """Collective. A checkpoint of another worker count is resharded (`resize`)."""
     rank, world_size = world()
     state = read_state(directory)
-    if state.get("world_size", world_size) != world_size:
-        raise RuntimeError(f"{directory}: saved with {state['world_size']} workers, resuming with "
-                           f"{world_size}; ZeRO shards need the same train.num_workers")
+    saved_by = state["world_size"]
+    if saved_by == world_size:
+        for name in stage.trained:
+            path, _ = engines[name].load_checkpoint(str(directory / "engines" / name), tag="state")
+            if path is None:
+                raise RuntimeError(f"{directory}: no DeepSpeed state for network {name!r}")
+        for name, ema in emas.items():
+            ema.load_shard(str(directory / "ema" / f"{name}-rank{rank}.safetensors"))
+    else:
+        if rank == 0:
+            log.info("%s was saved by %d workers; resharding it for %d", directory, saved_by,
+                     world_size)
+        load_resized(directory, engines, list(stage.trained), saved_by)
+        exported = load_file(str(directory / WEIGHTS))  # the exported network's whole EMA
+        for ema in emas.values():
+            ema.load_full(exported)
+        state["world_size"] = world_size
     for name in stage.trained:
-        path, _ = engines[name].load_checkpoint(str(directory / "engines" / name), tag="state")
-        if path is None:
-            raise RuntimeError(f"{directory}: no DeepSpeed state for network {name!r}")
         reset_peak_lr(engines[name], stage.optimizer(name)[0])
-    for name, ema in emas.items():
-        ema.load_shard(str(directory / "ema" / f"{name}-rank{rank}.safetensors"))
     return state
 
 

@@ -174,6 +174,12 @@ def prepare_validation(cfg: Config) -> None:
                       endpoint_url=cfg.run.s3_endpoint_url)
 
 
+def _workers(cfg: Config) -> int | tuple[int, int]:
+    """A count, or Ray Train V2's elastic (min, max)."""
+    t = cfg.train
+    return (t.min_workers, t.num_workers) if t.min_workers else t.num_workers
+
+
 def make_trainer(cfg: Config, callbacks: list | None = None, resume_from: str = "",
                  newer_than: str = "") -> TorchTrainer:
     """The TorchTrainer for `cfg.train.stage`, starting from `resume_from` if given. Without it
@@ -185,7 +191,7 @@ def make_trainer(cfg: Config, callbacks: list | None = None, resume_from: str = 
         train_loop_config={"config": worker_config(cfg).to_dict(), "resume_from": resume_from,
                            "newer_than": newer_than},
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+        scaling_config=ScalingConfig(num_workers=_workers(cfg), use_gpu=cfg.train.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=RunConfig(
             name=cfg.run.name, storage_path=root.path, storage_filesystem=root.fs,
