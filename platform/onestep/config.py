@@ -76,8 +76,14 @@ class CodecConfig:
 
 @dataclass
 class ModelConfig:
-    """Wan-style video DiT with reference, motion-frame and audio conditioning."""
+    """The velocity network: onestep's Wan-style DiT (`dit`) or Wan2.1's own (`wan`), both with
+    reference, motion-frame and audio conditioning."""
 
+    kind: str = "dit"
+    # wan: a diffusers WanTransformer3DModel folder (or a Wan pipeline folder), local or s3://,
+    # that the teacher starts from. Its config.json sets dim, depth, heads, ffn_dim, text_dim,
+    # image_dim and patch at launch. Empty: a Wan network of the fields below, initialised fresh.
+    pretrained: str = ""
     dim: int = 128
     depth: int = 4
     heads: int = 4
@@ -86,6 +92,10 @@ class ModelConfig:
     audio_context: int = 2  # TurboTalk Eq. 1: ±k neighbouring audio features per position
     audio_tokens: int = 4  # TurboTalk Eq. 2: adapter tokens per video frame
     audio_dim: int = 128
+    ffn_dim: int = 0  # wan: the feed-forward width (0: dim·mlp_ratio)
+    text_dim: int = 4096  # wan: width of the prompt's text embedding (umT5-XXL: 4096)
+    prompt_tokens: int = 512  # wan: its length in tokens
+    image_dim: int = 0  # wan I2V: CLIP token width (1280) for image cross-attention; 0: none
 
 
 @dataclass
@@ -304,6 +314,9 @@ class Config:
              "an even head size (dim/heads) for 3D RoPE"),
             (0 <= self.data.motion_frames < self.data.frames, "data.motion_frames",
              "in [0, data.frames)"),
+            (self.model.kind in ("dit", "wan"), "model.kind", "'dit' or 'wan'"),
+            (not self.model.pretrained or self.model.kind == "wan", "model.pretrained",
+             "empty unless model.kind is 'wan' (it names a diffusers Wan checkpoint)"),
             (self.train.zero_stage in (0, 1, 2, 3), "train.zero_stage", "0, 1, 2 or 3"),
             (self.train.max_preemption_failures >= -1, "train.max_preemption_failures",
              "≥ 0, or -1 for no limit"),
@@ -381,11 +394,12 @@ POSITIVE = (
     "sample.steps", "train.num_workers", "train.cpus_per_worker", "train.global_batch",
     "train.total_clips", "train.lr", "train.checkpoint_every_clips", "train.log_every_steps",
     "train.torch_threads", "dmd.lr", "dmd.critic_lr", "adversarial.clips_per_phase",
-    "adversarial.lr", "adversarial.disc_lr")
+    "adversarial.lr", "adversarial.disc_lr", "model.text_dim", "model.prompt_tokens")
 NON_NEGATIVE = (
     "model.audio_context", "sample.audio_scale", "sample.ref_scale", "train.warmup_clips",
-    "train.weight_decay", "train.grad_clip", "train.max_failures", "train.min_workers", "dmd.audio_scale",
-    "dmd.ref_scale", "adversarial.warmup_steps", "adversarial.reg_sigma")
+    "train.weight_decay", "train.grad_clip", "train.max_failures", "train.min_workers",
+    "dmd.audio_scale", "dmd.ref_scale", "adversarial.warmup_steps", "adversarial.reg_sigma",
+    "model.ffn_dim", "model.image_dim")
 FRACTIONS = (
     "synth.test_identity_fraction", "synth.degraded_fraction", "data.motion_prob",
     "flow.audio_drop", "flow.all_drop", "train.min_lr_ratio", "train.ema_decay")

@@ -6,6 +6,7 @@ v = ε − x_0, and sampling integrates dx/dt = v from t = 1 down to t = 0 with 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -102,7 +103,7 @@ def flow_matching_loss(model, x0: torch.Tensor, cond: Conditions, cfg: FlowConfi
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     t = sample_training_timesteps(b, cfg, generator, x0.device).to(x0.dtype)
     drop_audio, drop_ref = condition_dropout(b, cfg, generator, x0.device)
-    cond = Conditions(cond.ref, cond.audio, cond.motion, cond.motion_mask, drop_audio, drop_ref)
+    cond = dataclasses.replace(cond, drop_audio=drop_audio, drop_ref=drop_ref)
     loss = velocity_loss(model, x0, noise, t, cond, mouth_weights(x0, cfg))
     return loss, {"loss": loss.detach(), "t_mean": t.mean().detach()}
 

@@ -72,6 +72,23 @@ class Location:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
+    def size(self) -> int:
+        return self.fs.get_file_info(self.path).size
+
+    def download(self, dest: Path, chunk: int = 16 << 20) -> None:
+        """Stream the object to a local file (never whole in memory: weights run to tens of
+        GB), atomically: `dest` appears only when complete."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f"{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            with self.fs.open_input_stream(self.path) as src, open(tmp, "wb") as out:
+                while block := src.read(chunk):
+                    out.write(block)
+        except FileNotFoundError:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"{self.uri}: no such file") from None
+        os.replace(tmp, dest)
+
     def delete_tree(self) -> None:
         self.fs.delete_dir(self.path)
 

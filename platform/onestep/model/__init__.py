@@ -3,5 +3,7 @@
 from onestep.model.build import build_codec, build_model, count_parameters
 from onestep.model.discriminator import Discriminator
 from onestep.model.dit import Conditions, VideoDiT
+from onestep.model.wan import WanDiT
 
-__all__ = ["Conditions", "Discriminator", "VideoDiT", "build_codec", "build_model", "count_parameters"]
+__all__ = ["Conditions", "Discriminator", "VideoDiT", "WanDiT", "build_codec", "build_model",
+           "count_parameters"]

@@ -12,15 +12,16 @@ import torch
 from torch import nn
 
 from onestep.model.dit import Conditions, VideoDiT
+from onestep.model.wan import WanDiT
 
 
 class Discriminator(nn.Module):
-    def __init__(self, trunk: VideoDiT):
+    def __init__(self, trunk: VideoDiT | WanDiT):
         super().__init__()
         # The velocity head is not part of the discriminator: unused parameters would only sit
         # in ZeRO-3's gradient buckets.
-        trunk.final_modulation = None
-        trunk.final = None
+        for name in trunk.head_modules():
+            setattr(trunk, name, None)
         self.trunk = trunk
         dim = trunk.dim
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.SiLU(),

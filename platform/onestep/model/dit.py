@@ -33,14 +33,15 @@ class Conditions:
     motion_mask: torch.Tensor  # (B, 1, F, h, w) 1 on motion frames
     drop_audio: torch.Tensor | None = None  # (B,) bool
     drop_ref: torch.Tensor | None = None  # (B,) bool
+    image: torch.Tensor | None = None  # (B, tokens, D_clip) CLIP tokens of the reference (Wan I2V)
 
     def repeat(self, n: int, drop_audio: bool, drop_ref: bool) -> Conditions:
         """The batch repeated with fixed dropout flags (for batched CFG evaluation)."""
         b = self.ref.shape[0]
         flag = lambda v: torch.full((b * n,), v, dtype=torch.bool, device=self.ref.device)
-        rep = lambda t: t.repeat(n, *([1] * (t.dim() - 1)))
+        rep = lambda t: None if t is None else t.repeat(n, *([1] * (t.dim() - 1)))
         return Conditions(rep(self.ref), rep(self.audio), rep(self.motion), rep(self.motion_mask),
-                          flag(drop_audio), flag(drop_ref))
+                          flag(drop_audio), flag(drop_ref), rep(self.image))
 
     @staticmethod
     def cat(parts: list[Conditions]) -> Conditions:
@@ -49,7 +50,7 @@ class Conditions:
             return None if values[0] is None else torch.cat(values)
 
         return Conditions(c("ref"), c("audio"), c("motion"), c("motion_mask"), c("drop_audio"),
-                          c("drop_ref"))
+                          c("drop_ref"), c("image"))
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -150,6 +151,10 @@ class VideoDiT(nn.Module):
         for layer in (self.final_modulation, self.final):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    def head_modules(self) -> list[str]:
+        """The velocity head's attributes; a discriminator built on this trunk drops them."""
+        return ["final_modulation", "final"]
 
     def features(self, x: torch.Tensor, t: torch.Tensor, cond: Conditions
                  ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int]]:

@@ -28,3 +28,10 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.float().chunk(2, dim=-1)
     cos, sin = angles.cos(), angles.sin()
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def apply_rope_interleaved(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """As `apply_rope`, with Wan's pairing: channels (2i, 2i + 1) rotate together."""
+    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+    cos, sin = angles.cos(), angles.sin()
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).type_as(x)

@@ -1,11 +1,14 @@
-"""Stage `teacher`: the flow-matching audio-driven video DiT that later stages distill."""
+"""Stage `teacher`: the flow-matching audio-driven video DiT that later stages distill; with
+`model.pretrained`, a fine-tune of Wan2.1's weights (diffusers format)."""
 
 from __future__ import annotations
 
 import torch
 
+from onestep.config import Config
 from onestep.flow import flow_matching_loss
 from onestep.model import build_model
+from onestep.pretrained import adopt_architecture, load_into
 from onestep.stages.base import Stage
 from onestep.stages.batch import prepare_batch
 
@@ -13,9 +16,17 @@ from onestep.stages.batch import prepare_batch
 class TeacherStage(Stage):
     name = "teacher"
     trained = ("generator",)
+    sources = ("model.pretrained",)
+
+    @staticmethod
+    def resolve_sources(cfg: Config) -> list[str]:
+        return [adopt_architecture(cfg)] if cfg.model.pretrained else []
 
     def build_networks(self) -> dict[str, torch.nn.Module]:
-        return {"generator": build_model(self.cfg)}
+        model = build_model(self.cfg)
+        if self.cfg.model.pretrained:
+            load_into(model, self.cfg.model.pretrained, self.cfg.run.s3_endpoint_url)
+        return {"generator": model}
 
     def train_step(self, batch: dict, engines: dict, generator: torch.Generator,
                    step: int) -> dict:

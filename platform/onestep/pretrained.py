@@ -1,0 +1,214 @@
+"""Wan2.1 transformers in diffusers' format, in and out, from a local folder or s3://.
+
+A diffusers model folder holds `config.json` (naming its `_class_name`) and the weights as
+`diffusion_pytorch_model.safetensors`, or as shards listed in
+`diffusion_pytorch_model.safetensors.index.json`. A pipeline folder (e.g. Wan2.1-I2V-14B-480P-
+Diffusers) holds it under `transformer/`; either may be given. An S3 folder is downloaded once
+into a cache (`$ONESTEP_CACHE`, default ~/.cache/onestep) and reused while the sizes match.
+
+Weights are read with safetensors only. Every problem is one error naming the file: a missing
+file or shard, another model class, keys or shapes that do not fit (the first few listed with
+both shapes). A text-to-video checkpoint (16 input channels) loads into onestep's image-to-video
+layout with the condition channels zero-initialised, so it still starts as the pretrained model.
+
+`save_diffusers` writes a onestep Wan model back in that layout, loadable by diffusers, with
+onestep's own modules (audio, the stored prompt) in a side file next to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from onestep.config import Config
+from onestep.model.wan import MASK_CHANNELS, WanArch, WanDiT
+from onestep.storage import Location, resolve
+
+CONFIG = "config.json"
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+INDEX = "diffusion_pytorch_model.safetensors.index.json"
+SIDE_FILE = "onestep_modules.safetensors"  # onestep's modules, beside diffusers' weights
+CLASS_NAME = "WanTransformer3DModel"
+# Keys diffusers itself ignores in Wan checkpoints (an unused norm in some conversions).
+IGNORED = ("norm_added_q",)
+SHOWN = 5  # mismatching keys listed in an error
+
+
+class PretrainedError(ValueError):
+    pass
+
+
+def is_onestep_key(key: str) -> bool:
+    """Parameters onestep adds to Wan (absent from a diffusers checkpoint)."""
+    return key.startswith(("audio_adapter.", "null_audio", "prompt")) or ".audio_" in key
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("ONESTEP_CACHE", Path.home() / ".cache" / "onestep"))
+
+
+def _local(loc: Location, names: list[str]) -> Path:
+    """A local folder holding `names` of `loc` (the folder itself, or the cache's copy)."""
+    if not loc.is_s3:
+        return Path(loc.path)
+    folder = _cache_root() / "pretrained" / hashlib.sha256(loc.uri.encode()).hexdigest()[:16]
+    for name in names:
+        src, dest = loc.join(name), folder / name
+        if not dest.exists() or dest.stat().st_size != src.size():
+            src.download(dest)
+    return folder
+
+
+def _model_folder(uri: str, endpoint_url: str) -> Location:
+    loc = resolve(uri, endpoint_url)
+    if loc.join(CONFIG).exists():
+        return loc
+    if loc.join("transformer", CONFIG).exists():
+        return loc.join("transformer")
+    raise PretrainedError(f"{uri}: no {CONFIG} (nor transformer/{CONFIG}): expected a diffusers "
+                          f"{CLASS_NAME} folder or a Wan pipeline folder")
+
+
+def read_arch(config: dict, where: str) -> WanArch:
+    """The architecture in a diffusers config.json, refusing another model class."""
+    if config.get("_class_name") != CLASS_NAME:
+        raise PretrainedError(f"{where}: a {config.get('_class_name')!r} config, expected "
+                              f"{CLASS_NAME!r}")
+    fields = {f.name for f in dataclasses.fields(WanArch)}
+    arch = WanArch(**{k: v for k, v in config.items() if k in fields})
+    arch.patch_size = tuple(arch.patch_size)
+    return arch
+
+
+def _weight_files(loc: Location, uri: str) -> list[str]:
+    if loc.join(WEIGHTS).exists():
+        return [WEIGHTS]
+    if not loc.join(INDEX).exists():
+        raise PretrainedError(f"{uri}: no {WEIGHTS} (nor a sharded {INDEX})")
+    index = json.loads(loc.join(INDEX).read_bytes())
+    shards = sorted(set(index.get("weight_map", {}).values()))
+    missing = [s for s in shards if not loc.join(s).exists()]
+    if not shards or missing:
+        raise PretrainedError(f"{uri}/{INDEX}: "
+                              + (f"shard {missing[0]} is missing" if missing else "no weight_map"))
+    return shards
+
+
+def _read_weights(folder: Path, files: list[str], uri: str) -> dict[str, torch.Tensor]:
+    state = {}
+    for name in files:
+        try:
+            state.update(load_file(str(folder / name)))
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise PretrainedError(f"{uri}/{name}: not a readable safetensors file ({e})") from None
+    return state
+
+
+def _fit(state: dict[str, torch.Tensor], model: WanDiT, uri: str,
+         onestep_part: bool = False) -> dict[str, torch.Tensor]:
+    """`state` checked against the model: every key of its part present (Wan's, or with
+    `onestep_part` onestep's), none unknown, shapes equal. A T2V patch embedding is widened to
+    the I2V input with zeros for the condition channels."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    state = {k: v for k, v in state.items() if not k.endswith(IGNORED)}
+    patch = state.get("patch_embedding.weight")
+    if (patch is not None and model.i2v and patch.shape[1] == model.c
+            and expected["patch_embedding.weight"][1] == 2 * model.c + MASK_CHANNELS):
+        state["patch_embedding.weight"] = torch.cat(
+            [patch, patch.new_zeros(patch.shape[0], model.c + MASK_CHANNELS, *patch.shape[2:])], 1)
+    unknown = sorted(set(state) - set(expected))
+    missing = sorted(k for k in set(expected) - set(state) if is_onestep_key(k) == onestep_part)
+    wrong = [f"{k} is {tuple(v.shape)}, the model has {tuple(expected[k])}"
+             for k, v in sorted(state.items()) if k in expected and v.shape != expected[k]]
+    for problem, keys in (("shapes differ", wrong), ("keys missing", missing),
+                          ("keys the model does not have", unknown)):
+        if keys:
+            more = f" (and {len(keys) - SHOWN} more)" if len(keys) > SHOWN else ""
+            raise PretrainedError(f"{uri}: {problem}: {'; '.join(keys[:SHOWN])}{more}")
+    return state
+
+
+def read_pretrained_arch(uri: str, endpoint_url: str = "") -> WanArch:
+    """The architecture of the diffusers checkpoint at `uri`, without reading its weights."""
+    loc = _model_folder(uri, endpoint_url)
+    return read_arch(json.loads(loc.join(CONFIG).read_bytes()), f"{loc.uri}/{CONFIG}")
+
+
+def adopt_architecture(cfg: Config) -> str:
+    """Give `cfg.model` the architecture of its `pretrained` checkpoint (on the driver, before
+    launch, so every worker and every saved config holds it); refuse a checkpoint whose latent
+    channels the codec does not produce. Returns a line for the user."""
+    from onestep.model.build import build_codec
+
+    uri, m = cfg.model.pretrained, cfg.model
+    arch = read_pretrained_arch(uri, cfg.run.s3_endpoint_url)
+    channels = build_codec(cfg).latent_channels
+    if arch.out_channels != channels:
+        raise PretrainedError(f"{uri}: a Wan of {arch.out_channels} latent channels, but "
+                              f"codec.kind={cfg.codec.kind!r} makes {channels}")
+    if arch.added_kv_proj_dim not in (None, arch.dim):
+        raise PretrainedError(f"{uri}: added_kv_proj_dim {arch.added_kv_proj_dim}: onestep "
+                              f"expects the model width {arch.dim}")
+    m.dim, m.depth, m.heads = arch.dim, arch.num_layers, arch.num_attention_heads
+    m.ffn_dim, m.text_dim, m.image_dim = arch.ffn_dim, arch.text_dim, arch.image_dim or 0
+    m.patch = list(arch.patch_size)
+    return (f"model: Wan from {uri} (width {arch.dim}, {arch.num_layers} blocks, "
+            f"{arch.num_attention_heads} heads{', CLIP image tokens' if arch.image_dim else ''})")
+
+
+def load_into(model: WanDiT, uri: str, endpoint_url: str = "") -> None:
+    """Fill `model` with the diffusers checkpoint at `uri` (checked key by key and shape by
+    shape); onestep's own modules from the side file when the folder has one (a model onestep
+    wrote), else they keep their initialisation (a zero audio gate: the model is Wan's)."""
+    loc = _model_folder(uri, endpoint_url)
+    files = _weight_files(loc, loc.uri)
+    side = [SIDE_FILE] if loc.join(SIDE_FILE).exists() else []
+    folder = _local(loc, [CONFIG, *([INDEX] if files != [WEIGHTS] else []), *files, *side])
+    state = _fit(_read_weights(folder, files, loc.uri), model, loc.uri)
+    if side:
+        state.update(_fit(_read_weights(folder, side, loc.uri), model, loc.uri, True))
+    model.load_state_dict(state, strict=False)
+
+
+def load_wan(uri: str, audio: dict, endpoint_url: str = "", i2v: bool = True) -> WanDiT:
+    """A WanDiT holding the diffusers checkpoint at `uri`. `audio`: WanDiT's audio arguments
+    (overridden by those a side file records). With `i2v`, a T2V checkpoint gets the
+    image-to-video input layout."""
+    loc = _model_folder(uri, endpoint_url)
+    arch = read_arch(json.loads(loc.join(CONFIG).read_bytes()), f"{loc.uri}/{CONFIG}")
+    if i2v and arch.in_channels == arch.out_channels:
+        arch.in_channels = 2 * arch.out_channels + MASK_CHANNELS
+    if loc.join(SIDE_FILE).exists():
+        folder = _local(loc, [SIDE_FILE])
+        with safe_open(str(folder / SIDE_FILE), "pt") as f:
+            audio = {**audio, **json.loads(f.metadata().get("onestep_audio", "{}"))}
+    model = WanDiT(arch, **audio)
+    load_into(model, uri, endpoint_url)
+    return model
+
+
+def save_diffusers(model: WanDiT, audio: dict, out: Path) -> None:
+    """Write `model` as a diffusers WanTransformer3DModel folder (config.json + weights) plus
+    onestep's modules in SIDE_FILE, with the `audio` arguments that rebuild them. The folder
+    appears complete or not at all."""
+    if out.exists():
+        raise PretrainedError(f"{out}: already exists; choose a new folder")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    wan = {k: v for k, v in state.items() if not is_onestep_key(k)}
+    ours = {k: v for k, v in state.items() if is_onestep_key(k)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    (tmp / CONFIG).write_text(json.dumps({"_class_name": CLASS_NAME,
+                                          **model.arch.to_dict()}, indent=2))
+    save_file(wan, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    save_file(ours, str(tmp / SIDE_FILE),
+              metadata={"format": "pt", "onestep_audio": json.dumps(audio)})
+    tmp.rename(out)

@@ -1,0 +1,242 @@
+"""onestep's Wan DiT against diffusers' WanTransformer3DModel: same weights, same velocity; and
+the way back to diffusers' layout. Tiny random models built here (no download)."""
+
+import json
+
+import boto3
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+from safetensors.torch import load_file, save_file
+
+from onestep.model.dit import Conditions
+from onestep.pretrained import INDEX, WEIGHTS, PretrainedError, load_wan, save_diffusers
+
+AUDIO = dict(audio_feature_dim=10, audio_per_frame=4, audio_context=1, audio_tokens=2,
+             audio_dim=16, prompt_tokens=512)
+TEXT_TOKENS = 512  # diffusers' Wan I2V attention splits image from text tokens at 512
+
+
+def _diffusers_wan(i2v: bool, seed: int = 0) -> WanTransformer3DModel:
+    torch.manual_seed(seed)
+    kw = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+              in_channels=36 if i2v else 16, out_channels=16, text_dim=32, freq_dim=256,
+              ffn_dim=40, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+              rope_max_seq_len=32)
+    if i2v:
+        kw.update(image_dim=8, added_kv_proj_dim=24)
+    return WanTransformer3DModel(**kw).eval()
+
+
+def _inputs(channels: int, i2v: bool, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, channels, 3, 8, 8, generator=g)
+    t = torch.tensor([0.3, 0.9])
+    text = torch.randn(2, TEXT_TOKENS, 32, generator=g)
+    image = torch.randn(2, 5, 8, generator=g) if i2v else None
+    audio = torch.randn(2, 3 * AUDIO["audio_per_frame"], AUDIO["audio_feature_dim"], generator=g)
+    return x, t, text, image, audio
+
+
+def _ours(model, x, t, text, image, audio):
+    with torch.no_grad():
+        return model.wan_forward(x, t, model.audio_adapter(audio), image=image, prompt=text)
+
+
+def _theirs(ref, x, t, text, image):
+    with torch.no_grad():
+        return ref(x, t * 1000, text, encoder_hidden_states_image=image, return_dict=False)[0]
+
+
+@pytest.mark.parametrize("i2v", [False, True], ids=["t2v", "i2v"])
+def test_converted_wan_gives_diffusers_velocity_with_audio_present(tmp_path, i2v):
+    ref = _diffusers_wan(i2v)
+    ref.save_pretrained(tmp_path / "wan")
+    model = load_wan(str(tmp_path / "wan"), AUDIO, i2v=i2v).eval()
+    x, t, text, image, audio = _inputs(ref.config.in_channels, i2v)
+    expected = _theirs(ref, x, t, text, image)
+    got = _ours(model, x, t, text, image, audio)
+    assert expected.abs().mean() > 0.1  # a real output, not two zeros
+    assert (got - expected).abs().max() <= 1e-5
+    # The audio branch is wired: once its gate opens, the velocity follows the audio.
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.audio_gate.bias.fill_(0.5)
+    assert (_ours(model, x, t, text, image, audio) - expected).abs().max() > 1e-2
+
+
+def test_t2v_checkpoint_loads_into_the_i2v_layout_unchanged(tmp_path):
+    ref = _diffusers_wan(i2v=False)
+    ref.save_pretrained(tmp_path / "wan")
+    model = load_wan(str(tmp_path / "wan"), AUDIO, i2v=True).eval()
+    assert model.i2v and model.patch_embedding.weight.shape[1] == 36
+    x, t, text, _, audio = _inputs(16, i2v=False)
+    condition = torch.randn(2, 20, 3, 8, 8)  # mask + condition latent: zero weights so far
+    got = _ours(model, torch.cat([x, condition], 1), t, text, None, audio)
+    assert (got - _theirs(ref, x, t, text, None)).abs().max() <= 1e-5
+
+
+def test_round_trip_to_diffusers_and_back(tmp_path):
+    model = load_wan(_saved(tmp_path, i2v=True), AUDIO).eval()
+    with torch.no_grad():  # a trained model's audio modules differ from a fresh one's
+        for blk in model.blocks:
+            blk.audio_gate.weight.normal_()
+        model.prompt.normal_()
+    save_diffusers(model, AUDIO, tmp_path / "exported")
+    assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == [
+        "config.json", "diffusion_pytorch_model.safetensors", "onestep_modules.safetensors"]
+    # diffusers' own loader reads it, and computes what onestep's Wan part computes.
+    theirs = WanTransformer3DModel.from_pretrained(tmp_path / "exported").eval()
+    x, t, text, image, audio = _inputs(36, i2v=True)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.audio_gate.weight.zero_()
+    assert (_theirs(theirs, x, t, text, image) - _ours(model, x, t, text, image, audio)
+            ).abs().max() <= 1e-5
+    back = load_wan(str(tmp_path / "exported"), {})  # audio arguments from the side file
+    assert set(back.state_dict()) == set(original)
+    assert all(torch.equal(v, original[k]) for k, v in back.state_dict().items())
+    with pytest.raises(PretrainedError, match="already exists"):
+        save_diffusers(model, AUDIO, tmp_path / "exported")
+
+
+def test_conditions_drive_the_i2v_input_reference_motion_and_image():
+    from onestep.model.wan import WanArch, WanDiT
+
+    arch = WanArch(num_attention_heads=2, attention_head_dim=12, in_channels=36, text_dim=32,
+                   ffn_dim=40, num_layers=1, image_dim=8, added_kv_proj_dim=24)
+    model = WanDiT(arch, **{**AUDIO, "prompt_tokens": 4}).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 3, 8, 8, generator=g)
+    cond = Conditions(ref=torch.randn(2, 16, 8, 8, generator=g),
+                      audio=torch.randn(2, 12, 10, generator=g),
+                      motion=torch.zeros(2, 16, 3, 8, 8), motion_mask=torch.zeros(2, 1, 3, 8, 8),
+                      image=torch.randn(2, 5, 8, generator=g))
+    inp = model._inputs(x, cond)
+    # No motion: the reference is the first latent frame's condition, as Wan I2V's first frame.
+    assert torch.equal(inp[:, 20:, 0], cond.ref) and (inp[:, 16:20, 0] == 1).all()
+    assert (inp[:, 16:, 1:] == 0).all()
+    cond.motion[:, :, :2], cond.motion_mask[:, :, :2] = 1.5, 1.0
+    inp = model._inputs(x, cond)  # motion frames take the first frames' place
+    assert (inp[:, 20:, :2] == 1.5).all() and (inp[:, 16:20, :2] == 1).all()
+    with torch.no_grad():
+        v = model(x, torch.tensor([0.5, 0.5]), cond)
+        dropped = model(x, torch.tensor([0.5, 0.5]), Conditions(
+            cond.ref, cond.audio, torch.zeros_like(cond.motion),
+            torch.zeros_like(cond.motion_mask), drop_ref=torch.tensor([True, False]),
+            image=cond.image))
+    assert v.shape == x.shape
+    assert (dropped[1] - v[1]).abs().max() > 0  # sample 1 lost its motion frames
+    assert (dropped[0] - v[0]).abs().max() > 0
+
+
+def _saved(tmp_path, i2v: bool = False) -> str:
+    _diffusers_wan(i2v).save_pretrained(tmp_path / "wan")
+    return str(tmp_path / "wan")
+
+
+def test_bad_checkpoints_are_named(tmp_path):
+    folder = tmp_path / "wan"
+    with pytest.raises(PretrainedError, match="no config.json .*diffusers"):
+        load_wan(str(folder), AUDIO)
+    _saved(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "_class_name": "UNet2DModel"}))
+    with pytest.raises(PretrainedError, match="config.json: a 'UNet2DModel' config, expected "
+                                              "'WanTransformer3DModel'"):
+        load_wan(str(folder), AUDIO)
+    (folder / "config.json").write_text(json.dumps({**config, "ffn_dim": 48}))
+    with pytest.raises(PretrainedError, match=r"shapes differ: blocks\.0\.ffn\.net\.0\.proj\.bias "
+                                              r"is \(40,\), the model has \(48,\)"):
+        load_wan(str(folder), AUDIO)
+    (folder / "config.json").write_text(json.dumps(config))
+    state = load_file(str(folder / WEIGHTS))
+    del state["blocks.1.attn1.to_q.weight"]
+    save_file({**state, "extra.weight": torch.zeros(1)}, str(folder / WEIGHTS))
+    with pytest.raises(PretrainedError, match=r"keys missing: blocks\.1\.attn1\.to_q\.weight"):
+        load_wan(str(folder), AUDIO)
+    (folder / WEIGHTS).write_bytes(b"not safetensors")
+    with pytest.raises(PretrainedError, match="model.safetensors: not a readable safetensors"):
+        load_wan(str(folder), AUDIO)
+    (folder / WEIGHTS).unlink()
+    (folder / INDEX).write_text(json.dumps({"weight_map": {"a": "shard-1.safetensors"}}))
+    with pytest.raises(PretrainedError, match="shard shard-1.safetensors is missing"):
+        load_wan(str(folder), AUDIO)
+
+
+def test_sharded_pipeline_folder_loads_from_s3_through_the_cache(tmp_path, bucket, s3_endpoint,
+                                                                 monkeypatch):
+    monkeypatch.setenv("ONESTEP_CACHE", str(tmp_path / "cache"))
+    ref = _diffusers_wan(i2v=False)
+    ref.save_pretrained(tmp_path / "pipe" / "transformer", max_shard_size="20KB")
+    assert (tmp_path / "pipe" / "transformer" / INDEX).exists()  # sharded, as large models are
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    for f in (tmp_path / "pipe").rglob("*"):
+        if f.is_file():
+            s3.upload_file(str(f), bucket, f"wan/{f.relative_to(tmp_path / 'pipe')}")
+    model = load_wan(f"s3://{bucket}/wan", AUDIO, i2v=False).eval()
+    x, t, text, _, audio = _inputs(16, i2v=False)
+    assert (_ours(model, x, t, text, None, audio) - _theirs(ref, x, t, text, None)).abs().max() \
+        <= 1e-5
+    cached = sorted(p.name for p in (tmp_path / "cache").rglob("*.safetensors"))
+    assert len(cached) > 1
+    s3.delete_object(Bucket=bucket, Key="wan/transformer/" + cached[0])  # the cache is not
+    with pytest.raises(PretrainedError, match=f"shard {cached[0]} is missing"):  # trusted blindly
+        load_wan(f"s3://{bucket}/wan", AUDIO, i2v=False)
+
+
+def test_discriminator_on_a_wan_trunk_drops_the_velocity_head():
+    from onestep.model import Discriminator
+    from onestep.model.wan import WanArch, WanDiT
+
+    arch = WanArch(num_attention_heads=2, attention_head_dim=12, in_channels=36, text_dim=32,
+                   ffn_dim=40, num_layers=1)
+    disc = Discriminator(WanDiT(arch, **{**AUDIO, "prompt_tokens": 4}))
+    names = [n for n, _ in disc.named_parameters()]
+    assert not any(n.startswith(("trunk.proj_out", "trunk.scale_shift_table")) for n in names)
+    cond = Conditions(ref=torch.randn(2, 16, 8, 8), audio=torch.randn(2, 12, 10),
+                      motion=torch.zeros(2, 16, 3, 8, 8), motion_mask=torch.zeros(2, 1, 3, 8, 8))
+    assert disc(torch.randn(2, 16, 3, 8, 8), torch.tensor([0.2, 0.7]), cond).shape == (2,)
+
+
+def test_wan_teacher_fine_tunes_diffusers_weights_as_a_ray_job(ray_cluster, tmp_path, capsys):
+    """`--set model.kind=wan --set model.pretrained=<diffusers folder>`: the architecture comes
+    from its config.json, 2 ZeRO-3 workers start from its weights, the export generates."""
+    import distill
+    import generate
+    import make_sample
+
+    from conftest import tiny_overrides
+    from onestep.checkpoint import read_config
+    from onestep.config import load_config
+    from onestep.prepare import prepare_synthtalk
+    from onestep.storage import resolve
+
+    torch.manual_seed(0)  # a T2V Wan for the tiny pixel codec's 12 latent channels
+    pretrained = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2,
+                                       attention_head_dim=12, in_channels=12, out_channels=12,
+                                       text_dim=16, ffn_dim=40, num_layers=2)
+    pretrained.save_pretrained(tmp_path / "wan")
+    sets = tiny_overrides(**{"data.uri": str(tmp_path / "data"), "run.root": str(tmp_path / "runs"),
+                             "run.name": "wan", "model.kind": "wan",
+                             "model.pretrained": str(tmp_path / "wan"), "model.prompt_tokens": 4,
+                             "validation.every_clips": 0})
+    prepare_synthtalk(load_config("tiny", sets).synth, resolve(str(tmp_path / "data")))
+    distill.main(["--stage", "teacher", *(a for kv in sets for a in ("--set", kv))])
+    out = capsys.readouterr().out
+    assert f"# model: Wan from {tmp_path / 'wan'} (width 24, 2 blocks, 2 heads)" in out
+    export = tmp_path / "runs" / "wan" / "exports" / "teacher"
+    saved = read_config(str(export)).model
+    assert (saved.kind, saved.dim, saved.depth, saved.ffn_dim, saved.text_dim) == (
+        "wan", 24, 2, 40, 16)
+    # Two small steps from the pretrained weights: the export (an EMA) is still close to them,
+    # where a fresh initialisation would be nowhere near.
+    weights = load_file(str(export / "model.safetensors"))
+    for key, value in pretrained.state_dict().items():
+        if key != "patch_embedding.weight":  # widened to the I2V input
+            assert (weights[key] - value).abs().max() < 0.01, key
+    make_sample.main(["--out-dir", str(tmp_path), "--set", "synth.clip_seconds=1.2"])
+    generate.main(["--checkpoint", str(export), "--image", str(tmp_path / "face.png"), "--audio",
+                   str(tmp_path / "speech.wav"), "--out", str(tmp_path / "wan.mp4")])
+    assert (tmp_path / "wan.mp4").stat().st_size > 1000
