@@ -66,12 +66,25 @@ class AudioConfig:
     wav2vec2_path: str = ""
 
 
+# The Wan2.1 VAE's compression in time (its config's scale_factor_temporal).
+WAN_VAE_TEMPORAL = 4
+
+
 @dataclass
 class CodecConfig:
-    """Latent codec between pixels and the DiT (space_to_depth is lossless and weight-free)."""
+    """Latent codec between pixels and the DiT: `space_to_depth` (lossless, weight-free, one
+    latent frame per video frame) or `wan_vae` (Wan2.1's causal VAE: 8× in space, 4× in time)."""
 
     kind: str = "space_to_depth"
-    factor: int = 2
+    factor: int = 2  # spatial compression (wan_vae: 8)
+    # wan_vae: the diffusers AutoencoderKLWan folder, or a Wan pipeline folder with vae/
+    # (local or s3://); saved with every checkpoint, so exports need it where they are served.
+    pretrained: str = ""
+
+    @property
+    def temporal_factor(self) -> int:
+        """Video frames per latent frame (after the first, which the Wan VAE encodes alone)."""
+        return WAN_VAE_TEMPORAL if self.kind == "wan_vae" else 1
 
 
 @dataclass
@@ -314,6 +327,20 @@ class Config:
              "an even head size (dim/heads) for 3D RoPE"),
             (0 <= self.data.motion_frames < self.data.frames, "data.motion_frames",
              "in [0, data.frames)"),
+            (self.codec.kind in ("space_to_depth", "wan_vae"), "codec.kind",
+             "'space_to_depth' or 'wan_vae'"),
+            (self.codec.kind != "wan_vae" or bool(self.codec.pretrained), "codec.pretrained",
+             "a Wan VAE folder (diffusers AutoencoderKLWan, local or s3://) for codec.kind "
+             "wan_vae"),
+            (self.codec.kind != "wan_vae" or self.codec.factor == 8, "codec.factor",
+             "8 for codec.kind wan_vae (its spatial compression)"),
+            ((self.data.frames - 1) % self.codec.temporal_factor == 0, "data.frames",
+             f"1 + {self.codec.temporal_factor}k frames for codec.kind {self.codec.kind} (the "
+             "VAE encodes the first frame alone, then 4 per latent frame), e.g. 17 or 21"),
+            (self.data.motion_frames == 0
+             or (self.data.motion_frames - 1) % self.codec.temporal_factor == 0,
+             "data.motion_frames", f"0 or 1 + {self.codec.temporal_factor}k frames for "
+             f"codec.kind {self.codec.kind} (whole latent frames), e.g. 1 or 5"),
             (self.model.kind in ("dit", "wan"), "model.kind", "'dit' or 'wan'"),
             (not self.model.pretrained or self.model.kind == "wan", "model.pretrained",
              "empty unless model.kind is 'wan' (it names a diffusers Wan checkpoint)"),

@@ -2,7 +2,10 @@
 
 Long audio is cut into chunks of F frames that overlap by M motion frames: chunk k's first M
 frames are conditioned on the last M generated frames of chunk k−1 (InfiniteTalk-style), and
-only its F−M new frames are emitted, so a video of any length stays continuous.
+only its F−M new frames are emitted, so a video of any length stays continuous. Chunks are cut in
+latent frames and the motion frames are carried as latents (never decoded and re-encoded); with
+a causal codec (the Wan VAE: 4 video frames per latent frame) the whole video is one latent
+sequence, decoded piece by piece as chunks arrive, and cut to exactly the audio's length.
 
 That dependency allows one chunk per request in flight, but nothing ties the chunks of different
 requests together: a `Render` holds one request's state between chunks, and `denoise` runs the
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 
 from onestep.audio_features import build_audio_encoder
-from onestep.conditioning import make_conditions
+from onestep.conditioning import align_audio, encode_reference, make_conditions
 from onestep.config import Config
 from onestep.data import to_unit
 from onestep.flow import GuidedVelocity, cfg_branches, euler_sample, sampling_timesteps
@@ -65,7 +68,7 @@ class GenerationStats:
 
 
 def chunk_starts(n_frames: int, frames: int, motion: int) -> list[int]:
-    """Start frame of each chunk; consecutive chunks overlap by `motion` frames."""
+    """Start (latent) frame of each chunk; consecutive chunks overlap by `motion` frames."""
     starts, s = [0], 0
     while s + frames < n_frames:
         s += frames - motion
@@ -96,19 +99,29 @@ class Render:
 
     def __init__(self, gen: AvatarGenerator, image: np.ndarray, audio: np.ndarray,
                  sampling: Sampling):
-        cfg = gen.cfg
+        cfg, codec = gen.cfg, gen.codec
         self.gen, self.sampling = gen, sampling
+        tf = codec.temporal_factor
         self.n_frames = gen.num_frames(audio)
-        self.starts = chunk_starts(self.n_frames, cfg.data.frames, cfg.data.motion_frames)
-        # Features for the whole clip, padded with silence to cover the last chunk.
-        span = self.starts[-1] + cfg.data.frames
+        self.chunk = codec.latent_frames(cfg.data.frames)
+        m = cfg.data.motion_frames
+        self.motion = codec.latent_frames(m) if m else 0
+        latents = 1 + -(-(self.n_frames - 1) // tf)  # enough to cover every frame
+        self.starts = chunk_starts(latents, self.chunk, self.motion)
+        # Features for the whole clip, padded with silence to cover the last chunk, then per
+        # latent frame of the one latent sequence the chunks cut.
+        span = codec.video_frames(self.starts[-1] + self.chunk)
         padded = np.zeros(int(span * cfg.audio.sample_rate / gen.fps), np.float32)
         padded[:len(audio)] = audio[:len(padded)]
         with torch.no_grad():
-            self.feats = torch.from_numpy(gen.encoder(padded)).to(gen.device)
-        self.ref = torch.from_numpy(to_unit(image))[None].to(gen.device)
+            feats = torch.from_numpy(gen.encoder(padded))[None].to(gen.device)
+            self.feats = align_audio(feats, span, tf)
+            self.ref = encode_reference(codec, torch.from_numpy(to_unit(image))[None]
+                                        .to(gen.device))
+        self.per_latent = tf * gen.per_frame
         self.rng = torch.Generator(device="cpu").manual_seed(sampling.seed)
         self.previous: torch.Tensor | None = None  # latent of the previous chunk
+        self.decoder = codec.stream()
         self.k = 0
         self.stats = GenerationStats(nfe_per_chunk=sampling.nfe)
 
@@ -118,37 +131,35 @@ class Render:
 
     @torch.no_grad()
     def next_job(self) -> ChunkJob:
-        gen, f_len = self.gen, self.gen.cfg.data.frames
-        start = self.starts[self.k]
-        audio = self.feats[start * gen.per_frame:(start + f_len) * gen.per_frame][None]
-        cond = make_conditions(gen.codec, self.ref, audio, f_len, gen.cfg.data.motion_frames,
+        start, n = self.starts[self.k], self.chunk
+        audio = self.feats[:, start * self.per_latent:(start + n) * self.per_latent]
+        cond = make_conditions(self.ref, audio, n, self.motion,
                                motion_latent=self._motion_latent())
-        shape = (1, gen.codec.latent_channels, f_len, *cond.ref.shape[-2:])
-        noise = torch.randn(shape, generator=self.rng).to(gen.device)
+        shape = (1, self.gen.codec.latent_channels, n, *cond.ref.shape[-2:])
+        noise = torch.randn(shape, generator=self.rng).to(self.gen.device)
         return ChunkJob(cond, noise, self.sampling)
 
     def _motion_latent(self) -> torch.Tensor | None:
         """The previous chunk's last M latent frames, placed in this chunk's first M frames."""
         if self.previous is None:
             return None
-        m = self.gen.cfg.data.motion_frames
         offset = self.starts[self.k] - self.starts[self.k - 1]  # = F − M
         motion = torch.zeros_like(self.previous)
-        motion[:, :, :m] = self.previous[:, :, offset:offset + m]
+        motion[:, :, :self.motion] = self.previous[:, :, offset:offset + self.motion]
         return motion
 
     @torch.no_grad()
     def accept(self, latent: torch.Tensor) -> np.ndarray:
-        """The denoised latent of the current chunk → its new uint8 (n, H, W, 3) frames."""
-        start, motion = self.starts[self.k], self.gen.cfg.data.motion_frames
-        frames = to_uint8(self.gen.codec.decode(latent)[0])
-        first = 0 if self.k == 0 else motion
-        last = min(self.gen.cfg.data.frames, self.n_frames - start)
+        """The denoised latent of the current chunk → its new uint8 (n, H, W, 3) frames: the
+        latent frames after the motion frames, decoded after the previous chunk's, up to the
+        audio's last frame."""
+        new = latent if self.k == 0 else latent[:, :, self.motion:]
+        frames = to_uint8(self.decoder.push(new)[0])[:self.n_frames - self.stats.frames]
         self.previous = latent
         self.k += 1
-        self.stats.frames += last - first
+        self.stats.frames += len(frames)
         self.stats.chunks += 1
-        return frames[first:last]
+        return frames
 
 
 class AvatarGenerator:
@@ -156,7 +167,7 @@ class AvatarGenerator:
 
     def __init__(self, model: torch.nn.Module, cfg: Config, device: str = "cpu"):
         self.model, self.cfg, self.device = model.to(device).eval(), cfg, device
-        self.codec = build_codec(cfg)
+        self.codec = build_codec(cfg).to(device)
         self.encoder = build_audio_encoder(cfg.audio)
         self.fps = cfg.synth.fps
         self.per_frame = cfg.audio.feature_rate // cfg.synth.fps

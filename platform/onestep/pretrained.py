@@ -1,9 +1,10 @@
-"""Wan2.1 transformers in diffusers' format, in and out, from a local folder or s3://.
+"""Wan2.1 in diffusers' format, in and out, from a local folder or s3://: its transformer (the
+DiT) and its VAE (the codec).
 
 A diffusers model folder holds `config.json` (naming its `_class_name`) and the weights as
 `diffusion_pytorch_model.safetensors`, or as shards listed in
 `diffusion_pytorch_model.safetensors.index.json`. A pipeline folder (e.g. Wan2.1-I2V-14B-480P-
-Diffusers) holds it under `transformer/`; either may be given. An S3 folder is downloaded once
+Diffusers) holds them under `transformer/` and `vae/`; either may be given. An S3 folder is downloaded once
 into a cache (`$ONESTEP_CACHE`, default ~/.cache/onestep) and reused while the sizes match.
 
 Weights are read with safetensors only. Every problem is one error naming the file: a missing
@@ -30,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from onestep.config import Config
 from onestep.model.wan import MASK_CHANNELS, WanArch, WanDiT
+from onestep.model.wan_vae import WanVAECodec
 from onestep.storage import Location, resolve
 
 CONFIG = "config.json"
@@ -37,6 +39,7 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 INDEX = "diffusion_pytorch_model.safetensors.index.json"
 SIDE_FILE = "onestep_modules.safetensors"  # onestep's modules, beside diffusers' weights
 CLASS_NAME = "WanTransformer3DModel"
+VAE_CLASS_NAME = "AutoencoderKLWan"
 # Keys diffusers itself ignores in Wan checkpoints (an unused norm in some conversions).
 IGNORED = ("norm_added_q",)
 SHOWN = 5  # mismatching keys listed in an error
@@ -67,21 +70,26 @@ def _local(loc: Location, names: list[str]) -> Path:
     return folder
 
 
-def _model_folder(uri: str, endpoint_url: str) -> Location:
+def _model_folder(uri: str, endpoint_url: str, subfolder: str = "transformer",
+                  class_name: str = CLASS_NAME) -> Location:
     loc = resolve(uri, endpoint_url)
     if loc.join(CONFIG).exists():
         return loc
-    if loc.join("transformer", CONFIG).exists():
-        return loc.join("transformer")
-    raise PretrainedError(f"{uri}: no {CONFIG} (nor transformer/{CONFIG}): expected a diffusers "
-                          f"{CLASS_NAME} folder or a Wan pipeline folder")
+    if loc.join(subfolder, CONFIG).exists():
+        return loc.join(subfolder)
+    raise PretrainedError(f"{uri}: no {CONFIG} (nor {subfolder}/{CONFIG}): expected a diffusers "
+                          f"{class_name} folder or a Wan pipeline folder")
+
+
+def _check_class(config: dict, class_name: str, where: str) -> None:
+    if config.get("_class_name") != class_name:
+        raise PretrainedError(f"{where}: a {config.get('_class_name')!r} config, expected "
+                              f"{class_name!r}")
 
 
 def read_arch(config: dict, where: str) -> WanArch:
     """The architecture in a diffusers config.json, refusing another model class."""
-    if config.get("_class_name") != CLASS_NAME:
-        raise PretrainedError(f"{where}: a {config.get('_class_name')!r} config, expected "
-                              f"{CLASS_NAME!r}")
+    _check_class(config, CLASS_NAME, where)
     fields = {f.name for f in dataclasses.fields(WanArch)}
     arch = WanArch(**{k: v for k, v in config.items() if k in fields})
     arch.patch_size = tuple(arch.patch_size)
@@ -124,8 +132,16 @@ def _fit(state: dict[str, torch.Tensor], model: WanDiT, uri: str,
             and expected["patch_embedding.weight"][1] == 2 * model.c + MASK_CHANNELS):
         state["patch_embedding.weight"] = torch.cat(
             [patch, patch.new_zeros(patch.shape[0], model.c + MASK_CHANNELS, *patch.shape[2:])], 1)
+    required = {k for k in expected if is_onestep_key(k) == onestep_part}
+    _check_keys(state, expected, required, uri)
+    return state
+
+
+def _check_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Size],
+                required: set[str], uri: str) -> None:
+    """One error naming the first keys that differ: shapes, then missing, then unknown."""
     unknown = sorted(set(state) - set(expected))
-    missing = sorted(k for k in set(expected) - set(state) if is_onestep_key(k) == onestep_part)
+    missing = sorted(required - set(state))
     wrong = [f"{k} is {tuple(v.shape)}, the model has {tuple(expected[k])}"
              for k, v in sorted(state.items()) if k in expected and v.shape != expected[k]]
     for problem, keys in (("shapes differ", wrong), ("keys missing", missing),
@@ -133,7 +149,6 @@ def _fit(state: dict[str, torch.Tensor], model: WanDiT, uri: str,
         if keys:
             more = f" (and {len(keys) - SHOWN} more)" if len(keys) > SHOWN else ""
             raise PretrainedError(f"{uri}: {problem}: {'; '.join(keys[:SHOWN])}{more}")
-    return state
 
 
 def read_pretrained_arch(uri: str, endpoint_url: str = "") -> WanArch:
@@ -146,11 +161,11 @@ def adopt_architecture(cfg: Config) -> str:
     """Give `cfg.model` the architecture of its `pretrained` checkpoint (on the driver, before
     launch, so every worker and every saved config holds it); refuse a checkpoint whose latent
     channels the codec does not produce. Returns a line for the user."""
-    from onestep.model.build import build_codec
+    from onestep.model.build import latent_channels
 
     uri, m = cfg.model.pretrained, cfg.model
     arch = read_pretrained_arch(uri, cfg.run.s3_endpoint_url)
-    channels = build_codec(cfg).latent_channels
+    channels = latent_channels(cfg)
     if arch.out_channels != channels:
         raise PretrainedError(f"{uri}: a Wan of {arch.out_channels} latent channels, but "
                               f"codec.kind={cfg.codec.kind!r} makes {channels}")
@@ -193,6 +208,30 @@ def load_wan(uri: str, audio: dict, endpoint_url: str = "", i2v: bool = True) ->
     model = WanDiT(arch, **audio)
     load_into(model, uri, endpoint_url)
     return model
+
+
+def read_vae_config(uri: str, endpoint_url: str = "") -> dict:
+    """The config.json of the Wan VAE at `uri` (a VAE or pipeline folder), class checked."""
+    loc = _model_folder(uri, endpoint_url, "vae", VAE_CLASS_NAME)
+    config = json.loads(loc.join(CONFIG).read_bytes())
+    _check_class(config, VAE_CLASS_NAME, f"{loc.uri}/{CONFIG}")
+    return config
+
+
+def load_wan_vae(uri: str, endpoint_url: str = "") -> WanVAECodec:
+    """The codec of the diffusers AutoencoderKLWan at `uri` (a VAE folder or a pipeline folder
+    with `vae/`), its weights checked key by key as the transformer's are."""
+    from diffusers import AutoencoderKLWan
+
+    loc = _model_folder(uri, endpoint_url, "vae", VAE_CLASS_NAME)
+    vae = AutoencoderKLWan.from_config(read_vae_config(uri, endpoint_url))
+    files = _weight_files(loc, loc.uri)
+    folder = _local(loc, [CONFIG, *([INDEX] if files != [WEIGHTS] else []), *files])
+    state = _read_weights(folder, files, loc.uri)
+    expected = {k: v.shape for k, v in vae.state_dict().items()}
+    _check_keys(state, expected, set(expected), loc.uri)
+    vae.load_state_dict(state)
+    return WanVAECodec(vae)
 
 
 def save_diffusers(model: WanDiT, audio: dict, out: Path) -> None:

@@ -2,24 +2,50 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from onestep.audio_features import feature_dim
 from onestep.config import Config
-from onestep.model.codec import build_codec as _build_codec
+import functools
+
+from onestep.model.codec import SpaceToDepth
 from onestep.model.dit import VideoDiT
 from onestep.model.wan import MASK_CHANNELS, WanArch, WanDiT
+from onestep.model.wan_vae import WanVAECodec
 
 
-def build_codec(cfg: Config):
-    return _build_codec(cfg.codec.kind, cfg.codec.factor)
+def build_codec(cfg: Config) -> SpaceToDepth | WanVAECodec:
+    if cfg.codec.kind == "wan_vae":
+        return _wan_vae(cfg.codec.pretrained, cfg.run.s3_endpoint_url)
+    return SpaceToDepth(cfg.codec.factor)
+
+
+@functools.lru_cache(maxsize=2)
+def _wan_vae(uri: str, endpoint_url: str) -> WanVAECodec:
+    """Loaded once per process (stages, the validator and a Serve replica all ask for it), on
+    the CPU even inside a meta-device block (a frozen codec holds real weights)."""
+    from onestep.pretrained import load_wan_vae
+
+    with torch.device("cpu"):
+        return load_wan_vae(uri, endpoint_url)
+
+
+def latent_channels(cfg: Config) -> int:
+    """The codec's latent channels, without loading its weights."""
+    if cfg.codec.kind == "wan_vae":
+        from onestep.pretrained import read_vae_config
+
+        return read_vae_config(cfg.codec.pretrained, cfg.run.s3_endpoint_url)["z_dim"]
+    return SpaceToDepth(cfg.codec.factor).latent_channels
 
 
 def audio_arguments(cfg: Config) -> dict:
     """The audio branch's shape, shared by both kinds of network."""
     m = cfg.model
+    per_video_frame = cfg.audio.feature_rate // cfg.synth.fps
     return dict(audio_feature_dim=feature_dim(cfg.audio),
-                audio_per_frame=cfg.audio.feature_rate // cfg.synth.fps,
+                audio_per_frame=per_video_frame * cfg.codec.temporal_factor,
                 audio_context=m.audio_context, audio_tokens=m.audio_tokens,
                 audio_dim=m.audio_dim)
 
@@ -36,7 +62,7 @@ def wan_arch(cfg: Config, latent_channels: int) -> WanArch:
 
 
 def build_model(cfg: Config) -> VideoDiT | WanDiT:
-    m, channels = cfg.model, build_codec(cfg).latent_channels
+    m, channels = cfg.model, latent_channels(cfg)
     if m.kind == "wan":
         return WanDiT(wan_arch(cfg, channels), prompt_tokens=m.prompt_tokens,
                       **audio_arguments(cfg))

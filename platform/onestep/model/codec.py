@@ -1,8 +1,8 @@
 """Latent codecs between pixel video and the DiT.
 
 `SpaceToDepth` is lossless and has no weights: it folds f×f pixel blocks into channels, which gives
-the DiT the same token geometry a VAE latent would (fewer, fatter positions) at the tiny size. A
-learned video VAE can be added later behind the same two methods.
+the DiT the same token geometry a VAE latent would (fewer, fatter positions) at the tiny size.
+Wan2.1's causal VAE (`onestep.model.wan_vae`) has the same interface and also compresses time.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 
 class SpaceToDepth(torch.nn.Module):
+    temporal_factor = 1  # one latent frame per video frame
+
     def __init__(self, factor: int, image_channels: int = 3):
         super().__init__()
         self.factor = factor
@@ -30,8 +32,15 @@ class SpaceToDepth(torch.nn.Module):
         x = F.pixel_shuffle(frames, self.factor)
         return x.reshape(b, n, *x.shape[1:]).transpose(1, 2)
 
+    def latent_frames(self, frames: int) -> int:
+        return frames
 
-def build_codec(kind: str, factor: int) -> SpaceToDepth:
-    if kind != "space_to_depth":
-        raise ValueError(f"codec.kind: unknown codec {kind!r}; available: space_to_depth")
-    return SpaceToDepth(factor)
+    def video_frames(self, latent_frames: int) -> int:
+        return latent_frames
+
+    def stream(self) -> SpaceToDepth:
+        """Frames decode independently: pushing pieces is decoding them."""
+        return self
+
+    def push(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.decode(latent)

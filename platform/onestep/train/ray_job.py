@@ -156,6 +156,8 @@ def worker_config(cfg: Config) -> Config:
     out.run.root = resolve(cfg.run.root, endpoint).uri
     out.data.uri = resolve(cfg.data.uri, endpoint).uri
     out.validation.reader = resolve(cfg.validation.reader, endpoint).uri
+    if cfg.codec.pretrained:
+        out.codec.pretrained = resolve(cfg.codec.pretrained, endpoint).uri
     if cfg.run.branch_from:
         out.run.branch_from = resolve(cfg.run.branch_from, endpoint).uri
     for key in stage_class(cfg.train.stage).sources:

@@ -1,0 +1,156 @@
+"""Wan2.1's causal VAE as a codec: 4× time and 8× space, normalised latents, and decoding in
+pieces with the causal cache carried across them equal to decoding at once. A tiny random
+diffusers AutoencoderKLWan built here (no download)."""
+
+import json
+
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+
+from onestep.model.wan_vae import WanVAECodec
+from onestep.pretrained import PretrainedError, load_wan_vae
+
+MEAN, STD = [0.1, -0.2, 0.3, 0.0], [1.5, 0.5, 2.0, 1.0]
+
+
+def _vae(seed: int = 0) -> AutoencoderKLWan:
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True], latents_mean=MEAN,
+                            latents_std=STD).eval()
+
+
+def _video(frames: int = 17, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, frames, 32, 32, generator=g) * 2 - 1
+
+
+def test_latents_are_4x_shorter_8x_smaller_and_normalised_with_the_vaes_statistics():
+    vae = _vae()
+    codec = WanVAECodec(vae)
+    video = _video()
+    z = codec.encode(video)
+    assert z.shape == (1, 4, 5, 4, 4) and codec.latent_frames(17) == 5
+    raw = vae.encode(video).latent_dist.mode()
+    mean, std = torch.tensor(MEAN).view(1, -1, 1, 1, 1), torch.tensor(STD).view(1, -1, 1, 1, 1)
+    assert torch.allclose(z, (raw - mean) / std)
+    assert torch.allclose(codec.decode(z), vae.decode(raw).sample, atol=1e-5)
+    with pytest.raises(ValueError, match="16 frames: the Wan VAE encodes 1 \\+ 4k frames"):
+        codec.encode(_video(16))
+
+
+def test_decoding_in_pieces_carries_the_causal_cache_and_equals_decoding_at_once():
+    codec = WanVAECodec(_vae())
+    z = codec.encode(_video(25))  # 7 latent frames
+    whole = codec.decode(z)
+    stream = codec.stream()
+    pieces = [stream.push(z[:, :, :3]), stream.push(z[:, :, 3:4]), stream.push(z[:, :, 4:])]
+    assert [p.shape[2] for p in pieces] == [9, 4, 12]  # 1 + 4·2, then 4 per latent frame
+    assert torch.equal(torch.cat(pieces, dim=2), whole)
+    # Without the cache (each piece decoded on its own) the pieces would not join up.
+    alone = codec.decode(z[:, :, 3:4])
+    assert (alone[:, :, -1] - pieces[1][:, :, -1]).abs().max() > 1e-3
+
+
+def test_vae_folder_loads_and_bad_folders_are_named(tmp_path):
+    vae = _vae()
+    vae.save_pretrained(tmp_path / "pipe" / "vae")
+    codec = load_wan_vae(str(tmp_path / "pipe"))  # a pipeline folder: its vae/
+    video = _video(9)
+    assert torch.equal(codec.encode(video), WanVAECodec(vae).encode(video))
+    config = tmp_path / "pipe" / "vae" / "config.json"
+    original = json.loads(config.read_text())
+    config.write_text(json.dumps({**original, "_class_name": "AutoencoderKL"}))
+    with pytest.raises(PretrainedError, match="a 'AutoencoderKL' config, expected "
+                                              "'AutoencoderKLWan'"):
+        load_wan_vae(str(tmp_path / "pipe"))
+    config.write_text(json.dumps({**original, "base_dim": 16}))
+    with pytest.raises(PretrainedError, match="shapes differ: decoder"):
+        load_wan_vae(str(tmp_path / "pipe" / "vae"))
+    with pytest.raises(PretrainedError, match="no config.json"):
+        load_wan_vae(str(tmp_path / "nowhere"))
+
+
+def _tiny_wan_vae_config(tmp_path, **extra):
+    from conftest import tiny_overrides
+    from onestep.config import load_config
+
+    if not (tmp_path / "vae").exists():
+        _vae().save_pretrained(tmp_path / "vae")
+    sets = {"codec.kind": "wan_vae", "codec.pretrained": str(tmp_path / "vae"), "codec.factor": 8,
+            "data.frames": 9, "data.motion_frames": 1, "model.kind": "wan",
+            "model.prompt_tokens": 4, "model.text_dim": 16, **extra}
+    return load_config("tiny", tiny_overrides(**sets)).validate()
+
+
+@pytest.mark.parametrize("codec", ["wan_vae", "space_to_depth"])
+def test_generated_video_is_exactly_as_long_as_the_audio(tmp_path, codec):
+    import numpy as np
+
+    from onestep.generate import AvatarGenerator, Sampling
+    from onestep.model import build_model
+
+    extra = {} if codec == "wan_vae" else {"codec.kind": "space_to_depth", "codec.factor": 2,
+                                           "data.frames": 8, "data.motion_frames": 2}
+    cfg = _tiny_wan_vae_config(tmp_path, **extra)
+    torch.manual_seed(0)
+    gen = AvatarGenerator(build_model(cfg), cfg)
+    encodes = []
+    encode = gen.codec.encode
+    gen.codec.encode = lambda x: encodes.append(x.shape[2]) or encode(x)
+    image = np.full((32, 32, 3), 128, np.uint8)
+    for frames in (1, 9, 10, 23):
+        audio = np.zeros(frames * cfg.audio.sample_rate // cfg.synth.fps, np.float32)
+        out, stats = gen.generate(image, audio, Sampling.from_config(cfg, steps=1))
+        assert out.shape == (frames, 32, 32, 3) and stats.frames == frames
+    # Chunks hand their motion frames on as latents: the only encode is each render's reference.
+    assert encodes == [1, 1, 1, 1]
+    gen.codec.encode = encode
+
+
+def test_data_frames_must_be_whole_latent_frames(tmp_path):
+    from onestep.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.frames: expected 1 \\+ 4k frames for codec.kind "
+                                          "wan_vae"):
+        _tiny_wan_vae_config(tmp_path, **{"data.frames": 8})
+    with pytest.raises(ConfigError, match="data.motion_frames: expected 0 or 1 \\+ 4k"):
+        _tiny_wan_vae_config(tmp_path, **{"data.motion_frames": 2})
+    with pytest.raises(ConfigError, match="codec.pretrained: expected a Wan VAE folder"):
+        _tiny_wan_vae_config(tmp_path, **{"codec.pretrained": ""})
+
+
+def test_wan_chain_teacher_on_vae_latents_to_an_mp4_with_the_audios_length(
+        ray_cluster, tmp_path, capsys):
+    """A Wan DiT on Wan VAE latents: a 2-worker ZeRO-3 teacher job, then generate.py's MP4."""
+    import av
+    import distill
+    import generate
+    import make_sample
+
+    from onestep.media import decode_video
+    from onestep.prepare import prepare_synthtalk
+    from onestep.storage import resolve
+
+    cfg = _tiny_wan_vae_config(tmp_path)
+    sets = {"codec.kind": "wan_vae", "codec.pretrained": str(tmp_path / "vae"), "codec.factor": 8,
+            "data.frames": 9, "data.motion_frames": 1, "model.kind": "wan",
+            "model.prompt_tokens": 4, "model.text_dim": 16, "data.uri": str(tmp_path / "data"),
+            "run.root": str(tmp_path / "runs"), "run.name": "wan-vae",
+            "validation.every_clips": 0}
+    from conftest import tiny_overrides
+
+    prepare_synthtalk(cfg.synth, resolve(str(tmp_path / "data")))
+    distill.main(["--stage", "teacher", *(a for kv in tiny_overrides(**sets)
+                                          for a in ("--set", kv))])
+    assert "done: 8 clips" in capsys.readouterr().out
+    export = tmp_path / "runs" / "wan-vae" / "exports" / "teacher"
+    make_sample.main(["--out-dir", str(tmp_path), "--set", "synth.clip_seconds=1.0"])
+    generate.main(["--checkpoint", str(export), "--image", str(tmp_path / "face.png"), "--audio",
+                   str(tmp_path / "speech.wav"), "--out", str(tmp_path / "wan.mp4"),
+                   "--steps", "2"])
+    frames, fps = decode_video((tmp_path / "wan.mp4").read_bytes())
+    assert len(frames) == round(1.0 * fps)  # the audio's length, not a whole number of chunks
+    with av.open(str(tmp_path / "wan.mp4")) as container:
+        assert container.streams.audio[0].codec_context.name == "aac"
