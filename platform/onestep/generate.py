@@ -122,7 +122,7 @@ class Render:
         self.rng = torch.Generator(device="cpu").manual_seed(sampling.seed)
         self.previous: torch.Tensor | None = None  # latent of the previous chunk
         self.decoder = codec.stream()
-        self.k = 0
+        self.k, self.emitted = 0, 0  # chunks done, frames handed out
         self.stats = GenerationStats(nfe_per_chunk=sampling.nfe)
 
     @property
@@ -154,9 +154,10 @@ class Render:
         latent frames after the motion frames, decoded after the previous chunk's, up to the
         audio's last frame."""
         new = latent if self.k == 0 else latent[:, :, self.motion:]
-        frames = to_uint8(self.decoder.push(new)[0])[:self.n_frames - self.stats.frames]
+        frames = to_uint8(self.decoder.push(new)[0])[:self.n_frames - self.emitted]
         self.previous = latent
         self.k += 1
+        self.emitted += len(frames)
         self.stats.frames += len(frames)
         self.stats.chunks += 1
         return frames
