@@ -4,17 +4,23 @@
         --model 1-step=CKPT --seconds 9.6 --out reports/speed
     python benchmarks/speed.py --untrained small --model teacher=@40 --model 4-step=@4 \\
         --model 1-step=@1 --out reports/speed-small
+    python jobs/make_tiny_wan.py --out models/wan-vae-size --vae full
+    python benchmarks/speed.py --untrained tiny --set codec.kind=wan_vae \\
+        --set codec.pretrained=models/wan-vae-size --set codec.factor=8 --set data.frames=9 \\
+        --set data.motion_frames=1 --model teacher=@40 --model 1-step=@1 --out reports/speed-wan-vae
 
 Each --model is NAME=CHECKPOINT[@STEPS]; steps default to the checkpoint's own config (a
 student: its step count, no CFG). The model named by --teacher-cfg (default "teacher") samples
 with audio and reference CFG 2, three evaluations per step: TurboTalk's 40 steps × 3 = 120 NFE
 baseline. With --untrained CONFIG the networks are freshly initialised at that preset's size
-(speed does not depend on the weights), e.g. to compare at a GPU resolution.
+(speed does not depend on the weights), e.g. to compare at a GPU resolution; `--set` changes that
+preset (e.g. the Wan VAE as the codec).
 
 Every model generates the same portrait + audio (a held-out SynthTalk clip, looped to
 --seconds) chunk by chunk with motion frames; the first run of each model is a warm-up. End to
 end is the whole AvatarGenerator.generate (audio features, every chunk's sampling, decoding to
-frames); MP4 encoding, the same for every model, is reported on its own.
+frames); decoding latents to frames is also reported on its own (with a VAE it is the floor of
+one-step latency), and so is MP4 encoding, the same for every model.
 """
 
 from __future__ import annotations
@@ -39,12 +45,12 @@ from onestep.media import encode_mp4  # noqa: E402
 from onestep.model import build_model  # noqa: E402
 
 
-def _model(spec: str, untrained: str | None, teacher: bool):
+def _model(spec: str, untrained: str | None, teacher: bool, overrides: list[str]):
     """NAME=CKPT[@STEPS] → (name, network, config to sample with)."""
     name, _, rest = spec.partition("=")
     uri, _, steps = rest.partition("@")
     if untrained:
-        cfg = load_config(untrained)
+        cfg = load_config(untrained, overrides).validate()
         torch.manual_seed(0)
         model = build_model(cfg).eval()
         if not teacher:  # a student samples without CFG
@@ -66,6 +72,8 @@ def main() -> None:
                    help="name of the model to run with audio and reference CFG 2 (3 NFE/step)")
     p.add_argument("--untrained", default=None, metavar="CONFIG",
                    help="time freshly initialised networks of this preset instead")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the --untrained preset (repeatable)")
     p.add_argument("--seconds", type=float, default=9.6)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
@@ -75,18 +83,20 @@ def main() -> None:
 
     rows = []
     for spec in args.model:
-        name, model, cfg = _model(spec, args.untrained, spec.startswith(args.teacher_cfg + "="))
+        name, model, cfg = _model(spec, args.untrained, spec.startswith(args.teacher_cfg + "="),
+                                  args.overrides)
         clip = held_out_clip(cfg.synth)
         reps = int(np.ceil(args.seconds * cfg.synth.sample_rate / len(clip.audio)))
         audio = np.tile(clip.audio, reps)[:int(args.seconds * cfg.synth.sample_rate)]
         gen = AvatarGenerator(model, cfg)
         sampling = Sampling.from_config(cfg)
         gen.generate(clip.clean_frames[0], audio[:cfg.synth.sample_rate], sampling)  # warm-up
-        times = []
+        times, decode = [], []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
             frames, stats = gen.generate(clip.clean_frames[0], audio, sampling)
             times.append(time.perf_counter() - t0)
+            decode.append(stats.decode_seconds)
         t0 = time.perf_counter()
         encode_mp4(frames, cfg.synth.fps, audio, cfg.audio.sample_rate)
         encode_s = time.perf_counter() - t0
@@ -95,6 +105,8 @@ def main() -> None:
         rows.append({"model": name, "steps": sampling.steps, "nfe_per_chunk": stats.nfe_per_chunk,
                      "chunks": stats.chunks, "video_s": video_s, "wall_s": wall,
                      "wall_s_per_video_s": wall / video_s, "real_time_factor": video_s / wall,
+                     "decode_s_per_video_s": statistics.median(decode) / video_s,
+                     "decode_share": statistics.median(decode) / wall, "codec": cfg.codec.kind,
                      "mp4_encode_s_per_video_s": encode_s / video_s,
                      "resolution": cfg.resolution, "params_m": sum(
                          p.numel() for p in model.parameters()) / 1e6})
@@ -112,13 +124,15 @@ def main() -> None:
               f"{cfg.data.frames} frames with {cfg.data.motion_frames} motion frames, "
               f"{cfg.resolution}×{cfg.resolution}; median of {args.repeats} runs after a warm-up. "
               f"Speed-up is end-to-end wall-clock relative to `{base['model']}`.", "",
+              f"Codec: `{cfg.codec.kind}`.", "",
               "| model | steps | NFE / chunk | s per video s | real-time factor | speed-up | "
-              "NFE ratio | MP4 encode s per video s |",
-              "|---|---|---|---|---|---|---|---|"]
+              "NFE ratio | decode s per video s | decode share | MP4 encode s per video s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['steps']} | {r['nfe_per_chunk']} | "
                      f"{r['wall_s_per_video_s']:.4f} | {r['real_time_factor']:.1f}× | "
                      f"{r['speedup_vs_first']:.1f}× | {r['nfe_ratio_vs_first']:.0f}× | "
+                     f"{r['decode_s_per_video_s']:.4f} | {100 * r['decode_share']:.0f}% | "
                      f"{r['mp4_encode_s_per_video_s']:.4f} |")
     save(Path(args.out), meta, rows, lines)
 

@@ -123,28 +123,31 @@ def test_data_frames_must_be_whole_latent_frames(tmp_path):
 
 def test_wan_chain_teacher_on_vae_latents_to_an_mp4_with_the_audios_length(
         ray_cluster, tmp_path, capsys):
-    """A Wan DiT on Wan VAE latents: a 2-worker ZeRO-3 teacher job, then generate.py's MP4."""
+    """The README's Wan walkthrough: make_tiny_wan's folder as both the codec and the
+    pretrained DiT, a 2-worker ZeRO-3 teacher job on its VAE latents, then generate.py's MP4."""
     import av
     import distill
     import generate
     import make_sample
+    import make_tiny_wan
 
+    from conftest import tiny_overrides
+    from onestep.config import load_config
     from onestep.media import decode_video
     from onestep.prepare import prepare_synthtalk
     from onestep.storage import resolve
 
-    cfg = _tiny_wan_vae_config(tmp_path)
-    sets = {"codec.kind": "wan_vae", "codec.pretrained": str(tmp_path / "vae"), "codec.factor": 8,
-            "data.frames": 9, "data.motion_frames": 1, "model.kind": "wan",
-            "model.prompt_tokens": 4, "model.text_dim": 16, "data.uri": str(tmp_path / "data"),
-            "run.root": str(tmp_path / "runs"), "run.name": "wan-vae",
-            "validation.every_clips": 0}
-    from conftest import tiny_overrides
-
-    prepare_synthtalk(cfg.synth, resolve(str(tmp_path / "data")))
-    distill.main(["--stage", "teacher", *(a for kv in tiny_overrides(**sets)
-                                          for a in ("--set", kv))])
-    assert "done: 8 clips" in capsys.readouterr().out
+    make_tiny_wan.main(["--out", str(tmp_path / "tiny-wan"), "--dim", "24"])
+    sets = tiny_overrides(**{
+        "codec.kind": "wan_vae", "codec.pretrained": str(tmp_path / "tiny-wan"), "codec.factor": 8,
+        "data.frames": 9, "data.motion_frames": 1, "model.kind": "wan",
+        "model.pretrained": str(tmp_path / "tiny-wan"), "model.prompt_tokens": 4,
+        "data.uri": str(tmp_path / "data"), "run.root": str(tmp_path / "runs"),
+        "run.name": "wan-vae", "validation.every_clips": 0})
+    prepare_synthtalk(load_config("tiny", sets).synth, resolve(str(tmp_path / "data")))
+    distill.main(["--stage", "teacher", *(a for kv in sets for a in ("--set", kv))])
+    out = capsys.readouterr().out
+    assert "# model: Wan from" in out and "done: 8 clips" in out
     export = tmp_path / "runs" / "wan-vae" / "exports" / "teacher"
     make_sample.main(["--out-dir", str(tmp_path), "--set", "synth.clip_seconds=1.0"])
     generate.main(["--checkpoint", str(export), "--image", str(tmp_path / "face.png"), "--audio",

@@ -65,6 +65,7 @@ class GenerationStats:
     chunks: int = 0
     nfe_per_chunk: int = 0  # model evaluations per chunk (steps × CFG branches)
     seconds: float = 0.0
+    decode_seconds: float = 0.0  # of which latents → pixels (the floor of one-step latency)
 
 
 def chunk_starts(n_frames: int, frames: int, motion: int) -> list[int]:
@@ -154,7 +155,10 @@ class Render:
         latent frames after the motion frames, decoded after the previous chunk's, up to the
         audio's last frame."""
         new = latent if self.k == 0 else latent[:, :, self.motion:]
-        frames = to_uint8(self.decoder.push(new)[0])[:self.n_frames - self.emitted]
+        t0 = time.perf_counter()
+        pixels = self.decoder.push(new)
+        self.stats.decode_seconds += time.perf_counter() - t0
+        frames = to_uint8(pixels[0])[:self.n_frames - self.emitted]
         self.previous = latent
         self.k += 1
         self.emitted += len(frames)

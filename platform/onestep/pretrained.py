@@ -4,8 +4,9 @@ DiT) and its VAE (the codec).
 A diffusers model folder holds `config.json` (naming its `_class_name`) and the weights as
 `diffusion_pytorch_model.safetensors`, or as shards listed in
 `diffusion_pytorch_model.safetensors.index.json`. A pipeline folder (e.g. Wan2.1-I2V-14B-480P-
-Diffusers) holds them under `transformer/` and `vae/`; either may be given. An S3 folder is downloaded once
-into a cache (`$ONESTEP_CACHE`, default ~/.cache/onestep) and reused while the sizes match.
+Diffusers) holds them under `transformer/` and `vae/`; either may be given. An S3 folder is
+downloaded once into a cache (`$ONESTEP_CACHE`, default ~/.cache/onestep) and reused while the
+sizes match.
 
 Weights are read with safetensors only. Every problem is one error naming the file: a missing
 file or shard, another model class, keys or shapes that do not fit (the first few listed with
