@@ -181,6 +181,15 @@ def test_sharded_pipeline_folder_loads_from_s3_through_the_cache(tmp_path, bucke
         <= 1e-5
     cached = sorted(p.name for p in (tmp_path / "cache").rglob("*.safetensors"))
     assert len(cached) > 1
+    # Another checkpoint uploaded under the same names (same sizes): fetched again, not served
+    # stale from the cache.
+    other = _diffusers_wan(i2v=False, seed=5)
+    other.save_pretrained(tmp_path / "other", max_shard_size="20KB")
+    for f in (tmp_path / "other").iterdir():
+        s3.upload_file(str(f), bucket, f"wan/transformer/{f.name}")
+    model = load_wan(f"s3://{bucket}/wan", AUDIO, i2v=False).eval()
+    assert (_ours(model, x, t, text, None, audio) - _theirs(other, x, t, text, None)).abs().max() \
+        <= 1e-5
     s3.delete_object(Bucket=bucket, Key="wan/transformer/" + cached[0])  # the cache is not
     with pytest.raises(PretrainedError, match=f"shard {cached[0]} is missing"):  # trusted blindly
         load_wan(f"s3://{bucket}/wan", AUDIO, i2v=False)

@@ -6,7 +6,7 @@ A diffusers model folder holds `config.json` (naming its `_class_name`) and the 
 `diffusion_pytorch_model.safetensors.index.json`. A pipeline folder (e.g. Wan2.1-I2V-14B-480P-
 Diffusers) holds them under `transformer/` and `vae/`; either may be given. An S3 folder is
 downloaded once into a cache (`$ONESTEP_CACHE`, default ~/.cache/onestep) and reused while the
-sizes match.
+objects are unchanged.
 
 Weights are read with safetensors only. Every problem is one error naming the file: a missing
 file or shard, another model class, keys or shapes that do not fit (the first few listed with
@@ -60,14 +60,18 @@ def _cache_root() -> Path:
 
 
 def _local(loc: Location, names: list[str]) -> Path:
-    """A local folder holding `names` of `loc` (the folder itself, or the cache's copy)."""
+    """A local folder holding `names` of `loc` (the folder itself, or the cache's copy). A
+    cached file is reused only while the object's size and modification time are those it was
+    copied at: a checkpoint replaced under the same name is fetched again."""
     if not loc.is_s3:
         return Path(loc.path)
     folder = _cache_root() / "pretrained" / hashlib.sha256(loc.uri.encode()).hexdigest()[:16]
     for name in names:
-        src, dest = loc.join(name), folder / name
-        if not dest.exists() or dest.stat().st_size != src.size():
+        src, dest, copied_at = loc.join(name), folder / name, folder / f".{name}.version"
+        version = src.version()
+        if not dest.exists() or not copied_at.exists() or copied_at.read_text() != version:
             src.download(dest)
+            copied_at.write_text(version)
     return folder
 
 

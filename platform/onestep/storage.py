@@ -72,8 +72,17 @@ class Location:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
-    def size(self) -> int:
-        return self.fs.get_file_info(self.path).size
+    def version(self) -> str:
+        """What tells a copy made earlier from the object now: S3's ETag (a content hash;
+        LastModified has one-second steps), a local file's size and modification time."""
+        if self.is_s3:
+            bucket, _, key = self.path.partition("/")
+            try:
+                return s3_client(self.endpoint_url).head_object(Bucket=bucket, Key=key)["ETag"]
+            except Exception as e:  # botocore's ClientError: a missing key is a 404
+                raise StorageError(f"{self.uri}: cannot read it ({e})") from None
+        info = self.fs.get_file_info(self.path)
+        return f"{info.size}:{info.mtime_ns}"
 
     def download(self, dest: Path, chunk: int = 16 << 20) -> None:
         """Stream the object to a local file (never whole in memory: weights run to tens of
