@@ -125,6 +125,14 @@ def _read_weights(folder: Path, files: list[str], uri: str) -> dict[str, torch.T
     return state
 
 
+def _fetch_weights(loc: Location, extra: list[str] = ()) -> tuple[dict[str, torch.Tensor], Path]:
+    """The model weights of the folder at `loc` (one file or shards), and the local folder that
+    holds them and the `extra` files beside them."""
+    files = _weight_files(loc, loc.uri)
+    folder = _local(loc, [CONFIG, *([INDEX] if files != [WEIGHTS] else []), *files, *extra])
+    return _read_weights(folder, files, loc.uri), folder
+
+
 def _fit(state: dict[str, torch.Tensor], model: WanDiT, uri: str,
          onestep_part: bool = False) -> dict[str, torch.Tensor]:
     """`state` checked against the model: every key of its part present (Wan's, or with
@@ -189,10 +197,9 @@ def load_into(model: WanDiT, uri: str, endpoint_url: str = "") -> None:
     shape); onestep's own modules from the side file when the folder has one (a model onestep
     wrote), else they keep their initialisation (a zero audio gate: the model is Wan's)."""
     loc = _model_folder(uri, endpoint_url)
-    files = _weight_files(loc, loc.uri)
     side = [SIDE_FILE] if loc.join(SIDE_FILE).exists() else []
-    folder = _local(loc, [CONFIG, *([INDEX] if files != [WEIGHTS] else []), *files, *side])
-    state = _fit(_read_weights(folder, files, loc.uri), model, loc.uri)
+    state, folder = _fetch_weights(loc, side)
+    state = _fit(state, model, loc.uri)
     if side:
         state.update(_fit(_read_weights(folder, side, loc.uri), model, loc.uri, True))
     model.load_state_dict(state, strict=False)
@@ -230,9 +237,7 @@ def load_wan_vae(uri: str, endpoint_url: str = "") -> WanVAECodec:
 
     loc = _model_folder(uri, endpoint_url, "vae", VAE_CLASS_NAME)
     vae = AutoencoderKLWan.from_config(read_vae_config(uri, endpoint_url))
-    files = _weight_files(loc, loc.uri)
-    folder = _local(loc, [CONFIG, *([INDEX] if files != [WEIGHTS] else []), *files])
-    state = _read_weights(folder, files, loc.uri)
+    state, _ = _fetch_weights(loc)
     expected = {k: v.shape for k, v in vae.state_dict().items()}
     _check_keys(state, expected, set(expected), loc.uri)
     vae.load_state_dict(state)

@@ -74,7 +74,7 @@ def _node_scratch() -> Path:
 def load_resized(directory: Path, engines: dict, names: list[str], saved_by: int) -> None:
     """Collective: load the DeepSpeed states of `names` that `saved_by` workers wrote in
     `directory/engines/` into `engines`, on this run's worker count."""
-    rank, world_size = world()
+    world_size = world()[1]
     first_on_node = int(os.environ.get("LOCAL_RANK", "0")) == 0
     scratch = _node_scratch()
     try:
