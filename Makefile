@@ -26,8 +26,8 @@ $(STAMP): pyproject.toml constraints.txt
 # Re-running continues the same runs (idempotent): data shards are kept, finished runs skipped.
 demo: $(STAMP)
 	$(PY) jobs/prepare_data.py --config demo --out data/synthtalk
-	$(PY) jobs/distill.py --stage dmd --config demo --teacher $(TEACHER) --resume
-	$(PY) jobs/distill.py --stage adversarial --config demo --resume \
+	$(PY) jobs/distill.py --stage dmd --config demo --teacher $(TEACHER) --resume auto
+	$(PY) jobs/distill.py --stage adversarial --config demo --resume auto \
 		--student runs/dmd-demo/exports/4step
 	$(PY) jobs/make_sample.py --out-dir demo
 	$(PY) jobs/generate.py --checkpoint runs/adversarial-demo/exports/1step \
@@ -43,7 +43,7 @@ demo: $(STAMP)
 # for 12k clips, see reports/pretrained/README.md). Distil it with `--teacher runs/teacher-tiny`.
 teacher: $(STAMP)
 	$(PY) jobs/prepare_data.py --config tiny --out data/synthtalk
-	$(PY) jobs/distill.py --stage teacher --config tiny --resume
+	$(PY) jobs/distill.py --stage teacher --config tiny --resume auto
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q tests

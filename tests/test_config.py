@@ -151,3 +151,23 @@ def test_a_refused_value_is_blamed_on_the_file_or_the_override_that_wrote_it(tmp
     bad.write_text("train: {lr: -1}\n")
     with pytest.raises(ConfigError, match=f"^{bad}: train.lr: "):
         load_config(str(bad), ["train.global_batch=8"])
+
+
+def test_make_demo_and_teacher_start_on_a_fresh_clone_and_resume_on_a_rerun():
+    """The Makefile's stages are re-runnable: each resumes only if its run exists
+    (`--resume auto`); a bare `--resume` refuses a run that has no checkpoint yet, which a fresh
+    clone's first `make demo` is."""
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    import distill
+
+    root = Path(__file__).resolve().parents[1]
+    plan = subprocess.run(["make", "-n", "demo", "teacher"], cwd=root, capture_output=True,
+                          text=True, check=True).stdout.replace("\\\n", " ")
+    stages = [shlex.split(line) for line in plan.splitlines() if "jobs/distill.py" in line]
+    assert len(stages) == 3  # demo's dmd and adversarial, and teacher
+    for words in stages:
+        args, _ = distill.parse(words[words.index("jobs/distill.py") + 1:])
+        assert args.resume == "auto", shlex.join(words)
