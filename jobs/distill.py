@@ -31,6 +31,7 @@ from onestep.checkpoint import (
 from onestep.config import Config
 from onestep.stages import STAGES, stage_class
 from onestep.storage import StorageError
+from onestep.train.memory_plan import format_plan, plan_run
 from onestep.train.ray_job import RunExistsError, launch, run_location
 
 
@@ -48,8 +49,13 @@ def _keep_sources(cfg: Config, keys: tuple[str, ...]) -> None:
     if saved is None:
         return
     for key in keys:
-        section, name = key.split(".")
-        setattr(getattr(cfg, section), name, getattr(getattr(saved, section), name))
+        setattr(*_field(cfg, key), getattr(*_field(saved, key)))
+
+
+def _field(cfg: Config, key: str) -> tuple[object, str]:
+    """`model.pretrained` → (cfg.model, "pretrained")."""
+    section, name = key.split(".")
+    return getattr(cfg, section), name
 
 
 def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
@@ -70,6 +76,9 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
                         help="start a new run (name it with --set run.name=...) from another "
                         "run's checkpoint of this stage: its step, optimiser and EMA state and "
                         "its pinned sources, under this command's config (sets run.branch_from)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the per-rank memory plan of the run and exit (no Ray, no "
+                        "weights loaded: the networks are built on the meta device)")
     cli.add_config_args(parser)
     args = parser.parse_args(argv)
     extra = [f"train.stage={args.stage}"] if args.stage else []
@@ -98,12 +107,20 @@ def main(argv: list[str] | None = None) -> None:
             print(f"# branch from: {cfg.run.branch_from}", flush=True)
         if resume or cfg.run.branch_from:
             _keep_sources(cfg, stage.sources)
-        for line in stage.resolve_sources(cfg):
-            print(f"# {line}", flush=True)
+        unset = [k for k in stage.sources if not getattr(*_field(cfg, k))]
+        if args.plan and unset:
+            print(f"# {', '.join(unset)} not given: planning the config's own network", flush=True)
+        else:
+            for line in stage.resolve_sources(cfg):
+                print(f"# {line}", flush=True)
         cfg.validate()
     except (CheckpointError, StorageError, ValueError) as e:
         sys.exit(f"error: {e}")
     print(f"# onestep config\n{cfg.to_yaml()}", flush=True)
+    workers = cfg.train.min_workers or cfg.train.num_workers  # fewest workers: most per rank
+    print(format_plan(plan_run(cfg, workers), cfg, workers), flush=True)
+    if args.plan:
+        return
     cli.init_ray(cfg)
     try:
         result = launch(cfg, resume=resume)

@@ -1,6 +1,7 @@
 """Ray Data pipeline: decoding in Ray tasks, windows, corrupt rows (skipped or fatal)."""
 
 import pytest
+import torch
 
 from onestep.config import SynthConfig
 from onestep.data import DataError, build_dataset, readable_shards
@@ -23,9 +24,14 @@ def _write_shard_with_a_corrupt_row(root_dir, cfg):
 def test_windows_have_the_training_shapes(ray_cluster, tmp_path, tiny_config):
     cfg = tiny_config(**{"data.uri": str(tmp_path)})
     _write_shard_with_a_corrupt_row(tmp_path, cfg)
-    batches = list(build_dataset(cfg).iter_torch_batches(batch_size=2))
+    per_pass = 2 * cfg.data.windows_per_clip  # both corrupt clips are skipped
+    # One pipeline for the whole run: the windows asked for, plus a pass (see pass_plan).
+    batches = list(build_dataset(cfg, per_pass).iter_torch_batches(batch_size=2))
     windows = sum(len(b["video"]) for b in batches)
-    assert windows == 2 * cfg.data.windows_per_clip  # both corrupt clips were skipped
+    assert windows == 2 * per_pass
+    # Each pass cuts fresh windows from the same clips.
+    videos = torch.cat([b["video"] for b in batches])
+    assert len({v.sum().item() for v in videos}) > per_pass
     b = batches[0]
     assert tuple(b["video"].shape[1:]) == (3, 8, 32, 32)
     assert tuple(b["ref"].shape[1:]) == (3, 32, 32)
@@ -37,7 +43,7 @@ def test_corrupt_clip_is_fatal_when_configured(ray_cluster, tmp_path, tiny_confi
     cfg = tiny_config(**{"data.uri": str(tmp_path), "data.on_corrupt": "fail"})
     bad_id = _write_shard_with_a_corrupt_row(tmp_path, cfg)
     with pytest.raises(Exception, match=rf"clip {bad_id}: .*\(shard \S*{shard_name(0)}\)"):
-        list(build_dataset(cfg).iter_torch_batches(batch_size=2))
+        list(build_dataset(cfg, 1).iter_torch_batches(batch_size=2))
 
 
 
@@ -53,7 +59,7 @@ def test_a_truncated_or_miscounted_shard_is_skipped_by_name_or_fatal(tmp_path, t
     (tmp_path / shard_name(1)).write_bytes(data[: len(data) // 2])  # an upload cut short
     manifest = {"shards": [{"name": shard_name(0), "rows": 2}, {"name": shard_name(1), "rows": 2},
                            {"name": shard_name(2), "rows": 3}]}  # shard 2 is not what was listed
-    assert readable_shards(root, manifest, "skip") == [root.join(shard_name(0)).path]
+    assert readable_shards(root, manifest, "skip") == {root.join(shard_name(0)).path: 2}
     assert f"skipping shard {root.join(shard_name(1)).uri}: not a readable Parquet file" \
         in caplog.text
     assert f"skipping shard {root.join(shard_name(2)).uri}: 2 rows, the manifest says 3" \

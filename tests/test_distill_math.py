@@ -123,7 +123,7 @@ def test_adversarial_phases_milestones_and_schedules():
                                "adversarial.clips_per_phase=12", "adversarial.warmup_steps=2",
                                "adversarial.disc_warmup_steps=0"])
     stage = AdversarialStage(cfg)
-    assert stage.total_clips() == 36  # 3 phases × 12 clips = 9 steps of 4 clips
+    assert stage.total_clips(cfg) == 36  # 3 phases × 12 clips = 9 steps of 4 clips
     assert [stage.phase(s)[1] for s in range(9)] == [3, 3, 3, 2, 2, 2, 1, 1, 1]
     assert [stage.milestone(s, 9) for s in range(1, 10)] == [
         None, None, "3step", None, None, "2step", None, None, "1step"]
@@ -148,7 +148,7 @@ def test_adversarial_phases_milestones_and_schedules():
     assert torch.equal(stage.schedule(3, 0.5), sampling_timesteps(2))
     # A longer last phase: the 1-step phase trains on, the earlier boundaries stay.
     cfg.adversarial.last_phase_clips = 20
-    assert stage.total_clips() == 44
+    assert stage.total_clips(cfg) == 44
     assert [stage.phase(s)[1] for s in range(11)] == [3, 3, 3, 2, 2, 2, 1, 1, 1, 1, 1]
     assert [stage.milestone(s, 11) for s in (3, 6, 9, 11)] == ["3step", "2step", None, "1step"]
 

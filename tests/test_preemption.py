@@ -16,7 +16,8 @@ SCRIPT = r"""
 import json, sys
 import numpy as np, torch
 from onestep.config import SynthConfig, load_config
-from onestep.data import COLUMNS, WindowMaker
+from onestep.audio_features import build_audio_encoder
+from onestep.data import clip_windows
 from onestep.shards import clip_row
 from onestep.stages import build_stage
 from onestep.synth import make_clip
@@ -25,10 +26,10 @@ from onestep.train.loop import Hooks, run_stage
 cfg = load_config("tiny", json.loads(sys.argv[1]))
 synth = SynthConfig(**{**cfg.synth.__dict__, "test_identity_fraction": 0.0})
 rows = [clip_row(make_clip(i, synth), synth.fps, synth.sample_rate) for i in range(2)]
-windows = WindowMaker(cfg)({k: np.array([r[k] for r in rows], dtype=object) for k in COLUMNS})
-batch = {k: torch.from_numpy(np.asarray(v[:cfg.train.global_batch].tolist()
-                                        if v.dtype == object else v[:cfg.train.global_batch]))
-         for k, v in windows.items()}
+encoder = build_audio_encoder(cfg.audio)
+windows = [w for i, r in enumerate(rows) for w in clip_windows(r, cfg, encoder, np.random.default_rng(i))]
+batch = {k: torch.from_numpy(np.stack([w[k] for w in windows[:cfg.train.global_batch]]))
+         for k in windows[0]}
 
 def batches():
     while True:

@@ -32,7 +32,7 @@ cfg.train.num_workers = 1
 init_distributed(cfg)
 stage = build_stage(cfg)
 net = stage.build_networks()["generator"]
-engine = make_engine(net, cfg, cfg.train.lr, total_clips=stage.total_clips())
+engine = make_engine(net, cfg, cfg.train.lr, total_clips=stage.total_clips(cfg))
 emas = {"generator": ShardedEMA(engine.module, cfg.train.ema_decay)}
 state = _restore(ckpt, stage, {"generator": engine}, emas)
 

@@ -121,12 +121,16 @@ def test_data_frames_must_be_whole_latent_frames(tmp_path):
         _tiny_wan_vae_config(tmp_path, **{"codec.pretrained": ""})
 
 
-def test_wan_chain_teacher_on_vae_latents_to_an_mp4_with_the_audios_length(
-        ray_cluster, tmp_path, capsys):
-    """The README's Wan walkthrough: make_tiny_wan's folder as both the codec and the
-    pretrained DiT, a 2-worker ZeRO-3 teacher job on its VAE latents, then generate.py's MP4."""
+def test_wan_chain_from_latents_in_s3_to_a_one_step_mp4_with_the_audios_length(
+        ray_cluster, bucket, tmp_path, monkeypatch, capsys):
+    """The README's Wan walkthrough: make_tiny_wan's I2V folder as the codec, the pretrained
+    DiT, the umT5 prompt encoder and the CLIP image encoder; SynthTalk clips in the S3 server
+    encoded once (VAE latents, audio features, CLIP tokens of the references) into latent shards
+    there; teacher → DMD → adversarial 2→1 as 2-worker ZeRO-3 jobs on those latents; then the
+    1-step export's MP4."""
     import av
     import distill
+    import encode
     import generate
     import make_sample
     import make_tiny_wan
@@ -135,24 +139,54 @@ def test_wan_chain_teacher_on_vae_latents_to_an_mp4_with_the_audios_length(
     from onestep.config import load_config
     from onestep.media import decode_video
     from onestep.prepare import prepare_synthtalk
+    from safetensors.torch import load
+
+    from onestep.encoders import embed_prompt
     from onestep.storage import resolve
 
-    make_tiny_wan.main(["--out", str(tmp_path / "tiny-wan"), "--dim", "24"])
-    sets = tiny_overrides(**{
-        "codec.kind": "wan_vae", "codec.pretrained": str(tmp_path / "tiny-wan"), "codec.factor": 8,
-        "data.frames": 9, "data.motion_frames": 1, "model.kind": "wan",
-        "model.pretrained": str(tmp_path / "tiny-wan"), "model.prompt_tokens": 4,
-        "data.uri": str(tmp_path / "data"), "run.root": str(tmp_path / "runs"),
-        "run.name": "wan-vae", "validation.every_clips": 0})
-    prepare_synthtalk(load_config("tiny", sets).synth, resolve(str(tmp_path / "data")))
-    distill.main(["--stage", "teacher", *(a for kv in sets for a in ("--set", kv))])
+    monkeypatch.setenv("ONESTEP_CACHE", str(tmp_path / "cache"))
+    folder = str(tmp_path / "tiny-wan")
+    make_tiny_wan.main(["--out", folder, "--dim", "24", "--i2v"])
+    wan = {"codec.kind": "wan_vae", "codec.pretrained": folder, "codec.factor": 8,
+           "data.frames": 9, "data.motion_frames": 1, "model.kind": "wan",
+           "model.prompt_tokens": 4, "model.image_encoder": folder,
+           "run.root": f"s3://{bucket}/runs", "validation.every_clips": 0}
+    clips, latent_uri = f"s3://{bucket}/clips", f"s3://{bucket}/latents"
+    prepare_synthtalk(load_config("tiny", tiny_overrides(**wan)).synth, resolve(clips))
+
+    def args(**extra):
+        return [a for kv in tiny_overrides(**wan, **extra) for a in ("--set", kv)]
+
+    encode.main(["--clips", clips, "--out", latent_uri, *args()])
+    manifest = json.loads(resolve(latent_uri).join("manifest.json").read_bytes())
+    assert manifest["image_encoder"].startswith("sha256:")
+    train = {"data.uri": latent_uri}
+    distill.main(["--stage", "teacher", *args(**train, **{
+        "model.pretrained": folder, "model.text_encoder": folder, "run.name": "teacher",
+        "model.prompt": "a person is talking"})])
     out = capsys.readouterr().out
-    assert "# model: Wan from" in out and "done: 8 clips" in out
-    export = tmp_path / "runs" / "wan-vae" / "exports" / "teacher"
+    assert "# model: Wan from" in out and "CLIP image tokens" in out and "done: 8 clips" in out
+    assert "# prompt: 'a person is talking', embedded by" in out
+    runs = f"s3://{bucket}/runs"
+    # The prompt's umT5 embedding is in the model, so in every export after it.
+    teacher = load(resolve(f"{runs}/teacher/exports/teacher").join("model.safetensors")
+                   .read_bytes())
+    assert torch.equal(teacher["prompt"], embed_prompt(folder, "a person is talking", 4))
+    distill.main(["--stage", "dmd", "--teacher", f"{runs}/teacher",
+                  *args(**train, **{"run.name": "dmd"})])
+    distill.main(["--stage", "adversarial", "--student", f"{runs}/dmd/exports/4step",
+                  *args(**train, **{"run.name": "adv", "adversarial.phases": "[2, 1]",
+                                    "adversarial.clips_per_phase": 8,
+                                    "adversarial.warmup_steps": 1,
+                                    "adversarial.disc_warmup_steps": 1})])
+    out = capsys.readouterr().out
+    assert f"export: {runs}/adv/exports/1step" in out
+
     make_sample.main(["--out-dir", str(tmp_path), "--set", "synth.clip_seconds=1.0"])
-    generate.main(["--checkpoint", str(export), "--image", str(tmp_path / "face.png"), "--audio",
-                   str(tmp_path / "speech.wav"), "--out", str(tmp_path / "wan.mp4"),
-                   "--steps", "2"])
+    generate.main(["--checkpoint", f"{runs}/adv/exports/1step", "--image",
+                   str(tmp_path / "face.png"), "--audio", str(tmp_path / "speech.wav"),
+                   "--out", str(tmp_path / "wan.mp4")])
+    assert ", 1 NFE per chunk," in capsys.readouterr().out
     frames, fps = decode_video((tmp_path / "wan.mp4").read_bytes())
     assert len(frames) == round(1.0 * fps)  # the audio's length, not a whole number of chunks
     with av.open(str(tmp_path / "wan.mp4")) as container:

@@ -31,12 +31,13 @@ def align_audio(features: torch.Tensor, frames: int, temporal_factor: int) -> to
 
 def make_conditions(ref_latent: torch.Tensor, audio: torch.Tensor, latent_frames: int,
                     motion_latent_frames: int, motion_latent: torch.Tensor | None = None,
-                    use_motion: torch.Tensor | None = None) -> Conditions:
+                    use_motion: torch.Tensor | None = None,
+                    image: torch.Tensor | None = None) -> Conditions:
     """Conditions for a chunk of `latent_frames` latent frames.
 
     audio: per latent frame (`align_audio`); motion_latent: (B, C, F', h, w) latents whose first
     `motion_latent_frames` frames are the context (the previous chunk's tail); use_motion: (B,)
-    which samples get that context.
+    which samples get that context; image: (B, tokens, D) CLIP tokens of the reference (Wan I2V).
     """
     b, c, h, w = ref_latent.shape
     like = dict(dtype=ref_latent.dtype, device=ref_latent.device)
@@ -48,4 +49,4 @@ def make_conditions(ref_latent: torch.Tensor, audio: torch.Tensor, latent_frames
         mask[:, :, :motion_latent_frames] = 1.0
         mask = mask * on
         motion = motion_latent * mask
-    return Conditions(ref=ref_latent, audio=audio, motion=motion, motion_mask=mask)
+    return Conditions(ref=ref_latent, audio=audio, motion=motion, motion_mask=mask, image=image)

@@ -56,6 +56,18 @@ class DataConfig:
 
 
 @dataclass
+class EncodeConfig:
+    """jobs/encode.py: clip shards → latent shards, the codec and audio encoder run once per clip
+    in a Ray Data actor pool (on a GPU cluster: one GPU per actor)."""
+
+    actors: int = 1  # encoder actors (each loads the VAE and the audio encoder once)
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    references: int = 4  # reference frames encoded per clip; a training window draws one
+    dtype: str = "float16"  # latents as stored ("float32" keeps them bit-exact)
+
+
+@dataclass
 class AudioConfig:
     """Audio encoder: `logmel` needs no weights; `wav2vec2` loads a local transformers model."""
 
@@ -109,6 +121,15 @@ class ModelConfig:
     text_dim: int = 4096  # wan: width of the prompt's text embedding (umT5-XXL: 4096)
     prompt_tokens: int = 512  # wan: its length in tokens
     image_dim: int = 0  # wan I2V: CLIP token width (1280) for image cross-attention; 0: none
+    # wan: umT5 (a transformers UMT5EncoderModel + tokenizer, or a Wan pipeline folder; local or
+    # s3://) that embeds `prompt` once at launch into the model's stored text context. Empty:
+    # the context the model holds (zeros for a fresh model, its own for a loaded export).
+    text_encoder: str = ""
+    prompt: str = "a person talking to the camera"
+    prompt_embedding: str = ""  # set at launch: where the embedding of `prompt` was stored
+    # wan I2V: CLIP's vision tower (transformers CLIPVisionModel + image processor, or a Wan
+    # pipeline folder) whose tokens of the reference frame are the image context.
+    image_encoder: str = ""
 
 
 @dataclass
@@ -151,6 +172,11 @@ class TrainConfig:
     cpus_per_worker: int = 1
     zero_stage: int = 3
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # Recompute each block's activations in backward instead of keeping them (trained networks).
+    activation_checkpointing: bool = False
+    # ZeRO-3 offload to host memory: Adam states + fp32 masters; and the parameters themselves.
+    offload_optimizer: bool = False
+    offload_params: bool = False
     global_batch: int = 16
     total_clips: int = 512
     lr: float = 5e-4  # the teacher's; distillation stages set their own (dmd.lr, adversarial.lr)
@@ -286,6 +312,7 @@ class RunConfig:
 class Config:
     synth: SynthConfig = field(default_factory=SynthConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -344,7 +371,14 @@ class Config:
             (self.model.kind in ("dit", "wan"), "model.kind", "'dit' or 'wan'"),
             (not self.model.pretrained or self.model.kind == "wan", "model.pretrained",
              "empty unless model.kind is 'wan' (it names a diffusers Wan checkpoint)"),
+            (not self.model.text_encoder or self.model.kind == "wan", "model.text_encoder",
+             "empty unless model.kind is 'wan' (onestep's DiT has no text context)"),
+            (not self.model.image_encoder or self.model.kind == "wan", "model.image_encoder",
+             "empty unless model.kind is 'wan' (an I2V network with image attention)"),
             (self.train.zero_stage in (0, 1, 2, 3), "train.zero_stage", "0, 1, 2 or 3"),
+            (not (self.train.offload_optimizer or self.train.offload_params)
+             or self.train.zero_stage == 3, "train.zero_stage",
+             "3 when train.offload_optimizer or train.offload_params is on"),
             (self.train.max_preemption_failures >= -1, "train.max_preemption_failures",
              "≥ 0, or -1 for no limit"),
             (self.train.min_workers <= self.train.num_workers, "train.min_workers",
@@ -354,6 +388,9 @@ class Config:
              f"({_counts(self.train.worker_counts)}): a multiple of "
              f"{math.lcm(*self.train.worker_counts)}"),
             (self.data.on_corrupt in ("skip", "fail"), "data.on_corrupt", "'skip' or 'fail'"),
+            (self.encode.dtype in ("float16", "float32"), "encode.dtype",
+             "'float16' or 'float32'"),
+            (self.encode.gpus_per_actor >= 0, "encode.gpus_per_actor", "≥ 0"),
             (self.audio.encoder in ("logmel", "wav2vec2"), "audio.encoder",
              "'logmel' or 'wav2vec2'"),
             (self.audio.feature_rate % self.synth.fps == 0, "audio.feature_rate",
@@ -416,7 +453,8 @@ class Config:
 POSITIVE = (
     "synth.num_clips", "synth.clip_seconds", "synth.resolution", "synth.fps", "synth.sample_rate",
     "synth.num_identities", "synth.clips_per_shard", "data.frames", "data.windows_per_clip",
-    "data.shuffle_buffer", "audio.sample_rate", "audio.feature_rate", "codec.factor",
+    "data.shuffle_buffer", "encode.actors", "encode.cpus_per_actor", "encode.references",
+    "audio.sample_rate", "audio.feature_rate", "codec.factor",
     "model.dim", "model.depth", "model.heads", "model.audio_dim", "model.audio_tokens",
     "sample.steps", "train.num_workers", "train.cpus_per_worker", "train.global_batch",
     "train.total_clips", "train.lr", "train.checkpoint_every_clips", "train.log_every_steps",

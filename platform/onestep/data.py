@@ -1,24 +1,32 @@
-"""Shards → training examples, streamed with Ray Data.
+"""Shards → training examples, streamed with Ray Data, for a whole run in one pipeline.
 
-read_parquet (file order shuffled, seeded) → decode MP4 with PyAV and compute audio features in
-Ray Data CPU tasks (never in the training workers) → random windows of F frames with a reference
-frame and a motion-frame flag → normalised float arrays → each Train worker's dataset shard, with a
-local shuffle buffer. Nothing holds the data set in memory.
+Two kinds of shards train: clip shards (jobs/prepare_data.py: MP4 + PCM per clip), decoded and
+cut into pixel windows by Ray Data tasks (never in the training workers), and latent shards
+(jobs/encode.py, `onestep.latents`), cut into latent windows with no decoding at all.
+
+The pipeline is a plan of (shard, pass) items covering every pass over the data the run needs,
+each pass in its own seeded shard order, executed once. Ray Data therefore never restarts between
+epochs: restarting cost ~20 s of blocked training per epoch (its actors start again and the first
+shards must be read before a batch exists). A clip's windows are drawn from (seed, clip, pass),
+so they do not depend on which actor cuts them. Nothing holds the data set in memory.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import zlib
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from onestep.audio_features import build_audio_encoder, feature_dim
+from onestep import latents, shards
+from onestep.audio_features import build_audio_encoder
 from onestep.config import Config
 from onestep.media import MediaError, decode_video, pcm16_array
-from onestep.shards import read_manifest, shard_uris
 from onestep.storage import Location, StorageError, resolve
 
 log = logging.getLogger(__name__)
@@ -39,8 +47,9 @@ def to_unit(frames: np.ndarray) -> np.ndarray:
     return np.moveaxis(x, -1, 0)
 
 
-def clip_windows(row: dict, cfg: Config, encoder, rng: np.random.Generator) -> list[dict]:
-    """Cut one decoded clip into `windows_per_clip` training examples."""
+def decoded_clip(row: dict, cfg: Config, encoder) -> tuple[np.ndarray, np.ndarray]:
+    """A clip row's frames (n, H, W, 3) uint8 and audio features (n·r, D), r per frame, cut to
+    the n frames both cover; a clip that does not match the config is a `CorruptClip`."""
     clip_id = row["clip_id"]
     try:
         frames, fps = decode_video(row["mp4"])
@@ -55,13 +64,19 @@ def clip_windows(row: dict, cfg: Config, encoder, rng: np.random.Generator) -> l
     if len(row["audio_pcm16"]) % 2:
         raise CorruptClip(f"clip {clip_id}: {len(row['audio_pcm16'])} bytes of 16-bit PCM audio, "
                           "an odd count (truncated?)")
-    audio = pcm16_array(row["audio_pcm16"])
     per_frame = cfg.audio.feature_rate // cfg.synth.fps
-    feats = encoder(audio)
+    feats = encoder(pcm16_array(row["audio_pcm16"]))
     n = min(len(frames), len(feats) // per_frame)
-    f_len = cfg.data.frames
+    return frames[:n], feats[:n * per_frame]
+
+
+def clip_windows(row: dict, cfg: Config, encoder, rng: np.random.Generator) -> list[dict]:
+    """Cut one clip row into `windows_per_clip` pixel training examples."""
+    frames, feats = decoded_clip(row, cfg, encoder)
+    n, f_len = len(frames), cfg.data.frames
+    per_frame = cfg.audio.feature_rate // cfg.synth.fps
     if n < f_len:
-        raise CorruptClip(f"clip {clip_id}: {n} usable frames, need at least {f_len}")
+        raise CorruptClip(f"clip {row['clip_id']}: {n} usable frames, need at least {f_len}")
     out = []
     for _ in range(cfg.data.windows_per_clip):
         start = int(rng.integers(0, n - f_len + 1))
@@ -75,43 +90,70 @@ def clip_windows(row: dict, cfg: Config, encoder, rng: np.random.Generator) -> l
     return out
 
 
-class WindowMaker:
-    """Ray Data callable class: holds the audio encoder (e.g. Wav2Vec2 weights) per actor/task."""
+def latent_windows(row: dict, cfg: Config, dtype: np.dtype,
+                   rng: np.random.Generator) -> list[dict]:
+    """Cut one latent-shard row into `windows_per_clip` training examples (float32)."""
+    latent = latents.tensor(row, "latent", dtype)  # (C, L, h, w)
+    audio = latents.tensor(row, "audio", np.float32)  # (L·tf·r, D), aligned per latent frame
+    refs = latents.tensor(row, "refs", dtype)  # (K, C, h, w)
+    images = latents.tensor(row, "image", np.float32)  # (K, tokens, D) or None
+    length = latent.shape[1]
+    window = 1 + (cfg.data.frames - 1) // cfg.codec.temporal_factor
+    if length < window:
+        raise CorruptClip(f"clip {row['clip_id']}: {length} latent frames, a window of "
+                          f"data.frames={cfg.data.frames} needs {window}")
+    per_latent = audio.shape[0] // length
+    out = []
+    for _ in range(cfg.data.windows_per_clip):
+        start, k = int(rng.integers(0, length - window + 1)), int(rng.integers(0, len(refs)))
+        example = {
+            "latent": latent[:, start:start + window].astype(np.float32),  # (C, F', h, w)
+            "ref_latent": refs[k].astype(np.float32),
+            "audio": audio[start * per_latent:(start + window) * per_latent],
+            "use_motion": np.bool_(rng.random() < cfg.data.motion_prob),
+        }
+        if images is not None:
+            example["image"] = images[k]
+        out.append(example)
+    return out
 
-    def __init__(self, cfg: Config):
+
+class ShardWindows:
+    """Ray Data callable class: a (shard path, pass) item in, that shard's windows out, one
+    batch per clip. Holds what cutting needs per actor (the audio encoder's weights)."""
+
+    def __init__(self, cfg: Config, manifest: dict):
         self.cfg = cfg
-        self.encoder = build_audio_encoder(cfg.audio)
-        self.visits: dict[str, int] = defaultdict(int)
+        self.fs = resolve(cfg.data.uri, cfg.run.s3_endpoint_url).fs
+        self.latent = manifest["format"] == latents.FORMAT
+        if self.latent:
+            self.columns, self.dtype = latents.COLUMNS, np.dtype(manifest["dtype"])
+        else:
+            self.columns, self.encoder = COLUMNS, build_audio_encoder(cfg.audio)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        examples: list[dict] = []
-        for i, clip_id in enumerate(batch["clip_id"]):
-            if batch["split"][i] != self.cfg.data.split:
-                continue
-            row = {k: batch[k][i] for k in COLUMNS}
-            # A clip gets fresh windows each time it is visited, reproducibly from the seed.
-            rng = np.random.default_rng([self.cfg.data.seed, zlib.crc32(clip_id.encode()),
-                                         self.visits[clip_id]])
-            self.visits[clip_id] += 1
-            try:
-                examples.extend(clip_windows(row, self.cfg, self.encoder, rng))
-            except CorruptClip as e:
-                e.args = (f"{e} (shard {batch['path'][i]})",)
-                if self.cfg.data.on_corrupt == "fail":
-                    raise
-                log.warning("skipping corrupt clip: %s", e)
-                _corrupt_counter().inc()
-        if not examples:
-            return _empty(self.cfg)
-        return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    def windows(self, row: dict, rng: np.random.Generator) -> list[dict]:
+        if self.latent:
+            return latent_windows(row, self.cfg, self.dtype, rng)
+        return clip_windows(row, self.cfg, self.encoder, rng)
 
-
-def _empty(cfg: Config) -> dict[str, np.ndarray]:
-    r, f, s = cfg.audio.feature_rate // cfg.synth.fps, cfg.data.frames, cfg.resolution
-    return {"video": np.zeros((0, 3, f, s, s), np.float32),
-            "ref": np.zeros((0, 3, s, s), np.float32),
-            "audio": np.zeros((0, f * r, feature_dim(cfg.audio)), np.float32),
-            "use_motion": np.zeros((0,), bool)}
+    def __call__(self, item: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for path, visit in zip(item["path"], item["pass"]):
+            with self.fs.open_input_file(path) as f:
+                table = pq.read_table(f, columns=self.columns)
+            table = table.filter(pc.equal(table["split"], self.cfg.data.split))
+            for row in table.to_pylist():
+                rng = np.random.default_rng([self.cfg.data.seed,
+                                             zlib.crc32(row["clip_id"].encode()), int(visit)])
+                try:
+                    examples = self.windows(row, rng)
+                except CorruptClip as e:
+                    e.args = (f"{e} (shard {path})",)
+                    if self.cfg.data.on_corrupt == "fail":
+                        raise
+                    log.warning("skipping corrupt clip: %s", e)
+                    _corrupt_counter().inc()
+                    continue
+                yield {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
 _COUNTER = None
@@ -127,47 +169,79 @@ def _corrupt_counter():
     return _COUNTER
 
 
-def readable_shards(root: Location, manifest: dict, on_corrupt: str) -> list[str]:
+def readable_shards(root: Location, manifest: dict, on_corrupt: str,
+                    split: str = "") -> dict[str, int]:
     """The manifest's shards whose Parquet footer reads and holds the rows it lists, checked on
     the driver before Ray Data starts: a truncated or replaced shard would otherwise stop the
     pipeline in a read task with a trace that does not name the file. Bad shards are skipped
-    with a warning naming them (`on_corrupt: skip`) or stop the job at once (`fail`)."""
-    import pyarrow.parquet as pq
+    with a warning naming them (`on_corrupt: skip`) or stop the job at once (`fail`).
 
-    def check(shard: dict, path: str) -> str:
+    Returns {path: clips}, clips counted in `split` when given (its column is read: shards
+    without a clip of the split are left out of the plan), else all rows."""
+    def check(shard: dict, path: str) -> tuple[str, int]:
         try:
             with root.fs.open_input_file(path) as f:
                 rows = pq.read_metadata(f).num_rows
+                if rows != shard["rows"]:
+                    return f"{rows} rows, the manifest says {shard['rows']}", 0
+                if not split:
+                    return "", rows
+                column = pq.read_table(f, columns=["split"])["split"]
+                return "", int(pc.sum(pc.equal(column, split)).as_py() or 0)
         except (OSError, ValueError) as e:  # pyarrow: ArrowInvalid (a ValueError), IOError
-            return f"not a readable Parquet file ({str(e).splitlines()[0][:160]})"
-        return "" if rows == shard["rows"] else f"{rows} rows, the manifest says {shard['rows']}"
+            return f"not a readable Parquet file ({str(e).splitlines()[0][:160]})", 0
 
-    paths = shard_uris(root, manifest)
+    paths = shards.shard_uris(root, manifest)
     with ThreadPoolExecutor(16) as pool:  # a footer is one ranged read: S3 latency bound
-        problems = list(pool.map(check, manifest["shards"], paths))
-    good = []
-    for shard, path, problem in zip(manifest["shards"], paths, problems):
+        checked = list(pool.map(check, manifest["shards"], paths))
+    good = {}
+    for shard, path, (problem, clips) in zip(manifest["shards"], paths, checked):
         where = root.join(shard["name"]).uri
         if not problem:
-            good.append(path)
+            good[path] = clips
             continue
         if on_corrupt == "fail":
-            raise DataError(f"{where}: {problem}; rewrite it with jobs/prepare_data.py, or "
-                            "--set data.on_corrupt=skip to train without it")
+            raise DataError(f"{where}: {problem}; write it again (jobs/prepare_data.py or "
+                            "jobs/encode.py), or --set data.on_corrupt=skip to train without it")
         log.warning("skipping shard %s: %s", where, problem)
     if not good:
         raise DataError(f"{root.uri}: none of its {len(manifest['shards'])} shards is readable")
     return good
 
 
-def build_dataset(cfg: Config):
-    """The streaming Ray Dataset of training examples for `cfg.data`."""
-    import ray.data
-    from ray.data.datasource.file_based_datasource import FileShuffleConfig
+def pass_plan(clips_per_shard: dict[str, int], examples: int, windows_per_clip: int,
+              seed: int) -> list[dict]:
+    """(shard, pass) items for enough passes to yield `examples` windows, plus one: per-worker
+    `drop_last` and skipped clips take some, and running out would restart the pipeline."""
+    usable = {p: n for p, n in clips_per_shard.items() if n}
+    per_pass = sum(usable.values()) * windows_per_clip
+    if not per_pass:
+        raise DataError("no clip of the training split in any shard")
+    passes = math.ceil(examples / per_pass) + 1
+    paths = sorted(usable)
+    return [{"path": paths[i], "pass": visit} for visit in range(passes)
+            for i in np.random.default_rng([seed, visit]).permutation(len(paths))]
 
+
+def data_manifest(cfg: Config) -> tuple[Location, dict]:
+    """`data.uri`'s manifest, clip or latent shards; latents are checked against the run."""
     root = resolve(cfg.data.uri, cfg.run.s3_endpoint_url)
-    paths = readable_shards(root, read_manifest(root), cfg.data.on_corrupt)
-    ds = ray.data.read_parquet(paths, filesystem=root.fs, columns=COLUMNS, include_paths=True,
-                               shuffle=FileShuffleConfig(seed=cfg.data.seed))
-    return ds.map_batches(WindowMaker, fn_constructor_kwargs={"cfg": cfg}, batch_size=4,
-                          concurrency=(1, 2), batch_format="numpy")
+    manifest = shards.read_manifest(root, formats=(shards.FORMAT, latents.FORMAT))
+    if manifest["format"] == latents.FORMAT:
+        try:
+            latents.check_compatible(manifest, cfg)
+        except ValueError as e:
+            raise DataError(f"{root.join(shards.MANIFEST).uri}: {e}") from None
+    return root, manifest
+
+
+def build_dataset(cfg: Config, examples: int):
+    """The streaming Ray Dataset of at least `examples` training windows of `cfg.data`."""
+    import ray.data
+
+    root, manifest = data_manifest(cfg)
+    counts = readable_shards(root, manifest, cfg.data.on_corrupt, split=cfg.data.split)
+    plan = pass_plan(counts, examples, cfg.data.windows_per_clip, cfg.data.seed)
+    ds = ray.data.from_items(plan, override_num_blocks=len(plan))
+    return ds.map_batches(ShardWindows, fn_constructor_kwargs={"cfg": cfg, "manifest": manifest},
+                          batch_size=1, concurrency=(1, 2), batch_format="numpy")

@@ -23,6 +23,7 @@ import torch
 
 from onestep.audio_features import build_audio_encoder
 from onestep.conditioning import align_audio, encode_reference, make_conditions
+from onestep.encoders import ImageEncoder
 from onestep.config import Config
 from onestep.data import to_unit
 from onestep.flow import GuidedVelocity, cfg_branches, euler_sample, sampling_timesteps
@@ -119,6 +120,8 @@ class Render:
             self.feats = align_audio(feats, span, tf)
             self.ref = encode_reference(codec, torch.from_numpy(to_unit(image))[None]
                                         .to(gen.device))
+            self.image = (gen.image_encoder(image[None]).to(gen.device)
+                          if gen.image_encoder is not None else None)
         self.per_latent = tf * gen.per_frame
         self.rng = torch.Generator(device="cpu").manual_seed(sampling.seed)
         self.previous: torch.Tensor | None = None  # latent of the previous chunk
@@ -135,7 +138,7 @@ class Render:
         start, n = self.starts[self.k], self.chunk
         audio = self.feats[:, start * self.per_latent:(start + n) * self.per_latent]
         cond = make_conditions(self.ref, audio, n, self.motion,
-                               motion_latent=self._motion_latent())
+                               motion_latent=self._motion_latent(), image=self.image)
         shape = (1, self.gen.codec.latent_channels, n, *cond.ref.shape[-2:])
         noise = torch.randn(shape, generator=self.rng).to(self.gen.device)
         return ChunkJob(cond, noise, self.sampling)
@@ -174,6 +177,8 @@ class AvatarGenerator:
         self.model, self.cfg, self.device = model.to(device).eval(), cfg, device
         self.codec = build_codec(cfg).to(device)
         self.encoder = build_audio_encoder(cfg.audio)
+        self.image_encoder = (ImageEncoder(cfg.model.image_encoder, cfg.run.s3_endpoint_url)
+                              if cfg.model.image_encoder else None)  # Wan I2V's CLIP tokens
         self.fps = cfg.synth.fps
         self.per_frame = cfg.audio.feature_rate // cfg.synth.fps
 

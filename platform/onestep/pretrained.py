@@ -75,6 +75,16 @@ def _local(loc: Location, names: list[str]) -> Path:
     return folder
 
 
+def local_folder(loc: Location) -> Path:
+    """A local folder with every file of the folder at `loc` (itself, or the cache's copy)."""
+    if not loc.is_s3:
+        return Path(loc.path)
+    import pyarrow.fs as pafs
+
+    infos = loc.fs.get_file_info(pafs.FileSelector(loc.path))
+    return _local(loc, sorted(i.base_name for i in infos if i.type == pafs.FileType.File))
+
+
 def _model_folder(uri: str, endpoint_url: str, subfolder: str = "transformer",
                   class_name: str = CLASS_NAME) -> Location:
     loc = resolve(uri, endpoint_url)
@@ -185,6 +195,10 @@ def adopt_architecture(cfg: Config) -> str:
     if arch.added_kv_proj_dim not in (None, arch.dim):
         raise PretrainedError(f"{uri}: added_kv_proj_dim {arch.added_kv_proj_dim}: onestep "
                               f"expects the model width {arch.dim}")
+    if m.image_encoder and not arch.image_dim:
+        raise PretrainedError(f"{uri}: a Wan without image attention (no image_dim), but "
+                              f"model.image_encoder={m.image_encoder!r} is set; drop it, or use "
+                              "an I2V checkpoint")
     m.dim, m.depth, m.heads = arch.dim, arch.num_layers, arch.num_attention_heads
     m.ffn_dim, m.text_dim, m.image_dim = arch.ffn_dim, arch.text_dim, arch.image_dim or 0
     m.patch = list(arch.patch_size)
@@ -228,6 +242,37 @@ def read_vae_config(uri: str, endpoint_url: str = "") -> dict:
     config = json.loads(loc.join(CONFIG).read_bytes())
     _check_class(config, VAE_CLASS_NAME, f"{loc.uri}/{CONFIG}")
     return config
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def vae_fingerprint(uri: str, endpoint_url: str = "") -> str:
+    """A hash of the VAE's config and weights: the same VAE has the same fingerprint wherever
+    it is stored (an S3 copy is hashed in the local cache)."""
+    loc = _model_folder(uri, endpoint_url, "vae", VAE_CLASS_NAME)
+    files = [CONFIG, *_weight_files(loc, loc.uri)]
+    return _fingerprint(_local(loc, files), files)
+
+
+def folder_fingerprint(uri: str, endpoint_url: str, subfolder: str) -> str:
+    """The same for a transformers model folder (a pipeline's `subfolder`, or the folder)."""
+    loc = resolve(uri, endpoint_url)
+    if loc.join(subfolder, CONFIG).exists():
+        loc = loc.join(subfolder)
+    folder = local_folder(loc)
+    return _fingerprint(folder, sorted(p.name for p in folder.iterdir()
+                                       if p.suffix in (".json", ".safetensors")))
+
+
+def _fingerprint(folder: Path, files: list[str]) -> str:
+    digest = hashlib.sha256("".join(_file_sha256(folder / f) for f in files).encode())
+    return f"sha256:{digest.hexdigest()[:20]}"
 
 
 def load_wan_vae(uri: str, endpoint_url: str = "") -> WanVAECodec:

@@ -120,26 +120,32 @@ def video_clips(name: str, data: bytes, cfg: SynthConfig) -> Iterator[Clip]:
                    labels={}, quality=1.0)
 
 
-def write_manifest(root: Location, shards: list[dict], source: dict) -> dict:
+def write_manifest(root: Location, shards: list[dict], source: dict, fmt: str = FORMAT,
+                   extra: dict | None = None) -> dict:
+    """The manifest, written last (a folder with one is complete); `extra`: a format's own keys."""
     manifest = {
-        "format": FORMAT,
+        "format": fmt,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "num_clips": sum(s["rows"] for s in shards),
         "shards": [{"name": s["name"], "rows": s["rows"]} for s in shards],
         "source": source,
+        **(extra or {}),
     }
     root.join(MANIFEST).write_bytes(json.dumps(manifest, indent=2).encode())
     return manifest
 
 
-def read_manifest(root: Location) -> dict:
+def read_manifest(root: Location, formats: tuple[str, ...] = (FORMAT,)) -> dict:
+    """The manifest under `root`, refusing one of another format (clip shards by default;
+    training also reads latent shards)."""
     loc = root.join(MANIFEST)
     if not loc.exists():
         raise StorageError(f"{loc.uri}: no manifest; run jobs/prepare_data.py --out {root.uri} "
                            "first")
     manifest = json.loads(loc.read_bytes())
-    if manifest.get("format") != FORMAT:
-        raise StorageError(f"{loc.uri}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if manifest.get("format") not in formats:
+        expected = " or ".join(repr(f) for f in formats)
+        raise StorageError(f"{loc.uri}: format {manifest.get('format')!r}, expected {expected}")
     return manifest
 
 

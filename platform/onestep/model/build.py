@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 from onestep.audio_features import feature_dim
 from onestep.config import Config
-import functools
-
 from onestep.model.codec import SpaceToDepth
 from onestep.model.dit import VideoDiT
 from onestep.model.wan import MASK_CHANNELS, WanArch, WanDiT
@@ -29,6 +29,16 @@ def _wan_vae(uri: str, endpoint_url: str) -> WanVAECodec:
 
     with torch.device("cpu"):
         return load_wan_vae(uri, endpoint_url)
+
+
+def codec_fingerprint(cfg: Config) -> str:
+    """Identifies what the codec computes: latent shards record it, and training refuses
+    latents of another codec."""
+    if cfg.codec.kind == "wan_vae":
+        from onestep.pretrained import vae_fingerprint
+
+        return f"wan_vae/{vae_fingerprint(cfg.codec.pretrained, cfg.run.s3_endpoint_url)}"
+    return f"space_to_depth/factor={cfg.codec.factor}"
 
 
 def latent_channels(cfg: Config) -> int:
@@ -63,6 +73,10 @@ def wan_arch(cfg: Config, latent_channels: int) -> WanArch:
 
 def build_model(cfg: Config) -> VideoDiT | WanDiT:
     m, channels = cfg.model, latent_channels(cfg)
+    if m.kind == "wan" and m.image_encoder and not m.image_dim:
+        raise ValueError(f"model.image_encoder={m.image_encoder!r} gives CLIP tokens, but this "
+                         "Wan network has no image attention (model.image_dim is 0): use an I2V "
+                         "checkpoint, or drop model.image_encoder")
     if m.kind == "wan":
         return WanDiT(wan_arch(cfg, channels), prompt_tokens=m.prompt_tokens,
                       **audio_arguments(cfg))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from onestep.model.audio_adapter import AudioAdapter
 from onestep.model.rope import apply_rope, rope_angles
@@ -83,7 +84,27 @@ class Attention(nn.Module):
         return self.out(o.transpose(1, 2).reshape(b, n, d))
 
 
-class DiTBlock(nn.Module):
+class Block(nn.Module):
+    """A transformer block that can recompute its activations in backward instead of keeping
+    them (`checkpointed`, set by `set_activation_checkpointing`): memory traded for compute."""
+
+    checkpointed = False
+
+    def __call__(self, *args):
+        if self.checkpointed and torch.is_grad_enabled():
+            # A block has no dropout: nothing random to replay, so no RNG state is kept.
+            return checkpoint(super().__call__, *args, use_reentrant=False,
+                              preserve_rng_state=False)
+        return super().__call__(*args)
+
+
+def set_activation_checkpointing(module: nn.Module, on: bool) -> None:
+    for m in module.modules():
+        if isinstance(m, Block):
+            m.checkpointed = on
+
+
+class DiTBlock(Block):
     def __init__(self, dim: int, heads: int, mlp_ratio: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)

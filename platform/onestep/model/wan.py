@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onestep.model.audio_adapter import AudioAdapter
-from onestep.model.dit import Attention, Conditions, timestep_embedding
+from onestep.model.dit import Attention, Block, Conditions, timestep_embedding
 from onestep.model.rope import apply_rope_interleaved, rope_angles
 
 # A latent frame's 4 video frames: Wan's I2V mask has one channel for each.
@@ -127,7 +127,7 @@ class WanAttention(nn.Module):
         return self.to_out[0](out.transpose(1, 2).flatten(2))
 
 
-class WanBlock(nn.Module):
+class WanBlock(Block):
     def __init__(self, arch: WanArch):
         super().__init__()
         dim, heads, eps = arch.dim, arch.num_attention_heads, arch.eps

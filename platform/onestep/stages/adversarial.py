@@ -34,7 +34,6 @@ from onestep.distill.trajectory import dynamic_schedule, final_step_sample
 from onestep.flow import add_noise, euler_sample, mouth_weights, sampling_timesteps, weighted_mse
 from onestep.model import Discriminator
 from onestep.stages.base import Stage, student_config
-from onestep.stages.batch import prepare_batch
 from onestep.stages.sources import inherit, load_networks, pin
 from onestep.train.engine import frozen
 
@@ -43,6 +42,7 @@ class AdversarialStage(Stage):
     name = "adversarial"
     trained = ("generator", "discriminator")
     frozen = ("reference",)
+    backward_together = ("generator", "discriminator")  # the generator's loss goes through D
     headline = ("g_loss", "d_loss", "real_minus_fake")
     sources = ("adversarial.student", "adversarial.teacher")
 
@@ -70,8 +70,9 @@ class AdversarialStage(Stage):
         a = self.cfg.adversarial
         return (a.lr, a.disc_steps) if name == "generator" else (a.disc_lr, 1)
 
-    def total_clips(self) -> int:
-        return sum(self.cfg.adversarial.phase_clips())
+    @staticmethod
+    def total_clips(cfg: Config) -> int:
+        return sum(cfg.adversarial.phase_clips())
 
     def _steps_per_phase(self) -> int:
         return max(1, math.ceil(self.cfg.adversarial.clips_per_phase / self.cfg.train.global_batch))
@@ -140,7 +141,7 @@ class AdversarialStage(Stage):
                    step: int) -> dict:
         a = self.cfg.adversarial
         gen, disc, reference = (engines[n] for n in ("generator", "discriminator", "reference"))
-        x_real, cond = prepare_batch(batch, self.codec, self.cfg)
+        x_real, cond = self.prepare(batch)
         b = x_real.shape[0]
         timesteps = self.schedule(step, float(torch.rand(1, generator=self.shared_generator(step))))
         noise = torch.randn(x_real.shape, generator=generator)

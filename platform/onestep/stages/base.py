@@ -13,7 +13,9 @@ import copy
 import torch
 
 from onestep.config import Config
-from onestep.model import build_codec
+from onestep.encoders import ImageEncoder
+from onestep.model import Conditions, build_codec
+from onestep.stages.batch import prepare_batch
 
 
 class Stage:
@@ -23,10 +25,23 @@ class Stage:
     export = "generator"  # the network whose EMA becomes model.safetensors
     headline: tuple[str, ...] = ("loss",)  # metrics the progress line shows
     sources: tuple[str, ...] = ()  # config keys naming the checkpoints the stage starts from
+    # Trained networks whose activations are alive together in one backward pass (the memory
+    # plan's peak); by default each trains in a backward pass of its own.
+    backward_together: tuple[str, ...] = ()
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.codec = build_codec(cfg)
+        self._image_encoder = None
+
+    def prepare(self, batch: dict) -> tuple[torch.Tensor, Conditions]:
+        """A training batch → (clean latent, conditions). A pixel batch of a Wan I2V run gets
+        its references' CLIP tokens here (the encoder loads on first use); latent batches
+        carry them."""
+        m = self.cfg.model
+        if m.image_encoder and "latent" not in batch and self._image_encoder is None:
+            self._image_encoder = ImageEncoder(m.image_encoder, self.cfg.run.s3_endpoint_url)
+        return prepare_batch(batch, self.codec, self.cfg, self._image_encoder)
 
     @staticmethod
     def resolve_sources(cfg: Config) -> list[str]:
@@ -36,9 +51,10 @@ class Stage:
     def build_networks(self) -> dict[str, torch.nn.Module]:
         raise NotImplementedError
 
-    def total_clips(self) -> int:
-        """How many clips the stage trains on in all."""
-        return self.cfg.train.total_clips
+    @staticmethod
+    def total_clips(cfg: Config) -> int:
+        """How many clips (training windows) the stage trains on in all."""
+        return cfg.train.total_clips
 
     def optimizer(self, name: str) -> tuple[float, int]:
         """(learning rate, training steps per optimiser step) of a trained network."""

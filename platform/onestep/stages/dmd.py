@@ -16,7 +16,6 @@ from onestep.distill.losses import dmd_loss
 from onestep.distill.trajectory import denoise_until, predict_x0
 from onestep.flow import GuidedVelocity, add_noise, sampling_timesteps, velocity_loss
 from onestep.stages.base import Stage, student_config
-from onestep.stages.batch import prepare_batch
 from onestep.stages.sources import inherit, load_networks, pin
 
 T_MIN, T_MAX = 0.02, 0.98  # where the scores are compared (DMD2's range)
@@ -72,7 +71,7 @@ class DMDStage(Stage):
                    step: int) -> dict:
         d = self.cfg.dmd
         student, critic, teacher = (engines[n] for n in ("generator", "fake_score", "teacher"))
-        x0_real, cond = prepare_batch(batch, self.codec, self.cfg)
+        x0_real, cond = self.prepare(batch)
         b = x0_real.shape[0]
         logs = {}
         # Which of its timesteps the student is trained at: the same on every rank.

@@ -66,6 +66,13 @@ def ds_config(cfg: Config, micro_batch: int, trainable: bool = True) -> dict:
         "steps_per_print": 10**9,  # we log ourselves
         "wall_clock_breakdown": False,
     }
+    pin = cfg.train.use_gpu  # page-locked host memory: faster copies to and from a GPU
+    if cfg.train.offload_optimizer and trainable:
+        conf["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}
+        # torch's AdamW steps the offloaded states (DeepSpeedCPUAdam needs compiled ops).
+        conf["zero_force_ds_cpu_optimizer"] = False
+    if cfg.train.offload_params:
+        conf["zero_optimization"]["offload_param"] = {"device": "cpu", "pin_memory": pin}
     if trainable:
         conf["gradient_clipping"] = cfg.train.grad_clip
     return conf

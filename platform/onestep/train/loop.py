@@ -25,6 +25,7 @@ from onestep.checkpoint import CONFIG, STATE, WEIGHTS, read_state, save_export
 from onestep.config import Config
 from onestep.evaluation.validation import Validator
 from onestep.model import count_parameters
+from onestep.model.dit import set_activation_checkpointing
 from onestep.train.ema import ShardedEMA
 from onestep.train.resize import load_resized
 from onestep.train.engine import (
@@ -144,13 +145,15 @@ def _eta(seconds: float) -> str:
 
 
 def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None = None) -> dict:
-    """Train `stage` on `batches` (per-rank micro-batches) until stage.total_clips()."""
+    """Train `stage` on `batches` (per-rank micro-batches) until stage.total_clips(cfg)."""
     hooks = hooks or Hooks()
     init_distributed(cfg)
     rank, world_size = world()
     torch.set_num_threads(cfg.train.torch_threads)
     torch.manual_seed(cfg.data.seed)  # identical initial weights on every rank
     networks = stage.build_networks()
+    for name in stage.trained:
+        set_activation_checkpointing(networks[name], cfg.train.activation_checkpointing)
     if rank == 0:
         for name, net in networks.items():
             log.info("%s: %.2fM parameters", name, count_parameters(net) / 1e6)
@@ -158,7 +161,7 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
     for name in stage.trained:
         lr, update_every = stage.optimizer(name)
         engines[name] = make_engine(networks[name], cfg, lr, update_every=update_every,
-                                    total_clips=stage.total_clips())
+                                    total_clips=stage.total_clips(cfg))
     for name in stage.frozen:
         engines[name] = make_engine(networks[name], cfg, trainable=False)
     emas = {stage.export: ShardedEMA(engines[stage.export].module, cfg.train.ema_decay)}
@@ -184,10 +187,10 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
         writer = SummaryWriter(str(hooks.tensorboard_dir), purge_step=state["step"])
 
     batch_size = cfg.train.global_batch
-    total_steps = math.ceil(stage.total_clips() / batch_size)
+    total_steps = math.ceil(stage.total_clips(cfg) / batch_size)
     if state["step"] >= total_steps and rank == 0:
         log.info("nothing to do: the run already reached %d clips (the stage trains on %d)",
-                 state["clips_seen"], stage.total_clips())
+                 state["clips_seen"], stage.total_clips(cfg))
     ckpt_every = max(1, cfg.train.checkpoint_every_clips // batch_size)
     # Validation runs before the first step too, so every report carries a val_score (Tune's
     # scheduler requires its metric in each result) and the curve starts at the initialisation.
@@ -203,11 +206,18 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
                 writer.add_scalar(f"{stage.name}/{k}", v, state["step"])
     generator = torch.Generator().manual_seed(cfg.data.seed * 100003 + rank * 7919 + state["step"])
     meter, metrics, run_start, start_step = _Meter(), {}, time.perf_counter(), state["step"]
+    # Blocked on data over the whole launch, epoch boundaries included; the first batch (the
+    # pipeline starting) is counted apart, as it is paid once per launch.
+    waits = {"first_batch_wait_s": None, "blocked": 0.0, "since": 0.0}
 
     while state["step"] < total_steps:
         t0 = time.perf_counter()
         batch = next(batches)
         wait = time.perf_counter() - t0
+        if waits["first_batch_wait_s"] is None:
+            waits.update(first_batch_wait_s=wait, since=time.perf_counter())
+        else:
+            waits["blocked"] += wait
         logs = stage.train_step(batch, engines, generator, state["step"])
         if stage.restarts_ema(state["step"]):
             state["ema_since"] = state["step"]
@@ -234,7 +244,10 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
             metrics = {**meter.summary(batch_size), **val}
             metrics.update(step=state["step"], clips_seen=state["clips_seen"],
                            lr=engines[stage.trained[0]].get_lr()[0], memory_mb=memory_mb(),
-                           params_local_fraction=params_local_fraction)
+                           params_local_fraction=params_local_fraction,
+                           first_batch_wait_s=waits["first_batch_wait_s"],
+                           data_wait_run_frac=waits["blocked"] / max(
+                               1e-9, time.perf_counter() - waits["since"]))
             if rank == 0:
                 rate = (state["step"] - start_step) / (time.perf_counter() - run_start)
                 losses = " | ".join(f"{k} {metrics[k]:.4g}" for k in stage.headline if k in metrics)

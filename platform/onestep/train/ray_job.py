@@ -201,7 +201,7 @@ def make_trainer(cfg: Config, callbacks: list | None = None, resume_from: str = 
                 max_failures=cfg.train.max_failures,
                 max_preemption_failures=cfg.train.max_preemption_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=3), callbacks=callbacks or []),
-        datasets={"train": build_dataset(cfg)},
+        datasets={"train": build_dataset(cfg, stage_class(cfg.train.stage).total_clips(cfg))},
     )
 
 

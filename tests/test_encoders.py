@@ -1,0 +1,70 @@
+"""Wan's context encoders on make_tiny_wan's random umT5 and CLIP: the prompt embedding and the
+reference's image tokens equal what diffusers' Wan I2V pipeline computes, from a local folder and
+from S3; a folder without them is named."""
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def tiny_wan(tmp_path_factory):
+    import make_tiny_wan
+
+    folder = tmp_path_factory.mktemp("encoders") / "tiny-wan"
+    make_tiny_wan.main(["--out", str(folder), "--i2v"])
+    return folder
+
+
+def _diffusers_pipeline(folder):
+    from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler,
+                           WanImageToVideoPipeline, WanTransformer3DModel)
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
+
+    return WanImageToVideoPipeline(
+        tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"),
+        text_encoder=UMT5EncoderModel.from_pretrained(folder / "text_encoder"),
+        vae=AutoencoderKLWan.from_pretrained(folder / "vae"),
+        transformer=WanTransformer3DModel.from_pretrained(folder / "transformer"),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        image_encoder=CLIPVisionModel.from_pretrained(folder / "image_encoder"),
+        image_processor=CLIPImageProcessor.from_pretrained(folder / "image_processor"))
+
+
+def test_prompt_and_image_tokens_equal_diffusers_wan_pipeline(tiny_wan):
+    from PIL import Image
+
+    from onestep.encoders import ImageEncoder, embed_prompt
+
+    pipe = _diffusers_pipeline(tiny_wan)
+    prompt = "a  person is talking &amp; smiling"  # cleaned the same way: entities, spaces
+    expected = pipe._get_t5_prompt_embeds(prompt, max_sequence_length=8, device="cpu")
+    ours = embed_prompt(str(tiny_wan), prompt, 8)
+    assert ours.shape == (1, 8, 32)
+    assert (ours - expected).abs().max() < 1e-5
+    assert ours[0, 6:].abs().max() == 0  # 6 words: the rest of the context is zero
+    frames = np.random.default_rng(0).integers(0, 255, (2, 48, 40, 3), dtype=np.uint8)
+    tokens = ImageEncoder(str(tiny_wan))(frames)
+    assert tokens.shape == (2, 17, 32)  # (32 / 8)² patches + the class token
+    for frame, ours_image in zip(frames, tokens):
+        expected = pipe.encode_image(Image.fromarray(frame), device="cpu")[0]
+        assert torch.equal(ours_image, expected)
+
+
+def test_encoders_load_from_s3_and_a_folder_without_them_is_named(tiny_wan, tmp_path, bucket,
+                                                                  monkeypatch):
+    from onestep.encoders import ImageEncoder, embed_prompt
+    from onestep.pretrained import PretrainedError
+    from onestep.storage import resolve
+
+    monkeypatch.setenv("ONESTEP_CACHE", str(tmp_path / "cache"))
+    dest = resolve(f"s3://{bucket}/wan")
+    for part in ("text_encoder", "tokenizer", "image_encoder", "image_processor"):
+        for f in (tiny_wan / part).iterdir():
+            dest.join(part, f.name).write_bytes(f.read_bytes())
+    assert torch.equal(embed_prompt(dest.uri, "a person", 4), embed_prompt(str(tiny_wan),
+                                                                          "a person", 4))
+    frame = np.zeros((1, 32, 32, 3), np.uint8)
+    assert torch.equal(ImageEncoder(dest.uri)(frame), ImageEncoder(str(tiny_wan))(frame))
+    with pytest.raises(PretrainedError, match=rf"^{tmp_path}: no tokenizer/tokenizer_config.json"):
+        embed_prompt(str(tmp_path), "a person", 4)
