@@ -51,6 +51,14 @@ def test_encode_job_resumes_and_its_windows_equal_the_pixel_path(ray_cluster, bu
     assert "8 clips encoded" in caplog.text and "1 of 2 shards were done already" in caplog.text
     assert resolve(out).join(shard_name(0)).version() == kept
     assert read_manifest(resolve(out), formats=(latents.FORMAT,))["num_clips"] == 16
+    # Interrupted before its manifest, then run with another setting: nothing is kept.
+    resolve(out).fs.delete_file(resolve(out).join(MANIFEST).path)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="onestep"):
+        encode.main(argv + ["--set", "encode.references=2"])
+    assert "16 clips encoded" in caplog.text and "0 of 2 shards were done already" in caplog.text
+    assert len(_rows(out, shard_name(0))[0]["ref_frames"]) == 2
+    encode.main(argv)  # back to the shards the rest of this test reads
 
     # A latent row is the pixel clip encoded: the same x0, reference and audio per frame.
     row = _rows(out, shard_name(0))[0]

@@ -3,8 +3,9 @@
 Each clip shard becomes one latent shard of the same name, encoded by an actor of a pool
 (`encode.actors`, each with `encode.gpus_per_actor` GPUs: the VAE and the audio encoder load once
 per actor). An actor writes its shard itself, atomically, so an interrupted job finishes by running
-it again: shards already written by the same codec are kept (their footer records the codec's
-fingerprint), and the manifest is written last.
+it again: shards already written the same way are kept (their footer records a hash of the
+codec's fingerprint and every other setting the latents depend on), and the manifest is written
+last.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def encode_clip(row: dict, cfg: Config, codec, audio_encoder, rng: np.random.Gen
 class ShardEncoder:
     """Ray Data callable class: a clip shard's name in, its latent shard written, a summary out."""
 
-    def __init__(self, cfg: Config, clips_uri: str, out_uri: str, fingerprint: str):
-        self.cfg, self.fingerprint = cfg, fingerprint
+    def __init__(self, cfg: Config, clips_uri: str, out_uri: str, identity: str):
+        self.cfg, self.identity = cfg, identity
         self.clips = resolve(clips_uri, cfg.run.s3_endpoint_url)
         self.out = resolve(out_uri, cfg.run.s3_endpoint_url)
         self.device = "cuda" if cfg.encode.gpus_per_actor > 0 else "cpu"
@@ -75,7 +76,7 @@ class ShardEncoder:
     def __call__(self, item: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         name = str(item["name"][0])
         dest = self.out.join(name)
-        kept = latents.finished_shard(dest, self.fingerprint)
+        kept = latents.finished_shard(dest, self.identity)
         if kept is not None:
             return _summary(name, int(item["rows"][0]), kept, True, 0.0)
         t0 = time.perf_counter()
@@ -92,7 +93,7 @@ class ShardEncoder:
                 if self.cfg.data.on_corrupt == "fail":
                     raise CorruptClip(f"{e} (shard {src.uri})") from None
                 log.warning("skipping corrupt clip: %s (shard %s)", e, src.uri)
-        dest.write_bytes(latents.shard_bytes(encoded, self.fingerprint))
+        dest.write_bytes(latents.shard_bytes(encoded, self.identity))
         return _summary(name, len(rows), len(encoded), False, time.perf_counter() - t0)
 
 
@@ -102,7 +103,7 @@ def _summary(name: str, source_rows: int, rows: int, kept: bool,
             "rows": np.array([rows]), "kept": np.array([kept]), "seconds": np.array([seconds])}
 
 
-def _refuse_other_latents(out: Location, cfg: Config, fingerprint: str) -> None:
+def _refuse_other_latents(out: Location, cfg: Config) -> None:
     """An output folder that already holds latents of another config is not mixed into."""
     loc = out.join(shards.MANIFEST)
     if not loc.exists():
@@ -119,14 +120,14 @@ def encode_latents(cfg: Config, clips: Location, out: Location) -> dict:
     manifest = shards.read_manifest(clips)
     check_reachable(out, create=True)
     fingerprint = codec_fingerprint(cfg)
-    _refuse_other_latents(out, cfg, fingerprint)
+    _refuse_other_latents(out, cfg)
     e = cfg.encode
     items = [{"name": s["name"], "rows": s["rows"]} for s in manifest["shards"]]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         ShardEncoder, batch_size=1, concurrency=e.actors, num_cpus=e.cpus_per_actor,
         num_gpus=e.gpus_per_actor or None, batch_format="numpy",
         fn_constructor_kwargs={"cfg": cfg, "clips_uri": clips.uri, "out_uri": out.uri,
-                               "fingerprint": fingerprint})
+                               "identity": latents.encoding_identity(cfg, fingerprint)})
     done, t0 = [], time.perf_counter()
     with tqdm(total=manifest["num_clips"], desc=f"encode → {out.uri}", unit="clip") as bar:
         for row in ds.iter_rows():

@@ -13,14 +13,16 @@ tensors `prepare_batch` computes from pixels, so both paths feed the model ident
 Latents are stored as float16 by default (`encode.dtype`). The manifest records the codec's
 fingerprint (a hash of the VAE's weights), the audio encoder, the image encoder's fingerprint and
 the video geometry; a run whose
-config differs is refused by name (`check_compatible`), and each shard's footer holds the
-fingerprint so that a re-run never keeps a shard another codec wrote.
+config differs is refused by name (`check_compatible`), and each shard's footer holds a hash of
+all of it, so that a re-run never keeps a shard another configuration wrote.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +35,7 @@ from onestep.pretrained import folder_fingerprint
 from onestep.storage import Location
 
 FORMAT = "onestep-latents/1"
-FINGERPRINT_KEY = b"onestep.codec"
+IDENTITY_KEY = b"onestep.encoding"
 # Stored as raw bytes + a shape column each; `image` (CLIP tokens of each reference, Wan I2V)
 # only with model.image_encoder.
 TENSORS = ("latent", "audio", "refs", "image")
@@ -53,6 +55,14 @@ def compatibility(cfg: Config, fingerprint: str) -> dict:
             "fps": cfg.synth.fps, "temporal_factor": cfg.codec.temporal_factor}
 
 
+def encoding_identity(cfg: Config, fingerprint: str) -> str:
+    """A hash of everything that makes a latent shard what it is (`compatibility`, dtype,
+    references): kept in each shard's footer, so a re-run keeps only shards it would write."""
+    made_with = {**compatibility(cfg, fingerprint), "dtype": cfg.encode.dtype,
+                 "references": cfg.encode.references}
+    return hashlib.sha256(json.dumps(made_with, sort_keys=True).encode()).hexdigest()[:20]
+
+
 def image_encoder_fingerprint(cfg: Config) -> str:
     if not cfg.model.image_encoder:
         return ""
@@ -65,17 +75,18 @@ def tensor(row: dict, name: str, dtype: np.dtype) -> np.ndarray | None:
     return np.frombuffer(row[name], dtype=dtype).reshape(row[f"{name}_shape"])
 
 
-def shard_bytes(rows: list[dict], fingerprint: str) -> bytes:
+def shard_bytes(rows: list[dict], identity: str) -> bytes:
     table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata(
-        {FINGERPRINT_KEY: fingerprint.encode()})
+        {IDENTITY_KEY: identity.encode()})
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
 
 
-def finished_shard(loc: Location, fingerprint: str) -> int | None:
-    """Rows of the latent shard at `loc` if it is complete and made by the codec `fingerprint`,
-    else None. Shards are written atomically: one that exists is whole, unless damaged."""
+def finished_shard(loc: Location, identity: str) -> int | None:
+    """Rows of the latent shard at `loc` if it is complete and was encoded as `identity` says
+    (`encoding_identity`), else None. Shards are written atomically: one that exists is whole,
+    unless damaged."""
     if not loc.exists():
         return None
     try:
@@ -83,7 +94,7 @@ def finished_shard(loc: Location, fingerprint: str) -> int | None:
             meta = pq.read_metadata(f)
     except (OSError, pa.ArrowInvalid):
         return None
-    if (meta.metadata or {}).get(FINGERPRINT_KEY) != fingerprint.encode():
+    if (meta.metadata or {}).get(IDENTITY_KEY) != identity.encode():
         return None
     return meta.num_rows
 
