@@ -51,6 +51,30 @@ def test_prompt_and_image_tokens_equal_diffusers_wan_pipeline(tiny_wan):
         assert torch.equal(ours_image, expected)
 
 
+def test_a_text_encoder_of_another_width_or_clip_without_image_attention_is_refused(
+        tiny_wan, tmp_path, tiny_config):
+    import make_tiny_wan
+
+    from onestep.encoders import store_prompt
+    from onestep.pretrained import PretrainedError, adopt_architecture
+
+    cfg = tiny_config(**{"model.kind": "wan", "model.text_encoder": str(tiny_wan),
+                         "model.text_dim": 64, "model.prompt_tokens": 4,
+                         "run.root": str(tmp_path / "runs")})
+    with pytest.raises(PretrainedError, match=r"32-wide embeddings, the model's text context "
+                                              r"is 64 wide"):
+        store_prompt(cfg)
+    assert not (tmp_path / "runs").exists()  # nothing written
+    make_tiny_wan.main(["--out", str(tmp_path / "t2v")])
+    cfg = tiny_config(**{"model.kind": "wan", "model.pretrained": str(tmp_path / "t2v"),
+                         "model.image_encoder": str(tiny_wan), "codec.kind": "wan_vae",
+                         "codec.pretrained": str(tiny_wan), "codec.factor": 8,
+                         "data.frames": 9, "data.motion_frames": 1})
+    with pytest.raises(PretrainedError, match=r"a Wan without image attention .* "
+                                              r"model.image_encoder=.* is set"):
+        adopt_architecture(cfg)
+
+
 def test_encoders_load_from_s3_and_a_folder_without_them_is_named(tiny_wan, tmp_path, bucket,
                                                                   monkeypatch):
     from onestep.encoders import ImageEncoder, embed_prompt

@@ -82,6 +82,14 @@ def test_encode_job_resumes_and_its_windows_equal_the_pixel_path(ray_cluster, bu
     for name in ("ref", "audio", "motion", "motion_mask"):
         assert torch.equal(getattr(cond_pixel, name), getattr(cond_latent, name)), name
 
+    # A row whose bytes do not fill its recorded shape is a corrupt clip, named.
+    from onestep.data import CorruptClip, latent_windows
+
+    with pytest.raises(CorruptClip, match=rf"clip {row['clip_id']}: its stored tensors do not "
+                                          "match their shapes"):
+        latent_windows({**row, "latent_shape": [99, *row["latent_shape"][1:]]}, cfg,
+                       np.dtype(np.float32), np.random.default_rng(0))
+
     # Training reads them: latent windows of the training shapes, no decoding.
     train = tiny_config(**{"data.uri": out, "encode.dtype": "float32"})
     batch = next(iter(build_dataset(train, 1).iter_torch_batches(batch_size=2)))

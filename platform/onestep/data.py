@@ -93,10 +93,14 @@ def clip_windows(row: dict, cfg: Config, encoder, rng: np.random.Generator) -> l
 def latent_windows(row: dict, cfg: Config, dtype: np.dtype,
                    rng: np.random.Generator) -> list[dict]:
     """Cut one latent-shard row into `windows_per_clip` training examples (float32)."""
-    latent = latents.tensor(row, "latent", dtype)  # (C, L, h, w)
-    audio = latents.tensor(row, "audio", np.float32)  # (L·tf·r, D), aligned per latent frame
-    refs = latents.tensor(row, "refs", dtype)  # (K, C, h, w)
-    images = latents.tensor(row, "image", np.float32)  # (K, tokens, D) or None
+    try:
+        latent = latents.tensor(row, "latent", dtype)  # (C, L, h, w)
+        audio = latents.tensor(row, "audio", np.float32)  # (L·tf·r, D), aligned per latent frame
+        refs = latents.tensor(row, "refs", dtype)  # (K, C, h, w)
+        images = latents.tensor(row, "image", np.float32)  # (K, tokens, D) or None
+    except (TypeError, ValueError) as e:  # bytes that do not fill the recorded shape
+        raise CorruptClip(f"clip {row['clip_id']}: its stored tensors do not match their "
+                          f"shapes ({e})") from None
     length = latent.shape[1]
     window = 1 + (cfg.data.frames - 1) // cfg.codec.temporal_factor
     if length < window:
