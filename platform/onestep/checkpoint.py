@@ -88,7 +88,7 @@ def fetched(uri: str, endpoint_url: str = "") -> Iterator[Path]:
             src = loc.join(name)
             if name in (STATE, integrity.EXPORT_SUMS) and not src.exists():
                 continue
-            (local / name).write_bytes(src.read_bytes())
+            src.download(local / name)
         verify_export(resolve(str(local)), uri)
         yield local
 

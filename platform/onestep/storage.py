@@ -9,6 +9,7 @@ config or the standard AWS_ENDPOINT_URL variable.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,19 @@ class Location:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"{self.uri}: no such file") from None
         os.replace(tmp, dest)
+
+    def upload(self, src: Path, chunk: int = 16 << 20) -> None:
+        """Stream a local file here, never whole in memory, and atomically: S3 completes a
+        (multipart) upload only when the stream closes; locally a temp file is renamed."""
+        if not self.is_s3:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, self.path)
+            return
+        with open(src, "rb") as f, self.fs.open_output_stream(self.path) as out:
+            while block := f.read(chunk):
+                out.write(block)
 
     def delete_tree(self) -> None:
         self.fs.delete_dir(self.path)

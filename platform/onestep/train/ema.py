@@ -48,7 +48,8 @@ class ShardedEMA:
                 local_shard(p).copy_(b)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Consolidated EMA weights (collective: every rank must call)."""
+        """Consolidated EMA weights on rank 0, {} on the others (collective: every rank must
+        call)."""
         with self.swapped_in():
             return full_state_dict(self.module)
 

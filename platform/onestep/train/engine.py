@@ -196,9 +196,22 @@ def gathered(params, modifier_rank: int | None = None):
 
 
 def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Consolidated fp32 weights on every rank (collective under ZeRO-3: all ranks must call)."""
-    with gathered(list(module.parameters())):
-        return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+    """Consolidated fp32 weights on rank 0; other ranks get {} (collective under ZeRO-3: all
+    ranks must call). Gathered one module at a time, so a rank holds one module's full
+    parameters at once, never the whole network's, and only rank 0 copies them."""
+    rank, _ = world()
+    out: dict[str, torch.Tensor] = {}
+    for prefix, m in module.named_modules():
+        params = list(m.named_parameters(prefix=prefix, recurse=False))
+        if not params:
+            continue
+        with gathered([p for _, p in params]):
+            if rank == 0:
+                out.update((k, p.detach().float().cpu().clone()) for k, p in params)
+    if rank == 0:  # buffers are whole on every rank; state_dict names the persistent ones
+        out.update((k, v.detach().float().cpu().clone()) for k, v in module.state_dict().items()
+                   if k not in out)
+    return out
 
 
 def memory_mb() -> float:

@@ -106,7 +106,7 @@ class TensorBoardUpload:
             return
         self.last = time.monotonic()
         for f in self.local.iterdir():
-            self.dest.join(f.name).write_bytes(f.read_bytes())
+            self.dest.join(f.name).upload(f)
         if final:
             shutil.rmtree(self.local, ignore_errors=True)
 
@@ -120,7 +120,7 @@ def _publisher(cfg: Config):
     def publish(name: str, checkpoint: Path) -> None:
         dest = export_location(cfg, name)
         for f in (WEIGHTS, STATE, EXPORT_SUMS, CONFIG):  # config.yaml last: it marks it complete
-            dest.join(f).write_bytes((checkpoint / f).read_bytes())
+            dest.join(f).upload(checkpoint / f)
     return publish
 
 
