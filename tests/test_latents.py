@@ -102,7 +102,7 @@ def test_encode_job_resumes_and_its_windows_equal_the_pixel_path(ray_cluster, bu
 def test_latents_of_another_codec_or_audio_encoder_are_refused_by_name(tmp_path, tiny_config):
     made_by = tiny_config(**{"data.uri": str(tmp_path)})
     root = resolve(str(tmp_path))
-    latents.write_manifest(root, [], made_by, "space_to_depth/factor=2", {"uri": "clips"})
+    latents.write_manifest(root, [], made_by, latents.compatibility(made_by), {"uri": "clips"})
     assert data_manifest(made_by)[1]["format"] == latents.FORMAT
     where = root.join(MANIFEST).uri
     with pytest.raises(DataError, match=rf"^{where}: latents made by codec "

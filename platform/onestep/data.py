@@ -233,7 +233,7 @@ def data_manifest(cfg: Config) -> tuple[Location, dict]:
     manifest = shards.read_manifest(root, formats=(shards.FORMAT, latents.FORMAT))
     if manifest["format"] == latents.FORMAT:
         try:
-            latents.check_compatible(manifest, cfg)
+            latents.check_compatible(manifest, latents.compatibility(cfg), cfg)
         except ValueError as e:
             raise DataError(f"{root.join(shards.MANIFEST).uri}: {e}") from None
     return root, manifest

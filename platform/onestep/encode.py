@@ -26,7 +26,7 @@ from onestep.conditioning import align_audio, encode_reference
 from onestep.config import Config
 from onestep.data import CorruptClip, decoded_clip, to_unit
 from onestep.encoders import ImageEncoder
-from onestep.model.build import build_codec, codec_fingerprint
+from onestep.model.build import build_codec
 from onestep.storage import Location, StorageError, check_reachable, resolve
 
 log = logging.getLogger(__name__)
@@ -103,13 +103,14 @@ def _summary(name: str, source_rows: int, rows: int, kept: bool,
             "rows": np.array([rows]), "kept": np.array([kept]), "seconds": np.array([seconds])}
 
 
-def _refuse_other_latents(out: Location, cfg: Config) -> None:
+def _refuse_other_latents(out: Location, wanted: dict, cfg: Config) -> None:
     """An output folder that already holds latents of another config is not mixed into."""
     loc = out.join(shards.MANIFEST)
     if not loc.exists():
         return
     try:
-        latents.check_compatible(shards.read_manifest(out, formats=(latents.FORMAT,)), cfg)
+        latents.check_compatible(shards.read_manifest(out, formats=(latents.FORMAT,)), wanted,
+                                 cfg)
     except (StorageError, ValueError) as e:
         raise StorageError(f"{out.uri} already holds other data ({e}); choose a new --out "
                            "folder") from None
@@ -119,15 +120,15 @@ def encode_latents(cfg: Config, clips: Location, out: Location) -> dict:
     """Encode every clip shard under `clips` into latent shards under `out`; resumable."""
     manifest = shards.read_manifest(clips)
     check_reachable(out, create=True)
-    fingerprint = codec_fingerprint(cfg)
-    _refuse_other_latents(out, cfg)
+    wanted = latents.compatibility(cfg)  # hashes the codec's (and CLIP's) weights: once
+    _refuse_other_latents(out, wanted, cfg)
     e = cfg.encode
     items = [{"name": s["name"], "rows": s["rows"]} for s in manifest["shards"]]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         ShardEncoder, batch_size=1, concurrency=e.actors, num_cpus=e.cpus_per_actor,
         num_gpus=e.gpus_per_actor or None, batch_format="numpy",
         fn_constructor_kwargs={"cfg": cfg, "clips_uri": clips.uri, "out_uri": out.uri,
-                               "identity": latents.encoding_identity(cfg, fingerprint)})
+                               "identity": latents.encoding_identity(wanted, cfg)})
     done, t0 = [], time.perf_counter()
     with tqdm(total=manifest["num_clips"], desc=f"encode → {out.uri}", unit="clip") as bar:
         for row in ds.iter_rows():
@@ -143,5 +144,5 @@ def encode_latents(cfg: Config, clips: Location, out: Location) -> dict:
     done.sort(key=lambda r: r["name"])
     return latents.write_manifest(
         out, [{"name": r["name"], "rows": int(r["rows"])} for r in done if int(r["rows"])], cfg,
-        fingerprint, {"uri": clips.uri, "created": manifest["created"],
+        wanted, {"uri": clips.uri, "created": manifest["created"],
                       "num_clips": manifest["num_clips"], "corrupt_clips": corrupt})

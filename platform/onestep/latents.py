@@ -47,19 +47,19 @@ SCHEMA = pa.schema(
 COLUMNS = ["clip_id", "split"] + [c for name in TENSORS for c in (name, f"{name}_shape")]
 
 
-def compatibility(cfg: Config, fingerprint: str) -> dict:
+def compatibility(cfg: Config) -> dict:
     """What training must share with the encoding: codec, audio features, image encoder,
-    video geometry."""
-    return {"codec": fingerprint, "audio": dataclasses.asdict(cfg.audio),
+    video geometry. The codec and image encoder are fingerprinted by hashing their weights:
+    compute this once per job and pass it on."""
+    return {"codec": codec_fingerprint(cfg), "audio": dataclasses.asdict(cfg.audio),
             "image_encoder": image_encoder_fingerprint(cfg), "resolution": cfg.resolution,
             "fps": cfg.synth.fps, "temporal_factor": cfg.codec.temporal_factor}
 
 
-def encoding_identity(cfg: Config, fingerprint: str) -> str:
+def encoding_identity(wanted: dict, cfg: Config) -> str:
     """A hash of everything that makes a latent shard what it is (`compatibility`, dtype,
     references): kept in each shard's footer, so a re-run keeps only shards it would write."""
-    made_with = {**compatibility(cfg, fingerprint), "dtype": cfg.encode.dtype,
-                 "references": cfg.encode.references}
+    made_with = {**wanted, "dtype": cfg.encode.dtype, "references": cfg.encode.references}
     return hashlib.sha256(json.dumps(made_with, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -99,9 +99,9 @@ def finished_shard(loc: Location, identity: str) -> int | None:
     return meta.num_rows
 
 
-def check_compatible(manifest: dict, cfg: Config) -> None:
-    """Refuse latents a run cannot train on; the message names the field and both values."""
-    wanted = compatibility(cfg, codec_fingerprint(cfg))
+def check_compatible(manifest: dict, wanted: dict, cfg: Config) -> None:
+    """Refuse latents a run (`wanted`: its `compatibility`) cannot train on; the message names
+    the field and both values."""
     for key, value in wanted.items():
         have = manifest.get(key)
         if have == value:
@@ -115,8 +115,7 @@ def check_compatible(manifest: dict, cfg: Config) -> None:
                          "clips again with this config (jobs/encode.py)")
 
 
-def write_manifest(root: Location, written: list[dict], cfg: Config, fingerprint: str,
+def write_manifest(root: Location, written: list[dict], cfg: Config, wanted: dict,
                    source: dict) -> dict:
     return shards.write_manifest(root, written, source, FORMAT, {
-        "dtype": cfg.encode.dtype, "references": cfg.encode.references,
-        **compatibility(cfg, fingerprint)})
+        "dtype": cfg.encode.dtype, "references": cfg.encode.references, **wanted})
