@@ -62,16 +62,17 @@ def supply(cfg, passes: int = 8) -> dict:
     root = resolve(cfg.data.uri)
     shard_bytes = sum(root.fs.get_file_info(root.join(n).path).size
                       for n in root.listdir() if n.endswith(".parquet"))
+    per_pass = windows_per_pass(cfg)
     t0 = time.perf_counter()
     windows, first = 0, None
-    dataset = build_dataset(cfg, (passes - 1) * windows_per_pass(cfg))  # + 1 pass: pass_plan
+    dataset = build_dataset(cfg, (passes - 1) * per_pass)  # + 1 pass: pass_plan
     for batch in dataset.iter_torch_batches(batch_size=8):
         if first is None:
             first = time.perf_counter()
             continue
         windows += len(batch["audio"])
     dt = time.perf_counter() - first
-    total = passes * windows_per_pass(cfg)
+    total = passes * per_pass
     return {"startup_s": first - t0, "windows_per_s": windows / dt,
             "mb_per_s": shard_bytes * passes * windows / total / 2 ** 20 / dt}
 

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load, save
 
 from onestep.config import Config
-from onestep.pretrained import PretrainedError, local_folder
+from onestep.pretrained import PretrainedError, local_folder, model_folder
 from onestep.storage import resolve
 
 PROMPT_FILE = "prompt.safetensors"
@@ -31,14 +31,8 @@ PARTS = {"text_encoder": "config.json", "tokenizer": "tokenizer_config.json",
 
 
 def _part(uri: str, endpoint_url: str, part: str) -> Path:
-    loc = resolve(uri, endpoint_url)
-    marker = PARTS[part]
-    if loc.join(part, marker).exists():
-        loc = loc.join(part)
-    elif not loc.join(marker).exists():
-        raise PretrainedError(f"{uri}: no {part}/{marker} (nor {marker}): expected a Wan "
-                              f"pipeline folder or a transformers {part} folder")
-    return local_folder(loc)
+    return local_folder(model_folder(uri, endpoint_url, part, f"transformers {part}",
+                                     PARTS[part]))
 
 
 def clean_prompt(text: str) -> str:

@@ -85,15 +85,17 @@ def local_folder(loc: Location) -> Path:
     return _local(loc, sorted(i.base_name for i in infos if i.type == pafs.FileType.File))
 
 
-def _model_folder(uri: str, endpoint_url: str, subfolder: str = "transformer",
-                  class_name: str = CLASS_NAME) -> Location:
+def model_folder(uri: str, endpoint_url: str, subfolder: str = "transformer",
+                 what: str = f"diffusers {CLASS_NAME}", marker: str = CONFIG) -> Location:
+    """The folder of one part of a Wan pipeline (a model, a tokenizer, a processor): `uri`
+    itself if it holds `marker`, else the pipeline folder's `subfolder`."""
     loc = resolve(uri, endpoint_url)
-    if loc.join(CONFIG).exists():
+    if loc.join(marker).exists():
         return loc
-    if loc.join(subfolder, CONFIG).exists():
+    if loc.join(subfolder, marker).exists():
         return loc.join(subfolder)
-    raise PretrainedError(f"{uri}: no {CONFIG} (nor {subfolder}/{CONFIG}): expected a diffusers "
-                          f"{class_name} folder or a Wan pipeline folder")
+    raise PretrainedError(f"{uri}: no {marker} (nor {subfolder}/{marker}): expected a {what} "
+                          "folder or a Wan pipeline folder")
 
 
 def _check_class(config: dict, class_name: str, where: str) -> None:
@@ -176,7 +178,7 @@ def _check_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Size],
 
 def read_pretrained_arch(uri: str, endpoint_url: str = "") -> WanArch:
     """The architecture of the diffusers checkpoint at `uri`, without reading its weights."""
-    loc = _model_folder(uri, endpoint_url)
+    loc = model_folder(uri, endpoint_url)
     return read_arch(json.loads(loc.join(CONFIG).read_bytes()), f"{loc.uri}/{CONFIG}")
 
 
@@ -210,7 +212,7 @@ def load_into(model: WanDiT, uri: str, endpoint_url: str = "") -> None:
     """Fill `model` with the diffusers checkpoint at `uri` (checked key by key and shape by
     shape); onestep's own modules from the side file when the folder has one (a model onestep
     wrote), else they keep their initialisation (a zero audio gate: the model is Wan's)."""
-    loc = _model_folder(uri, endpoint_url)
+    loc = model_folder(uri, endpoint_url)
     side = [SIDE_FILE] if loc.join(SIDE_FILE).exists() else []
     state, folder = _fetch_weights(loc, side)
     state = _fit(state, model, loc.uri)
@@ -223,7 +225,7 @@ def load_wan(uri: str, audio: dict, endpoint_url: str = "", i2v: bool = True) ->
     """A WanDiT holding the diffusers checkpoint at `uri`. `audio`: WanDiT's audio arguments
     (overridden by those a side file records). With `i2v`, a T2V checkpoint gets the
     image-to-video input layout."""
-    loc = _model_folder(uri, endpoint_url)
+    loc = model_folder(uri, endpoint_url)
     arch = read_arch(json.loads(loc.join(CONFIG).read_bytes()), f"{loc.uri}/{CONFIG}")
     if i2v and arch.in_channels == arch.out_channels:
         arch.in_channels = 2 * arch.out_channels + MASK_CHANNELS
@@ -238,7 +240,7 @@ def load_wan(uri: str, audio: dict, endpoint_url: str = "", i2v: bool = True) ->
 
 def read_vae_config(uri: str, endpoint_url: str = "") -> dict:
     """The config.json of the Wan VAE at `uri` (a VAE or pipeline folder), class checked."""
-    loc = _model_folder(uri, endpoint_url, "vae", VAE_CLASS_NAME)
+    loc = model_folder(uri, endpoint_url, "vae", f"diffusers {VAE_CLASS_NAME}")
     config = json.loads(loc.join(CONFIG).read_bytes())
     _check_class(config, VAE_CLASS_NAME, f"{loc.uri}/{CONFIG}")
     return config
@@ -255,17 +257,14 @@ def _file_sha256(path: Path) -> str:
 def vae_fingerprint(uri: str, endpoint_url: str = "") -> str:
     """A hash of the VAE's config and weights: the same VAE has the same fingerprint wherever
     it is stored (an S3 copy is hashed in the local cache)."""
-    loc = _model_folder(uri, endpoint_url, "vae", VAE_CLASS_NAME)
+    loc = model_folder(uri, endpoint_url, "vae", f"diffusers {VAE_CLASS_NAME}")
     files = [CONFIG, *_weight_files(loc, loc.uri)]
     return _fingerprint(_local(loc, files), files)
 
 
 def folder_fingerprint(uri: str, endpoint_url: str, subfolder: str) -> str:
     """The same for a transformers model folder (a pipeline's `subfolder`, or the folder)."""
-    loc = resolve(uri, endpoint_url)
-    if loc.join(subfolder, CONFIG).exists():
-        loc = loc.join(subfolder)
-    folder = local_folder(loc)
+    folder = local_folder(model_folder(uri, endpoint_url, subfolder, "transformers model"))
     return _fingerprint(folder, sorted(p.name for p in folder.iterdir()
                                        if p.suffix in (".json", ".safetensors")))
 
@@ -280,7 +279,7 @@ def load_wan_vae(uri: str, endpoint_url: str = "") -> WanVAECodec:
     with `vae/`), its weights checked key by key as the transformer's are."""
     from diffusers import AutoencoderKLWan
 
-    loc = _model_folder(uri, endpoint_url, "vae", VAE_CLASS_NAME)
+    loc = model_folder(uri, endpoint_url, "vae", f"diffusers {VAE_CLASS_NAME}")
     vae = AutoencoderKLWan.from_config(read_vae_config(uri, endpoint_url))
     state, _ = _fetch_weights(loc)
     expected = {k: v.shape for k, v in vae.state_dict().items()}
