@@ -114,6 +114,14 @@ def test_latents_of_another_codec_or_audio_encoder_are_refused_by_name(tmp_path,
         data_manifest(tiny_config(**{"data.uri": str(tmp_path), "audio.n_mels": 20}))
     with pytest.raises(DataError, match=r"latents made with resolution=32, this run has 64"):
         data_manifest(tiny_config(**{"data.uri": str(tmp_path), "synth.resolution": 64}))
+    # A clip shard cut short is named before any encoding (or skipped, data.on_corrupt=skip).
+    broken = tiny_config(**{"data.uri": str(tmp_path / "broken"), "data.on_corrupt": "fail"})
+    prepare_synthtalk(broken.synth, resolve(str(tmp_path / "broken")))
+    shard = tmp_path / "broken" / shard_name(1)
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(DataError, match=rf"{shard_name(1)}: not a readable Parquet file"):
+        encode_latents(broken, resolve(str(tmp_path / "broken")), resolve(str(tmp_path / "l")))
+    assert not (tmp_path / "l" / MANIFEST).exists()
     # jobs/encode.py does not mix its shards into a folder of other latents either.
     other = tiny_config(**{"data.uri": str(tmp_path / "clips"), "codec.factor": 4})
     prepare_synthtalk(other.synth, resolve(str(tmp_path / "clips")))

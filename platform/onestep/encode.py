@@ -24,7 +24,7 @@ from onestep import latents, shards
 from onestep.audio_features import build_audio_encoder
 from onestep.conditioning import align_audio, encode_reference
 from onestep.config import Config
-from onestep.data import CorruptClip, decoded_clip, to_unit
+from onestep.data import CorruptClip, decoded_clip, readable_shards, to_unit
 from onestep.encoders import ImageEncoder
 from onestep.model.build import build_codec
 from onestep.storage import Location, StorageError, check_reachable, resolve
@@ -122,8 +122,10 @@ def encode_latents(cfg: Config, clips: Location, out: Location) -> dict:
     check_reachable(out, create=True)
     wanted = latents.compatibility(cfg)  # hashes the codec's (and CLIP's) weights: once
     _refuse_other_latents(out, wanted, cfg)
+    readable = readable_shards(clips, manifest, cfg.data.on_corrupt)  # named, skipped or fatal
     e = cfg.encode
-    items = [{"name": s["name"], "rows": s["rows"]} for s in manifest["shards"]]
+    items = [{"name": s["name"], "rows": s["rows"]} for s in manifest["shards"]
+             if clips.join(s["name"]).path in readable]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         ShardEncoder, batch_size=1, concurrency=e.actors, num_cpus=e.cpus_per_actor,
         num_gpus=e.gpus_per_actor or None, batch_format="numpy",
