@@ -93,3 +93,13 @@ def test_encoders_load_from_s3_and_a_folder_without_them_is_named(tiny_wan, tmp_
     with pytest.raises(PretrainedError, match=rf"^{tmp_path}: no tokenizer_config.json \(nor "
                                               r"tokenizer/tokenizer_config.json\)"):
         embed_prompt(str(tmp_path), "a person", 4)
+    release = tmp_path / "Wan2.1-I2V-14B-480P"  # the original release: umT5 in Wan's own format
+    (release / "tokenizer").mkdir(parents=True)
+    (release / "tokenizer" / "tokenizer_config.json").write_text("{}")
+    (release / "config.json").write_text('{"_class_name": "WanModel"}')
+    (release / "Wan2.1_VAE.pth").write_bytes(b"")
+    with pytest.raises(PretrainedError, match="Wan's original release, whose umT5 and CLIP are "
+                                              "in Wan's own format"):
+        embed_prompt(str(release), "a person", 4)
+    with pytest.raises(PretrainedError, match="Wan's original release"):
+        ImageEncoder(str(release))

@@ -101,6 +101,76 @@ def test_round_trip_to_diffusers_and_back(tmp_path):
         save_diffusers(model, AUDIO, tmp_path / "exported")
 
 
+def test_original_release_folder_and_single_file_load_as_diffusers_does(tmp_path):
+    """Wan's own release (a WanModel config.json, its own parameter names) and a single
+    original-layout .safetensors (no config: architecture from shapes, heads of 128) give the
+    same velocity as diffusers' model they were made from."""
+    from original_layout import dit_to_original
+
+    from onestep.original_wan import transformer_to_diffusers
+    from onestep.pretrained import read_pretrained_arch
+
+    ref = _diffusers_wan(i2v=False)
+    original = dit_to_original(ref.state_dict())
+    assert "head.modulation" in original and "blocks.0.self_attn.q.weight" in original
+    back = transformer_to_diffusers(original)  # the inverse is exact: diffusers maps it back
+    assert set(back) == set(ref.state_dict())
+    assert all(torch.equal(back[k], v) for k, v in ref.state_dict().items())
+    folder = tmp_path / "Wan2.1-T2V"
+    folder.mkdir()
+    save_file(original, str(folder / WEIGHTS))
+    c = ref.config
+    (folder / "config.json").write_text(json.dumps({
+        "_class_name": "WanModel", "model_type": "t2v", "dim": 24, "num_heads": 2,
+        "in_dim": 16, "out_dim": 16, "ffn_dim": c.ffn_dim, "freq_dim": 256, "text_dim": 32,
+        "num_layers": 2, "eps": 1e-6, "text_len": 512}))
+    model = load_wan(str(folder), AUDIO, i2v=False).eval()
+    x, t, text, _, audio = _inputs(16, i2v=False)
+    assert (_ours(model, x, t, text, None, audio) - _theirs(ref, x, t, text, None)).abs().max() \
+        <= 1e-5
+
+    # One I2V file in the ComfyUI style (model.diffusion_model. prefix), 128-wide heads.
+    torch.manual_seed(3)
+    i2v = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2,
+                                attention_head_dim=128, in_channels=36, out_channels=16,
+                                text_dim=32, ffn_dim=40, num_layers=2, image_dim=8,
+                                added_kv_proj_dim=256).eval()
+    single = tmp_path / "wan2.1_i2v.safetensors"
+    save_file(dit_to_original(i2v.state_dict(), "model.diffusion_model."), str(single))
+    arch = read_pretrained_arch(str(single))
+    assert (arch.num_attention_heads, arch.attention_head_dim, arch.in_channels, arch.image_dim,
+            arch.ffn_dim, arch.num_layers, arch.text_dim) == (2, 128, 36, 8, 40, 2, 32)
+    model = load_wan(str(single), AUDIO).eval()
+    x, t, text, image, audio = _inputs(36, i2v=True)
+    assert (_ours(model, x, t, text, image, audio) - _theirs(i2v, x, t, text, image)
+            ).abs().max() <= 1e-5
+
+
+def test_bad_original_checkpoints_are_named(tmp_path):
+    from original_layout import dit_to_original
+
+    ref = _diffusers_wan(i2v=False)
+    save_file(ref.state_dict(), str(tmp_path / "diffusers.safetensors"))
+    with pytest.raises(PretrainedError, match="not in Wan's original layout .* pass its folder "
+                                              "with config.json"):
+        load_wan(str(tmp_path / "diffusers.safetensors"), AUDIO)
+    save_file(dit_to_original(ref.state_dict()), str(tmp_path / "narrow.safetensors"))
+    with pytest.raises(PretrainedError, match="width 24 is not a multiple of Wan2.1's 128-wide "
+                                              "heads; put its WanModel config.json beside it"):
+        load_wan(str(tmp_path / "narrow.safetensors"), AUDIO)
+    with pytest.raises(PretrainedError, match="missing.safetensors: no such file"):
+        load_wan(str(tmp_path / "missing.safetensors"), AUDIO)
+    (tmp_path / "wan").mkdir()
+    (tmp_path / "wan" / "config.json").write_text(json.dumps({"_class_name": "WanModel",
+                                                             "dim": 24, "num_heads": 2}))
+    with pytest.raises(PretrainedError, match="config.json: no 'in_dim': a WanModel config has"):
+        load_wan(str(tmp_path / "wan"), AUDIO)
+    (tmp_path / "wan" / "config.json").write_text(json.dumps({"_class_name": "WanModel",
+                                                             "model_type": "flf2v"}))
+    with pytest.raises(PretrainedError, match="model_type 'flf2v': onestep supports"):
+        load_wan(str(tmp_path / "wan"), AUDIO)
+
+
 def test_conditions_drive_the_i2v_input_reference_motion_and_image():
     from onestep.model.wan import WanArch, WanDiT
 

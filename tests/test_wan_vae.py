@@ -72,6 +72,43 @@ def test_vae_folder_loads_and_bad_folders_are_named(tmp_path):
         load_wan_vae(str(tmp_path / "nowhere"))
 
 
+def test_original_wan_vae_pth_loads_safely_as_diffusers_does(tmp_path):
+    """Wan2.1_VAE.pth as released (Wan's own names, a PyTorch file): read tensors-only, renamed
+    by diffusers' converter, configured from its widths; refused by name if it holds anything
+    else."""
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+    from original_layout import vae_to_original
+
+    from onestep.pretrained import read_vae_config, vae_fingerprint
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16).eval()  # Wan2.1's layout at a tiny width
+    original = vae_to_original(vae.state_dict())
+    assert "decoder.upsamples.4.shortcut.weight" in original
+    back = convert_wan_vae_to_diffusers(original)  # the inverse is exact
+    assert set(back) == set(vae.state_dict())
+    (tmp_path / "Wan2.1-T2V").mkdir()
+    torch.save(original, tmp_path / "Wan2.1-T2V" / "Wan2.1_VAE.pth")
+    video = _video(9)
+    expected = WanVAECodec(vae).encode(video)
+    for uri in (tmp_path / "Wan2.1-T2V", tmp_path / "Wan2.1-T2V" / "Wan2.1_VAE.pth"):
+        codec = load_wan_vae(str(uri))
+        assert torch.equal(codec.encode(video), expected)
+        assert read_vae_config(str(uri))["z_dim"] == 16
+    assert vae_fingerprint(str(tmp_path / "Wan2.1-T2V")).startswith("sha256:")
+
+    import argparse  # any class: what an unsafe unpickle would construct
+
+    torch.save({"encoder.conv1.weight": argparse.Namespace(a=1)}, tmp_path / "hostile.pth")
+    with pytest.raises(PretrainedError, match="hostile.pth: not a file of tensors torch can load "
+                                              "safely"):
+        load_wan_vae(str(tmp_path / "hostile.pth"))
+    torch.save({"x": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(PretrainedError, match="other.pth: no encoder.conv1.weight: not a Wan2.1 "
+                                              "VAE"):
+        load_wan_vae(str(tmp_path / "other.pth"))
+
+
 def _tiny_wan_vae_config(tmp_path, **extra):
     from conftest import tiny_overrides
     from onestep.config import load_config

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load, save
 
+from onestep import original_wan
 from onestep.config import Config
 from onestep.pretrained import PretrainedError, local_folder, model_folder
 from onestep.storage import resolve
@@ -31,6 +32,12 @@ PARTS = {"text_encoder": "config.json", "tokenizer": "tokenizer_config.json",
 
 
 def _part(uri: str, endpoint_url: str, part: str) -> Path:
+    if resolve(uri, endpoint_url).join(original_wan.VAE_FILE).exists():
+        raise PretrainedError(
+            f"{uri}: Wan's original release, whose umT5 and CLIP are in Wan's own format "
+            "(models_t5_*.pth, models_clip_*.pth) that transformers cannot read; for "
+            "model.text_encoder and model.image_encoder give the Diffusers release's folder "
+            "(text_encoder/ + tokenizer/, image_encoder/ + image_processor/)")
     return local_folder(model_folder(uri, endpoint_url, part, f"transformers {part}",
                                      PARTS[part]))
 

@@ -1,12 +1,14 @@
-"""Wan2.1 in diffusers' format, in and out, from a local folder or s3://: its transformer (the
-DiT) and its VAE (the codec).
+"""Wan2.1 in and out, from a local folder or s3://: its transformer (the DiT) and its VAE (the
+codec), in diffusers' format or as the original release (onestep.original_wan).
 
 A diffusers model folder holds `config.json` (naming its `_class_name`) and the weights as
 `diffusion_pytorch_model.safetensors`, or as shards listed in
 `diffusion_pytorch_model.safetensors.index.json`. A pipeline folder (e.g. Wan2.1-I2V-14B-480P-
-Diffusers) holds them under `transformer/` and `vae/`; either may be given. An S3 folder is
-downloaded once into a cache (`$ONESTEP_CACHE`, default ~/.cache/onestep) and reused while the
-objects are unchanged.
+Diffusers) holds them under `transformer/` and `vae/`; either may be given. The original release
+(e.g. Wan2.1-I2V-14B-480P) is a folder with a `WanModel` config.json, the DiT's weights named the
+same way, and `Wan2.1_VAE.pth`; a single original `.safetensors` file or `.pth` VAE may be given
+too. An S3 folder is downloaded once into a cache (`$ONESTEP_CACHE`, default ~/.cache/onestep)
+and reused while the objects are unchanged.
 
 Weights are read with safetensors only. Every problem is one error naming the file: a missing
 file or shard, another model class, keys or shapes that do not fit (the first few listed with
@@ -30,8 +32,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from onestep import original_wan
 from onestep.config import Config
 from onestep.model.wan import MASK_CHANNELS, WanArch, WanDiT
+from onestep.original_wan import PretrainedError
 from onestep.model.wan_vae import WanVAECodec
 from onestep.storage import Location, resolve
 
@@ -44,10 +48,6 @@ VAE_CLASS_NAME = "AutoencoderKLWan"
 # Keys diffusers itself ignores in Wan checkpoints (an unused norm in some conversions).
 IGNORED = ("norm_added_q",)
 SHOWN = 5  # mismatching keys listed in an error
-
-
-class PretrainedError(ValueError):
-    pass
 
 
 def is_onestep_key(key: str) -> bool:
@@ -98,6 +98,53 @@ def model_folder(uri: str, endpoint_url: str, subfolder: str = "transformer",
                           "folder or a Wan pipeline folder")
 
 
+@dataclasses.dataclass
+class _Checkpoint:
+    """A Wan DiT checkpoint found at a URI: the folder and weight files holding it, its
+    architecture, and whether its parameters carry the original release's names."""
+
+    loc: Location
+    files: list[str]
+    arch: WanArch
+    original: bool
+
+
+def _split(uri: str, endpoint_url: str) -> tuple[Location, str]:
+    """A file's folder and name."""
+    folder, name = resolve(uri, endpoint_url).uri.rsplit("/", 1)
+    return resolve(folder, endpoint_url), name
+
+
+def _find_checkpoint(uri: str, endpoint_url: str) -> _Checkpoint:
+    """The Wan DiT at `uri`: a diffusers model or pipeline folder, an original-release folder
+    (a WanModel config.json), or one original-layout .safetensors file (architecture read off
+    its tensors' shapes)."""
+    if uri.endswith(".safetensors"):
+        loc, name = _split(uri, endpoint_url)
+        if not loc.join(name).exists():
+            raise PretrainedError(f"{uri}: no such file")
+        shapes = _shapes(_local(loc, [name]) / name, uri)
+        if not original_wan.is_original_layout(shapes):
+            raise PretrainedError(f"{uri}: not in Wan's original layout (no head.modulation), "
+                                  f"and a file in diffusers' layout has no config: pass its "
+                                  f"folder with {CONFIG}")
+        return _Checkpoint(loc, [name], original_wan.arch_from_shapes(shapes, uri), True)
+    loc = model_folder(uri, endpoint_url)
+    where = f"{loc.uri}/{CONFIG}"
+    config = json.loads(loc.join(CONFIG).read_bytes())
+    original = config.get("_class_name") == original_wan.ORIGINAL_CLASS
+    arch = original_wan.arch_from_config(config, where) if original else read_arch(config, where)
+    return _Checkpoint(loc, _weight_files(loc, loc.uri), arch, original)
+
+
+def _shapes(path: Path, uri: str) -> dict[str, tuple[int, ...]]:
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise PretrainedError(f"{uri}: not a readable safetensors file ({e})") from None
+
+
 def _check_class(config: dict, class_name: str, where: str) -> None:
     if config.get("_class_name") != class_name:
         raise PretrainedError(f"{where}: a {config.get('_class_name')!r} config, expected "
@@ -137,11 +184,11 @@ def _read_weights(folder: Path, files: list[str], uri: str) -> dict[str, torch.T
     return state
 
 
-def _fetch_weights(loc: Location, extra: list[str] = ()) -> tuple[dict[str, torch.Tensor], Path]:
-    """The model weights of the folder at `loc` (one file or shards), and the local folder that
-    holds them and the `extra` files beside them."""
-    files = _weight_files(loc, loc.uri)
-    folder = _local(loc, [CONFIG, *([INDEX] if files != [WEIGHTS] else []), *files, *extra])
+def _fetch_weights(loc: Location, files: list[str], extra: list[str] = ()
+                   ) -> tuple[dict[str, torch.Tensor], Path]:
+    """The weights in `files` of the folder at `loc`, and the local folder that holds them and
+    the `extra` files beside them."""
+    folder = _local(loc, [*files, *extra])
     return _read_weights(folder, files, loc.uri), folder
 
 
@@ -177,9 +224,8 @@ def _check_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Size],
 
 
 def read_pretrained_arch(uri: str, endpoint_url: str = "") -> WanArch:
-    """The architecture of the diffusers checkpoint at `uri`, without reading its weights."""
-    loc = model_folder(uri, endpoint_url)
-    return read_arch(json.loads(loc.join(CONFIG).read_bytes()), f"{loc.uri}/{CONFIG}")
+    """The architecture of the Wan checkpoint at `uri`, without reading its weights."""
+    return _find_checkpoint(uri, endpoint_url).arch
 
 
 def adopt_architecture(cfg: Config) -> str:
@@ -209,12 +255,19 @@ def adopt_architecture(cfg: Config) -> str:
 
 
 def load_into(model: WanDiT, uri: str, endpoint_url: str = "") -> None:
-    """Fill `model` with the diffusers checkpoint at `uri` (checked key by key and shape by
-    shape); onestep's own modules from the side file when the folder has one (a model onestep
-    wrote), else they keep their initialisation (a zero audio gate: the model is Wan's)."""
-    loc = model_folder(uri, endpoint_url)
-    side = [SIDE_FILE] if loc.join(SIDE_FILE).exists() else []
-    state, folder = _fetch_weights(loc, side)
+    """Fill `model` with the Wan checkpoint at `uri` (checked key by key and shape by shape,
+    under diffusers' names); onestep's own modules from the side file when the folder has one
+    (a model onestep wrote), else they keep their initialisation (a zero audio gate: the model
+    is Wan's)."""
+    _load_into(model, _find_checkpoint(uri, endpoint_url))
+
+
+def _load_into(model: WanDiT, found: _Checkpoint) -> None:
+    loc = found.loc
+    side = [SIDE_FILE] if not found.original and loc.join(SIDE_FILE).exists() else []
+    state, folder = _fetch_weights(loc, found.files, side)
+    if found.original:
+        state = original_wan.transformer_to_diffusers(state)
     state = _fit(state, model, loc.uri)
     if side:
         state.update(_fit(_read_weights(folder, side, loc.uri), model, loc.uri, True))
@@ -222,25 +275,48 @@ def load_into(model: WanDiT, uri: str, endpoint_url: str = "") -> None:
 
 
 def load_wan(uri: str, audio: dict, endpoint_url: str = "", i2v: bool = True) -> WanDiT:
-    """A WanDiT holding the diffusers checkpoint at `uri`. `audio`: WanDiT's audio arguments
+    """A WanDiT holding the Wan checkpoint at `uri`. `audio`: WanDiT's audio arguments
     (overridden by those a side file records). With `i2v`, a T2V checkpoint gets the
     image-to-video input layout."""
-    loc = model_folder(uri, endpoint_url)
-    arch = read_arch(json.loads(loc.join(CONFIG).read_bytes()), f"{loc.uri}/{CONFIG}")
+    found = _find_checkpoint(uri, endpoint_url)
+    arch = dataclasses.replace(found.arch)
     if i2v and arch.in_channels == arch.out_channels:
         arch.in_channels = 2 * arch.out_channels + MASK_CHANNELS
-    if loc.join(SIDE_FILE).exists():
-        folder = _local(loc, [SIDE_FILE])
+    if not found.original and found.loc.join(SIDE_FILE).exists():
+        folder = _local(found.loc, [SIDE_FILE])
         with safe_open(str(folder / SIDE_FILE), "pt") as f:
             audio = {**audio, **json.loads(f.metadata().get("onestep_audio", "{}"))}
     model = WanDiT(arch, **audio)
-    load_into(model, uri, endpoint_url)
+    _load_into(model, found)
     return model
 
 
+def _find_vae(uri: str, endpoint_url: str) -> tuple[Location, list[str], bool]:
+    """The Wan VAE at `uri`: its folder, its files (config first) and whether it is the
+    original release's .pth (the file itself, or Wan2.1_VAE.pth in the folder given)."""
+    if uri.endswith(".pth"):
+        loc, name = _split(uri, endpoint_url)
+        if not loc.join(name).exists():
+            raise PretrainedError(f"{uri}: no such file")
+        return loc, [name], True
+    loc = resolve(uri, endpoint_url)
+    if loc.join(original_wan.VAE_FILE).exists():
+        return loc, [original_wan.VAE_FILE], True
+    loc = model_folder(uri, endpoint_url, "vae", f"diffusers {VAE_CLASS_NAME} (or "
+                       f"{original_wan.VAE_FILE})")
+    return loc, [CONFIG, *_weight_files(loc, loc.uri)], False
+
+
+def _original_vae(loc: Location, name: str) -> tuple[dict[str, torch.Tensor], dict]:
+    return original_wan.read_vae(_local(loc, [name]) / name, loc.join(name).uri)
+
+
 def read_vae_config(uri: str, endpoint_url: str = "") -> dict:
-    """The config.json of the Wan VAE at `uri` (a VAE or pipeline folder), class checked."""
-    loc = model_folder(uri, endpoint_url, "vae", f"diffusers {VAE_CLASS_NAME}")
+    """The config of the Wan VAE at `uri` (class checked): its config.json, or for the
+    original .pth the config that fits its weights."""
+    loc, files, original = _find_vae(uri, endpoint_url)
+    if original:
+        return _original_vae(loc, files[0])[1]
     config = json.loads(loc.join(CONFIG).read_bytes())
     _check_class(config, VAE_CLASS_NAME, f"{loc.uri}/{CONFIG}")
     return config
@@ -257,8 +333,7 @@ def _file_sha256(path: Path) -> str:
 def vae_fingerprint(uri: str, endpoint_url: str = "") -> str:
     """A hash of the VAE's config and weights: the same VAE has the same fingerprint wherever
     it is stored (an S3 copy is hashed in the local cache)."""
-    loc = model_folder(uri, endpoint_url, "vae", f"diffusers {VAE_CLASS_NAME}")
-    files = [CONFIG, *_weight_files(loc, loc.uri)]
+    loc, files, _ = _find_vae(uri, endpoint_url)
     return _fingerprint(_local(loc, files), files)
 
 
@@ -275,13 +350,17 @@ def _fingerprint(folder: Path, files: list[str]) -> str:
 
 
 def load_wan_vae(uri: str, endpoint_url: str = "") -> WanVAECodec:
-    """The codec of the diffusers AutoencoderKLWan at `uri` (a VAE folder or a pipeline folder
-    with `vae/`), its weights checked key by key as the transformer's are."""
+    """The codec of the Wan VAE at `uri` (a diffusers AutoencoderKLWan folder, a pipeline folder
+    with `vae/`, or the original Wan2.1_VAE.pth), its weights checked key by key as the
+    transformer's are."""
     from diffusers import AutoencoderKLWan
 
-    loc = model_folder(uri, endpoint_url, "vae", f"diffusers {VAE_CLASS_NAME}")
-    vae = AutoencoderKLWan.from_config(read_vae_config(uri, endpoint_url))
-    state, _ = _fetch_weights(loc)
+    loc, files, original = _find_vae(uri, endpoint_url)
+    if original:
+        state, config = _original_vae(loc, files[0])
+    else:
+        state, config = _fetch_weights(loc, files[1:])[0], read_vae_config(uri, endpoint_url)
+    vae = AutoencoderKLWan.from_config(config)
     expected = {k: v.shape for k, v in vae.state_dict().items()}
     _check_keys(state, expected, set(expected), loc.uri)
     vae.load_state_dict(state)
