@@ -6,7 +6,9 @@ an MP4 with one network evaluation per chunk."""
 import json
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load
 
 from conftest import tiny_overrides
 from onestep.checkpoint import checkpoint_names, latest_checkpoint
@@ -21,6 +23,10 @@ def _state(uri: str) -> dict:
 
 def _sets(**extra) -> list[str]:
     return [a for kv in tiny_overrides(**extra) for a in ("--set", kv)]
+
+
+def _dtypes(uri: str) -> set:
+    return {v.dtype for v in load(resolve(uri).join("model.safetensors").read_bytes()).values()}
 
 
 def _config(uri: str) -> dict:
@@ -59,7 +65,7 @@ def test_teacher_dmd_adversarial_chain(ray_cluster, bucket, tiny_config, tmp_pat
     # opens with a discriminator-only step, which the generator's engine sits out on every rank.
     adv_settings = {"adversarial.clips_per_phase": 8, "adversarial.warmup_steps": 1,
                     "adversarial.disc_warmup_steps": 1}
-    adv = _sets(**where, **adv_settings, **{"run.name": "adv"})
+    adv = _sets(**where, **adv_settings, **{"run.name": "adv", "train.export_dtype": "bfloat16"})
     distill.main(["--stage", "adversarial", "--student", student, "--set",
                   "adversarial.phases=[3]"] + adv)
     out = capsys.readouterr().out
@@ -74,6 +80,9 @@ def test_teacher_dmd_adversarial_chain(ray_cluster, bucket, tiny_config, tmp_pat
         assert _config(f"{adv_run}/exports/{steps}step")["sample"]["steps"] == steps
     state = _state(latest_checkpoint(adv_run))
     assert state["stage"] == "adversarial" and state["resumed_at_steps"] == [2]
+    # Published in bf16 (half the bytes), while the checkpoint keeps the fp32 EMA to resume from.
+    assert _dtypes(f"{adv_run}/exports/1step") == {torch.bfloat16}
+    assert _dtypes(latest_checkpoint(adv_run)) == {torch.float32}
     assert state["step"] == 6 and state["world_size"] == 2
 
     # A branch: a new run continues `adv` from its 2-step checkpoint (the end of phase 2) with

@@ -52,6 +52,23 @@ def save_export(directory: Path, weights: dict[str, torch.Tensor], cfg: Config,
     integrity.record(directory, list(EXPORT_FILES), integrity.EXPORT_SUMS)
 
 
+def export_in_dtype(directory: Path, dtype: str, out: Path) -> Path:
+    """A checkpoint's export (fp32: the EMA) with its floating-point weights in `dtype`
+    ("float32" or "bfloat16"): `directory` itself for float32, else a copy written into `out`
+    with its checksums renewed. Loading casts back to the model's dtype."""
+    if dtype == "float32":
+        return directory
+    weights = load_file(str(directory / WEIGHTS))
+    out.mkdir(parents=True, exist_ok=True)
+    target = getattr(torch, dtype)
+    save_file({k: v.to(target) if v.is_floating_point() else v for k, v in weights.items()},
+              str(out / WEIGHTS))
+    for name in (CONFIG, STATE):
+        (out / name).write_bytes((directory / name).read_bytes())
+    integrity.record(out, list(EXPORT_FILES), integrity.EXPORT_SUMS)
+    return out
+
+
 def read_state(directory: Path) -> dict:
     return json.loads((directory / STATE).read_text())
 

@@ -186,6 +186,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     checkpoint_every_clips: int = 256
+    # Published exports (<run>/exports/<name>, what generation and Serve load): "bfloat16" halves
+    # them. Checkpoints keep the fp32 EMA, which a resume on another worker count restores from.
+    export_dtype: str = "float32"
     log_every_steps: int = 5
     max_failures: int = 1
     # Node preemptions (a spot instance reclaimed) a run may restart from, -1 without limit;
@@ -397,6 +400,8 @@ class Config:
              f"a multiple of synth.fps={self.synth.fps}"),
             (self.train.precision in ("auto", "fp32", "bf16"), "train.precision",
              "'auto', 'fp32' or 'bf16'"),
+            (self.train.export_dtype in ("float32", "bfloat16"), "train.export_dtype",
+             "'float32' or 'bfloat16'"),
             (len(self.flow.mouth_region) == 4
              and 0 <= self.flow.mouth_region[0] < self.flow.mouth_region[1] <= 1
              and 0 <= self.flow.mouth_region[2] < self.flow.mouth_region[3] <= 1,

@@ -22,7 +22,8 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from onestep import cli
-from onestep.checkpoint import CONFIG, STATE, WEIGHTS, checkpoint_names, resume_point
+from onestep.checkpoint import (CONFIG, STATE, WEIGHTS, checkpoint_names, export_in_dtype,
+                               resume_point)
 from onestep.config import Config, from_dict
 from onestep.data import build_dataset
 from onestep.evaluation.mouth_reader import load_or_train
@@ -119,8 +120,10 @@ def export_location(cfg: Config, name: str) -> Location:
 def _publisher(cfg: Config):
     def publish(name: str, checkpoint: Path) -> None:
         dest = export_location(cfg, name)
-        for f in (WEIGHTS, STATE, EXPORT_SUMS, CONFIG):  # config.yaml last: it marks it complete
-            dest.join(f).upload(checkpoint / f)
+        with tempfile.TemporaryDirectory(prefix="onestep-export-") as tmp:
+            export = export_in_dtype(checkpoint, cfg.train.export_dtype, Path(tmp))
+            for f in (WEIGHTS, STATE, EXPORT_SUMS, CONFIG):  # config.yaml last: marks it complete
+                dest.join(f).upload(export / f)
     return publish
 
 
