@@ -52,7 +52,7 @@ def _s3_server() -> tuple[object, str]:
 
 def windows_per_pass(cfg) -> int:
     root, manifest = data_manifest(cfg)
-    clips = readable_shards(root, manifest, cfg.data.on_corrupt, split=cfg.data.split)
+    clips = readable_shards(root, manifest, cfg.data.on_corrupt, cfg.data)
     return sum(clips.values()) * cfg.data.windows_per_clip
 
 

@@ -137,5 +137,10 @@ def test_workers_get_absolute_local_paths(tmp_path, monkeypatch):
     assert out.run.root == str(tmp_path / "runs")
     assert out.data.uri == str(tmp_path / "data" / "synthtalk")
     assert out.dmd.teacher == str(tmp_path / "runs" / "teacher-tiny" / "checkpoint_1")
+    wan = worker_config(load_config("tiny", ["model.kind=wan", "model.image_encoder=models/wan",
+                                             "model.pretrained=models/wan.safetensors"]))
+    assert wan.model.image_encoder == str(tmp_path / "models" / "wan")  # opened by the workers
+    assert wan.model.pretrained == str(tmp_path / "models" / "wan.safetensors")
+    assert wan.model.text_encoder == ""  # unused stays unused
     s3 = load_config("tiny", ["run.root=s3://bucket/runs", "data.uri=s3://bucket/data"])
     assert worker_config(s3).run.root == "s3://bucket/runs"

@@ -57,6 +57,30 @@ def test_image_metric_bounds():
     assert M.identity_similarity(a[:1], a[0]) == pytest.approx(1.0)
 
 
+def test_image_metrics_agree_with_torchmetrics_published_definitions():
+    """SSIM, PSNR and the Fréchet distance are the numbers papers report (torchmetrics)."""
+    import torch
+    from torchmetrics.functional.image import (peak_signal_noise_ratio,
+                                               structural_similarity_index_measure)
+    from torchmetrics.image.fid import _compute_fid
+
+    rng = np.random.default_rng(1)
+    a = (rng.random((3, 48, 40, 3)) * 255).astype(np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-30, 30, a.shape), 0, 255).astype(np.uint8)
+    ta, tb = (torch.from_numpy(x).permute(0, 3, 1, 2).double() for x in (a, b))
+    # Computed apart from onestep's helper: the Gaussian window (11, σ 1.5) is the default.
+    expected = structural_similarity_index_measure(ta, tb, data_range=255.0, kernel_size=11,
+                                                   sigma=1.5, gaussian_kernel=True)
+    assert M.ssim(a, b) == pytest.approx(float(expected), abs=1e-9)
+    assert 0.3 < M.ssim(a, b) < 0.99
+    assert M.psnr(a, b) == pytest.approx(float(peak_signal_noise_ratio(ta, tb, data_range=255.0)),
+                                         abs=1e-6)
+    f1, f2 = rng.standard_normal((200, 6)), rng.standard_normal((150, 6)) * 1.3 + 0.4
+    theirs = _compute_fid(torch.from_numpy(f1.mean(0)), torch.from_numpy(np.cov(f1, rowvar=False)),
+                          torch.from_numpy(f2.mean(0)), torch.from_numpy(np.cov(f2, rowvar=False)))
+    assert M.frechet_distance(f1, f2) == pytest.approx(float(theirs), rel=1e-6)
+
+
 def test_frechet_distance_is_zero_for_equal_sets_and_grows_with_shift():
     f = np.random.default_rng(0).standard_normal((500, 8))
     assert M.frechet_distance(f, f) == pytest.approx(0.0, abs=1e-6)

@@ -1,40 +1,123 @@
-"""A user's own talking-head videos → clips in the same shard format (30 fps, 48 kHz, 4:3 in)."""
+"""A user's own talking-head footage → face-tracked clips: rendered here from a real face
+photograph (scikit-image's astronaut) moved and scaled across larger frames, with scene cuts, a
+two-face scene, an empty scene, a face too small, a blurred (low-quality) face, variable frame
+rate and an audio offset; plus files that cannot be used. Ingested from the S3 server as a user
+runs it (jobs/prepare_data.py --ingest s3://…)."""
 
-import io
+import json
 
-import av
+import boto3
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
-from onestep.config import SynthConfig
 from onestep.media import decode_video, encode_mp4
-from onestep.prepare import ingest_videos
-from onestep.shards import read_manifest
-from onestep.storage import resolve
+from onestep.synth.footage import Face, Scene, render_footage
+
+SCENES = [Scene(5.5, [Face((0.3, 0.5, 0.5), (0.65, 0.45, 0.6))]),  # gliding and growing: high
+          Scene(3.5, [Face((0.5, 0.5, 0.5), blur=6.0)]),  # soft: low tier
+          Scene(2.0, [Face((0.28, 0.5, 0.35)), Face((0.72, 0.5, 0.35))]),  # two speakers
+          Scene(1.5, []),  # nobody
+          Scene(3.0, [Face((0.5, 0.5, 0.07))])]  # a face too small to train on
+TIERS = ["ingest.sharpness_tiers=[100, 40]", "ingest.face_px_tiers=[150, 60]",
+         "ingest.snr_db_tiers=[15, 5]", "synth.resolution=64", "ingest.test_fraction=0"]
 
 
-def _user_video(path, seconds: float, fps: int = 30, sr: int = 48000) -> None:
-    n = int(seconds * fps)
-    t = np.arange(n)[:, None, None, None]
-    frames = np.broadcast_to((t * 4 % 255).astype(np.uint8), (n, 48, 64, 3)).copy()
-    audio = 0.3 * np.sin(np.arange(int(seconds * sr)) * 2 * np.pi * 200 / sr).astype(np.float32)
-    path.write_bytes(encode_mp4(frames, fps, audio, sr))
+def _sets(*extra: str) -> list[str]:
+    return [a for kv in (*TIERS, *extra) for a in ("--set", kv)]
 
 
-def test_ingest_resamples_crops_and_cuts(ray_cluster, tmp_path):
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    _user_video(videos / "long.mp4", seconds=2.6)
-    _user_video(videos / "short.mp4", seconds=0.5)  # shorter than one clip: skipped, not an error
-    cfg = SynthConfig(resolution=32, clip_seconds=1.2)
-    out = resolve(str(tmp_path / "shards"))
-    manifest = ingest_videos(str(videos), cfg, out)
-    assert manifest["num_clips"] == 2 and read_manifest(out)["source"]["kind"] == "videos"
-    table = pq.read_table(tmp_path / "shards" / manifest["shards"][0]["name"])
-    assert table.column("clip_id").to_pylist() == ["long-0000", "long-0001"]
-    mp4 = table.column("mp4")[0].as_py()
-    frames, fps = decode_video(mp4)
-    assert frames.shape == (30, 32, 32, 3) and fps == 25
-    with av.open(io.BytesIO(mp4)) as box:
-        assert box.streams.audio[0].codec_context.sample_rate == 16000
-    assert len(table.column("audio_pcm16")[0].as_py()) == 2 * 16000 * 1.2
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("footage")
+    truth = render_footage(folder / "talk.mp4", SCENES, vfr=True, audio_offset=0.2)
+    # Files that cannot be used: each is named in the log and the manifest, the rest goes on.
+    data = (folder / "talk.mp4").read_bytes()
+    (folder / "cut-off.mp4").write_bytes(data[:len(data) // 3])  # truncated (index at the end)
+    (folder / "empty.mov").write_bytes(b"")
+    (folder / "notes.webm").write_bytes(b"not a video at all")
+    render_footage(folder / "silent.mkv", SCENES[:1], audio=False)
+    return folder, truth
+
+
+def _upload(folder, bucket: str, endpoint: str, prefix: str) -> None:
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    for f in folder.iterdir():
+        s3.upload_file(str(f), bucket, f"{prefix}/{f.name}")
+
+
+def test_ingest_follows_the_face_counts_every_drop_and_tiers_clips(ray_cluster, footage, bucket,
+                                                                  s3_endpoint, caplog):
+    import prepare_data
+
+    from onestep.data import readable_shards
+    from onestep.config import load_config
+    from onestep.shards import read_manifest
+    from onestep.storage import resolve
+
+    folder, truth = footage
+    _upload(folder, bucket, s3_endpoint, "raw")
+    out = f"s3://{bucket}/clips"
+    prepare_data.main(["--out", out, "--ingest", f"s3://{bucket}/raw", *_sets()])
+    manifest = read_manifest(resolve(out))
+    assert manifest["source"] == {"kind": "videos", "input": f"s3://{bucket}/raw", "videos": 5}
+    # Scene 1 (5.5 s) gives two clips of 2.4 s, the soft face one: tiers as constructed.
+    assert manifest["num_clips"] == 3 and manifest["tiers"] == {"high": 2, "low": 1}
+    dropped = manifest["dropped_seconds"]
+    for reason, seconds in (("several_faces", 2.0), ("no_face", 1.5), ("small_face", 3.0)):
+        assert seconds - 1.0 <= dropped[reason] <= seconds + 0.1, (reason, dropped)
+    assert dropped["scene_cut"] == pytest.approx(4 * 0.5, abs=0.1)  # the moment before each cut
+    skipped = dict(line.split(": ", 1) for line in manifest["skipped_files"])
+    assert skipped.keys() == {"cut-off.mp4", "empty.mov", "notes.webm", "silent.mkv"}
+    assert skipped.pop("silent.mkv") == "no audio track"
+    assert all(why.startswith("not a decodable video") for why in skipped.values()), skipped
+    assert "dropped: " in caplog.text and "skipped silent.mkv: no audio track" in caplog.text
+
+    loc = resolve(out)
+    table = pq.read_table(loc.fs.open_input_file(loc.join(manifest["shards"][0]["name"]).path))
+    rows = table.to_pylist()
+    assert [r["tier"] for r in rows] == ["high", "high", "low"]
+    for row in rows:
+        start = json.loads(row["source"])["start"]
+        for j in range(0, 60, 6):  # the crop follows the face: its centre stays on the face
+            (x, y, side), = truth.faces_at(start + j / 25)
+            cx, cy = row["crop_x"][j] * truth.width, row["crop_y"][j] * truth.height
+            crop = row["crop_size"][j] * truth.height
+            assert abs(cx - x) < 0.25 * side and abs(cy - y) < max(0.25 * side, crop / 2 - side)
+            assert crop >= side  # the whole face is in it
+        frames, fps = decode_video(row["mp4"])
+        assert frames.shape == (60, 64, 64, 3) and fps == 25  # 25 fps from a variable rate
+        assert len(row["audio_pcm16"]) == 2 * 16000 * 2.4
+        assert row["face_px"] > 150 and row["snr_db"] > 15
+    assert rows[2]["sharpness"] < 40 < 100 < min(rows[0]["sharpness"], rows[1]["sharpness"])
+
+    # Training reads a selection of tiers, pushed into the Parquet read.
+    cfg = load_config("tiny", ["data.tiers=[high]", f"data.uri={out}"])
+    assert sum(readable_shards(loc, manifest, "skip", cfg.data).values()) == 2
+    cfg = load_config("tiny", ["data.tiers=[low, moderate]", f"data.uri={out}"])
+    assert sum(readable_shards(loc, manifest, "skip", cfg.data).values()) == 1
+
+    # Again: every video has its record, nothing is redone; the manifest is the same.
+    caplog.clear()
+    prepare_data.main(["--out", out, "--ingest", f"s3://{bucket}/raw", *_sets()])
+    assert "(5 done before)" in caplog.text
+    again = read_manifest(resolve(out))
+    assert {k: v for k, v in again.items() if k != "created"} == {
+        k: v for k, v in manifest.items() if k != "created"}
+
+
+def test_nothing_usable_is_one_line_naming_each_file(ray_cluster, tmp_path):
+    import prepare_data
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.mp4").write_bytes(b"\x00" * 100)
+    n = 30  # a second of video without any face
+    frames = np.full((n, 64, 96, 3), 90, np.uint8)
+    (tmp_path / "in" / "wall.mp4").write_bytes(encode_mp4(frames, 30, np.zeros(16000, np.float32)))
+    with pytest.raises(SystemExit, match=r"no usable clip in 2 video file\(s\): broken.mp4: not a "
+                                         r"decodable video .*; wall.mp4: dropped no_face 1.0 s"):
+        prepare_data.main(["--out", str(tmp_path / "out"), "--ingest", str(tmp_path / "in")])
+    with pytest.raises(SystemExit, match=r"no video files \(.mp4, .mov, .mkv, .webm\) to ingest"):
+        prepare_data.main(["--out", str(tmp_path / "out"), "--ingest", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="nowhere: no such folder or prefix"):
+        prepare_data.main(["--out", str(tmp_path / "out"), "--ingest", str(tmp_path / "nowhere")])

@@ -41,6 +41,39 @@ class SynthConfig:
 
 
 @dataclass
+class IngestConfig:
+    """jobs/prepare_data.py --ingest: real talking-head video → face-tracked clips, each with
+    quality metrics and a tier (onestep.ingest)."""
+
+    # Face detections and scene-cut checks per second of video, on frames scaled to
+    # `detect_width`: at 480 (16:9) the detector finds faces down to ~7% of the frame's height
+    # (small_face needs to see them), at ~0.25 s of one core per detection.
+    detect_fps: float = 2.0
+    detect_width: int = 480
+    # A face whose side is below this fraction of the frame's shorter side is dropped
+    # (small_face): upscaled to the training resolution it carries little detail.
+    min_face: float = 0.1
+    crop_scale: float = 1.8  # the square crop's side over the face's (HDTF-style margin)
+    smooth_seconds: float = 0.6  # moving-average window of the crop track
+    # Colour-histogram distance (0–1) between consecutive analysed frames that marks a cut.
+    scene_threshold: float = 0.35
+    # A face moving more than this × its side between two detections is another track.
+    max_jump: float = 0.5
+    test_fraction: float = 0.1  # videos held out for evaluation (by a hash of their path)
+    # Quality tiers (FADA's mixed supervision): [high, moderate] thresholds per metric. A clip is
+    # `high` when every metric reaches its high threshold, `moderate` when every one reaches its
+    # moderate one, else `low`. Sharpness: variance of the Laplacian of the face crop (grey,
+    # 128×128, 0–255); face_px: the face's side in source pixels; snr_db: speech over the
+    # noise floor of the clip's audio.
+    sharpness_tiers: list[float] = field(default_factory=lambda: [150.0, 40.0])
+    face_px_tiers: list[float] = field(default_factory=lambda: [192.0, 96.0])
+    snr_db_tiers: list[float] = field(default_factory=lambda: [20.0, 10.0])
+
+
+TIERS = ("high", "moderate", "low")
+
+
+@dataclass
 class DataConfig:
     """How shards become training batches (Ray Data) and what one training example is."""
 
@@ -50,6 +83,9 @@ class DataConfig:
     motion_prob: float = 0.5  # fraction of windows trained with motion-frame context
     windows_per_clip: int = 4
     split: str = "train"
+    tiers: list[str] = field(default_factory=lambda: list(TIERS))  # quality tiers trained on
+    # Ray Data actors that decode clips and cut windows: [min, max] (an autoscaling pool).
+    decode_actors: list[int] = field(default_factory=lambda: [1, 2])
     shuffle_buffer: int = 64
     on_corrupt: str = "skip"  # "skip" logs and counts a bad clip; "fail" stops the job
     seed: int = 0
@@ -315,6 +351,7 @@ class RunConfig:
 class Config:
     synth: SynthConfig = field(default_factory=SynthConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
@@ -391,6 +428,16 @@ class Config:
              f"({_counts(self.train.worker_counts)}): a multiple of "
              f"{math.lcm(*self.train.worker_counts)}"),
             (self.data.on_corrupt in ("skip", "fail"), "data.on_corrupt", "'skip' or 'fail'"),
+            (bool(self.data.tiers) and set(self.data.tiers) <= set(TIERS), "data.tiers",
+             f"a non-empty list of {', '.join(TIERS)}"),
+            (len(self.data.decode_actors) == 2
+             and 1 <= self.data.decode_actors[0] <= self.data.decode_actors[1],
+             "data.decode_actors", "[min, max] with 1 ≤ min ≤ max"),
+            *[(len(t) == 2 and t[0] >= t[1] >= 0, f"ingest.{k}",
+               "[high, moderate] thresholds with high ≥ moderate ≥ 0")
+              for k, t in (("sharpness_tiers", self.ingest.sharpness_tiers),
+                           ("face_px_tiers", self.ingest.face_px_tiers),
+                           ("snr_db_tiers", self.ingest.snr_db_tiers))],
             (self.encode.dtype in ("float16", "float32"), "encode.dtype",
              "'float16' or 'float32'"),
             (self.encode.gpus_per_actor >= 0, "encode.gpus_per_actor", "≥ 0"),
@@ -464,15 +511,17 @@ POSITIVE = (
     "sample.steps", "train.num_workers", "train.cpus_per_worker", "train.global_batch",
     "train.total_clips", "train.lr", "train.checkpoint_every_clips", "train.log_every_steps",
     "train.torch_threads", "dmd.lr", "dmd.critic_lr", "adversarial.clips_per_phase",
-    "adversarial.lr", "adversarial.disc_lr", "model.text_dim", "model.prompt_tokens")
+    "adversarial.lr", "adversarial.disc_lr", "model.text_dim", "model.prompt_tokens",
+    "ingest.detect_fps", "ingest.detect_width", "ingest.crop_scale", "ingest.max_jump")
 NON_NEGATIVE = (
     "model.audio_context", "sample.audio_scale", "sample.ref_scale", "train.warmup_clips",
     "train.weight_decay", "train.grad_clip", "train.max_failures", "train.min_workers",
     "dmd.audio_scale", "dmd.ref_scale", "adversarial.warmup_steps", "adversarial.reg_sigma",
-    "model.ffn_dim", "model.image_dim")
+    "model.ffn_dim", "model.image_dim", "ingest.smooth_seconds")
 FRACTIONS = (
     "synth.test_identity_fraction", "synth.degraded_fraction", "data.motion_prob",
-    "flow.audio_drop", "flow.all_drop", "train.min_lr_ratio", "train.ema_decay")
+    "flow.audio_drop", "flow.all_drop", "train.min_lr_ratio", "train.ema_decay",
+    "ingest.min_face", "ingest.scene_threshold", "ingest.test_fraction")
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -21,11 +21,12 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from onestep import latents, shards
 from onestep.audio_features import build_audio_encoder
-from onestep.config import Config
+from onestep.config import TIERS, Config, DataConfig
 from onestep.media import MediaError, decode_video, pcm16_array
 from onestep.storage import Location, StorageError, resolve
 
@@ -122,12 +123,23 @@ def latent_windows(row: dict, cfg: Config, dtype: np.dtype,
     return out
 
 
+def _by_tier(data: DataConfig) -> bool:
+    return set(data.tiers) != set(TIERS)
+
+
+def selection(data: DataConfig) -> pads.Expression:
+    """The rows a run trains on (`data.split`, `data.tiers`) as a filter that Parquet reads
+    apply: other rows' videos are never read, let alone decoded."""
+    rows = pc.field("split") == data.split
+    return rows & pc.field("tier").isin(data.tiers) if _by_tier(data) else rows
+
+
 class ShardWindows:
     """Ray Data callable class: a (shard path, pass) item in, that shard's windows out, one
     batch per clip. Holds what cutting needs per actor (the audio encoder's weights)."""
 
     def __init__(self, cfg: Config, manifest: dict):
-        self.cfg = cfg
+        self.cfg, self.rows = cfg, selection(cfg.data)
         self.fs = resolve(cfg.data.uri, cfg.run.s3_endpoint_url).fs
         self.latent = manifest["format"] == latents.FORMAT
         if self.latent:
@@ -143,8 +155,7 @@ class ShardWindows:
     def __call__(self, item: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for path, visit in zip(item["path"], item["pass"]):
             with self.fs.open_input_file(path) as f:
-                table = pq.read_table(f, columns=self.columns)
-            table = table.filter(pc.equal(table["split"], self.cfg.data.split))
+                table = pq.read_table(f, columns=self.columns, filters=self.rows)
             for row in table.to_pylist():
                 rng = np.random.default_rng([self.cfg.data.seed,
                                              zlib.crc32(row["clip_id"].encode()), int(visit)])
@@ -174,24 +185,30 @@ def _corrupt_counter():
 
 
 def readable_shards(root: Location, manifest: dict, on_corrupt: str,
-                    split: str = "") -> dict[str, int]:
+                    data: DataConfig | None = None) -> dict[str, int]:
     """The manifest's shards whose Parquet footer reads and holds the rows it lists, checked on
     the driver before Ray Data starts: a truncated or replaced shard would otherwise stop the
     pipeline in a read task with a trace that does not name the file. Bad shards are skipped
     with a warning naming them (`on_corrupt: skip`) or stop the job at once (`fail`).
 
-    Returns {path: clips}, clips counted in `split` when given (its column is read: shards
-    without a clip of the split are left out of the plan), else all rows."""
+    Returns {path: clips}, counting the clips `data` selects when given (`selection`: their
+    columns are read; shards without such a clip are left out of the plan), else all rows. A
+    selection by tier of shards written before tiers existed is a problem of its own."""
+    columns = ["split", "tier"] if data is not None and _by_tier(data) else ["split"]
+
     def check(shard: dict, path: str) -> tuple[str, int]:
         try:
             with root.fs.open_input_file(path) as f:
-                rows = pq.read_metadata(f).num_rows
-                if rows != shard["rows"]:
-                    return f"{rows} rows, the manifest says {shard['rows']}", 0
-                if not split:
-                    return "", rows
-                column = pq.read_table(f, columns=["split"])["split"]
-                return "", int(pc.sum(pc.equal(column, split)).as_py() or 0)
+                parquet = pq.ParquetFile(f)
+                count = parquet.metadata.num_rows
+                if count != shard["rows"]:
+                    return f"{count} rows, the manifest says {shard['rows']}", 0
+                if data is None:
+                    return "", count
+                if not set(columns) <= set(parquet.schema_arrow.names):
+                    return ("no tier column (written before quality tiers): write it again to "
+                            "select data.tiers"), 0
+                return "", parquet.read(columns=columns).filter(selection(data)).num_rows
         except (OSError, ValueError) as e:  # pyarrow: ArrowInvalid (a ValueError), IOError
             return f"not a readable Parquet file ({str(e).splitlines()[0][:160]})", 0
 
@@ -244,8 +261,9 @@ def build_dataset(cfg: Config, examples: int):
     import ray.data
 
     root, manifest = data_manifest(cfg)
-    counts = readable_shards(root, manifest, cfg.data.on_corrupt, split=cfg.data.split)
+    counts = readable_shards(root, manifest, cfg.data.on_corrupt, cfg.data)
     plan = pass_plan(counts, examples, cfg.data.windows_per_clip, cfg.data.seed)
     ds = ray.data.from_items(plan, override_num_blocks=len(plan))
     return ds.map_batches(ShardWindows, fn_constructor_kwargs={"cfg": cfg, "manifest": manifest},
-                          batch_size=1, concurrency=(1, 2), batch_format="numpy")
+                          batch_size=1, concurrency=tuple(cfg.data.decode_actors),
+                          batch_format="numpy")

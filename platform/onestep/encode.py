@@ -31,7 +31,7 @@ from onestep.storage import Location, StorageError, check_reachable, resolve
 
 log = logging.getLogger(__name__)
 CLIP_COLUMNS = ["clip_id", "mp4", "audio_pcm16", "sample_rate", "fps", "split", "identity",
-                "quality"]
+                "quality", "tier"]  # tier: absent from shards written before tiers
 
 
 @torch.no_grad()
@@ -48,7 +48,8 @@ def encode_clip(row: dict, cfg: Config, codec, audio_encoder, rng: np.random.Gen
     refs = encode_reference(codec, torch.from_numpy(to_unit(frames[picks])).transpose(0, 1)
                             .to(device))
     out = {"clip_id": row["clip_id"], "split": row["split"], "identity": row["identity"],
-           "quality": row["quality"], "num_frames": n, "ref_frames": picks.tolist()}
+           "quality": row["quality"], "tier": row.get("tier"), "num_frames": n,
+           "ref_frames": picks.tolist()}
     stored = np.dtype(cfg.encode.dtype)
     tensors = [("latent", latent, stored), ("audio", audio, np.float32), ("refs", refs, stored)]
     if image_encoder is not None:
@@ -82,7 +83,8 @@ class ShardEncoder:
         t0 = time.perf_counter()
         src = self.clips.join(name)
         with src.fs.open_input_file(src.path) as f:
-            rows = pq.read_table(f, columns=CLIP_COLUMNS).to_pylist()
+            present = pq.ParquetFile(f).schema_arrow.names
+            rows = pq.read_table(f, columns=[c for c in CLIP_COLUMNS if c in present]).to_pylist()
         encoded = []
         for row in rows:
             rng = np.random.default_rng([self.cfg.data.seed, zlib.crc32(row["clip_id"].encode())])

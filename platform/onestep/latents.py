@@ -7,8 +7,8 @@ mid-sequence latent, exactly what a later chunk of a long generation continues f
 are carried in latent space), where encoding each window alone would start every window with an
 image latent. Audio features are stored aligned per latent frame (`align_audio`), reference frames
 as latents of single frames (`encode_reference`) and, for Wan I2V, as CLIP tokens: the same
-tensors `prepare_batch` computes from pixels, so both paths feed the model identically. Encoding is `onestep.encode`; cutting windows,
-`onestep.data`.
+tensors `prepare_batch` computes from pixels, so both paths feed the model identically.
+Encoding is `onestep.encode`; cutting windows, `onestep.data`.
 
 Latents are stored as float16 by default (`encode.dtype`). The manifest records the codec's
 fingerprint (a hash of the VAE's weights), the audio encoder, the image encoder's fingerprint and
@@ -41,7 +41,8 @@ IDENTITY_KEY = b"onestep.encoding"
 TENSORS = ("latent", "audio", "refs", "image")
 SCHEMA = pa.schema(
     [("clip_id", pa.string()), ("split", pa.string()), ("identity", pa.int32()),
-     ("quality", pa.float32()), ("num_frames", pa.int32()), ("ref_frames", pa.list_(pa.int32()))]
+     ("quality", pa.float32()), ("tier", pa.string()), ("num_frames", pa.int32()),
+     ("ref_frames", pa.list_(pa.int32()))]
     + [field for name in TENSORS
        for field in ((name, pa.binary()), (f"{name}_shape", pa.list_(pa.int32())))])
 COLUMNS = ["clip_id", "split"] + [c for name in TENSORS for c in (name, f"{name}_shape")]

@@ -184,7 +184,7 @@ def load_audio(src: Source, sample_rate: int = 16000,
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
             parts, samples = [], 0
             for frame in box.decode(box.streams.audio[0]):
-                for out in resampler.resample(_mono(frame)):
+                for out in resampler.resample(to_mono(frame)):
                     parts.append(out.to_ndarray()[0])
                     samples += len(parts[-1])
                 if samples > max_seconds * sample_rate:  # whatever the header said
@@ -202,7 +202,7 @@ def load_audio(src: Source, sample_rate: int = 16000,
     return np.clip(audio, -1.0, 1.0)
 
 
-def _mono(frame: av.AudioFrame) -> av.AudioFrame:
+def to_mono(frame: av.AudioFrame) -> av.AudioFrame:
     """A decoded frame's channels averaged into one float32 channel at the frame's rate."""
     x = frame.to_ndarray()  # planar: (channels, n); packed: (1, n · channels)
     if not frame.format.is_planar:

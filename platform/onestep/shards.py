@@ -12,20 +12,20 @@ import io
 import json
 import time
 from dataclasses import asdict
-from typing import Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from onestep.config import SynthConfig
-from onestep.media import decode_video, encode_mp4, load_audio, pcm16_bytes
+from onestep.media import encode_mp4, pcm16_bytes
 from onestep.storage import Location, StorageError
 from onestep.synth import Clip, make_clip
 
 MANIFEST = "manifest.json"
 FORMAT = "onestep-shards/1"
 LABELS = ["mouth_open", "mouth_width", "head_x", "head_y", "blink"]
+QUALITY = ["sharpness", "face_px", "head_motion", "loudness_db", "snr_db"]
+CROP = ["crop_x", "crop_y", "crop_size"]
 
 SCHEMA = pa.schema(
     [("clip_id", pa.string()), ("mp4", pa.binary()), ("clean_mp4", pa.binary()),
@@ -34,6 +34,11 @@ SCHEMA = pa.schema(
      ("identity", pa.int32()), ("quality", pa.float32()), ("split", pa.string()),
      ("degradations", pa.string())]
     + [(name, pa.list_(pa.float32())) for name in LABELS]
+    # Quality tier (config.TIERS) and, for ingested video, its metrics (onestep.ingest.quality),
+    # where the clip came from ({"video", "start"} JSON) and its crop per frame (centre x, y as
+    # fractions of the source frame's width and height; side as a fraction of its shorter side).
+    + [("tier", pa.string())] + [(name, pa.float32()) for name in QUALITY]
+    + [("source", pa.string())] + [(name, pa.list_(pa.float32())) for name in CROP]
 )
 
 
@@ -53,6 +58,7 @@ def clip_row(clip: Clip, fps: int, sample_rate: int) -> dict:
         "sample_rate": sample_rate, "fps": fps, "num_frames": len(clip.frames),
         "height": h, "width": w, "identity": clip.identity, "quality": clip.quality,
         "split": clip.split, "degradations": json.dumps(clip.degradations),
+        "tier": "low" if degraded else "high",  # SynthTalk's degraded renders are its low tier
         **{k: (clip.labels[k].tolist() if k in clip.labels else None) for k in LABELS},
     }
 
@@ -88,36 +94,6 @@ def write_synth_shard(root: Location, index: int, cfg: SynthConfig) -> dict:
         skipped = True
     meta = pq.read_metadata(loc.fs.open_input_file(loc.path))
     return {"name": shard_name(index), "rows": meta.num_rows, "skipped": skipped}
-
-
-def video_clips(name: str, data: bytes, cfg: SynthConfig) -> Iterator[Clip]:
-    """Cut a user's talking-head video into clips: 25 fps, 16 kHz, centre crop, resize.
-
-    Frames are resampled by timestamp (nearest frame) so any source frame rate works. Such clips
-    have no ground-truth labels; they train the teacher but are not used for lip-sync evaluation.
-    """
-    from PIL import Image
-
-    frames, src_fps = decode_video(data)
-    audio = load_audio(data, cfg.sample_rate)
-    duration = min(len(frames) / src_fps, len(audio) / cfg.sample_rate)
-    per_clip = int(round(cfg.clip_seconds * cfg.fps))
-    n_out = int(duration * cfg.fps)
-    pick = np.minimum((np.arange(n_out) / cfg.fps * src_fps).astype(int), len(frames) - 1)
-    h, w = frames.shape[1:3]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    resized = np.stack([
-        np.asarray(Image.fromarray(frames[i, top:top + side, left:left + side])
-                   .resize((cfg.resolution, cfg.resolution), Image.Resampling.LANCZOS))
-        for i in pick])
-    spf = cfg.sample_rate // cfg.fps
-    for k in range(n_out // per_clip):
-        f0 = k * per_clip
-        clip_frames = resized[f0:f0 + per_clip]
-        yield Clip(clip_id=f"{name}-{k:04d}", identity=-1, split="train", frames=clip_frames,
-                   audio=audio[f0 * spf:(f0 + per_clip) * spf], clean_frames=clip_frames,
-                   labels={}, quality=1.0)
 
 
 def write_manifest(root: Location, shards: list[dict], source: dict, fmt: str = FORMAT,

@@ -30,21 +30,17 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
 
 
-def _box(x: np.ndarray, k: int = 7) -> np.ndarray:
-    """Mean over k×k windows (valid), per frame and channel, via integral images."""
-    c = np.cumsum(np.cumsum(np.pad(x, ((0, 0), (1, 0), (1, 0), (0, 0))), 1), 2)
-    return (c[:, k:, k:] - c[:, :-k, k:] - c[:, k:, :-k] + c[:, :-k, :-k]) / (k * k)
-
-
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean SSIM with a 7×7 box window (Wang et al. 2004 constants)."""
-    x, y = a.astype(np.float64), b.astype(np.float64)
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mx, my = _box(x), _box(y)
-    vx, vy = _box(x * x) - mx ** 2, _box(y * y) - my ** 2
-    cov = _box(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
-    return float(s.mean())
+    """Mean SSIM as published (Wang et al. 2004) and as papers report it: an 11×11 Gaussian
+    window of σ 1.5 per colour channel, data range 255 (torchmetrics' implementation, so the
+    number means what it means elsewhere; onestep's earlier 7×7 box window matched no paper)."""
+    import torch
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    def planar(x):
+        return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).double()
+
+    return float(structural_similarity_index_measure(planar(a), planar(b), data_range=255.0))
 
 
 def _sqrtm_psd(m: np.ndarray) -> np.ndarray:

@@ -151,6 +151,13 @@ def run_location(cfg: Config) -> Location:
     return resolve(cfg.run.root, cfg.run.s3_endpoint_url).join(cfg.run.name)
 
 
+# Locations a run may name (empty: unused) that workers open themselves: pretrained weights and
+# encoders, the branch point.
+OPTIONAL_PATHS = ("codec.pretrained", "model.pretrained", "model.image_encoder",
+                  "model.text_encoder", "model.prompt_embedding", "audio.wav2vec2_path",
+                  "run.branch_from")
+
+
 def worker_config(cfg: Config) -> Config:
     """The config the workers get. They run in Ray's own working directory, so local paths
     (runs, data, pinned checkpoints) are made absolute here, where the user typed them."""
@@ -159,11 +166,7 @@ def worker_config(cfg: Config) -> Config:
     out.run.root = resolve(cfg.run.root, endpoint).uri
     out.data.uri = resolve(cfg.data.uri, endpoint).uri
     out.validation.reader = resolve(cfg.validation.reader, endpoint).uri
-    if cfg.codec.pretrained:
-        out.codec.pretrained = resolve(cfg.codec.pretrained, endpoint).uri
-    if cfg.run.branch_from:
-        out.run.branch_from = resolve(cfg.run.branch_from, endpoint).uri
-    for key in stage_class(cfg.train.stage).sources:
+    for key in (*OPTIONAL_PATHS, *stage_class(cfg.train.stage).sources):
         section, name = key.split(".")
         if getattr(getattr(out, section), name):
             setattr(getattr(out, section), name,
