@@ -1,7 +1,9 @@
 """Audio encoders: waveform → feature vectors at `feature_rate` per second (50 Hz = 2 per frame).
 
-Two implementations behind one call signature:
+Three implementations behind one call signature:
 - `LogMelEncoder`: no weights; the tiny default.
+- `MfccEncoder`: 13 MFCCs at 100 Hz exactly as SyncNet computes them (python_speech_features on
+  16-bit-scaled samples), what the lip-sync expert (onestep.sync) hears.
 - `Wav2Vec2Encoder`: a `transformers` Wav2Vec2 loaded from a local directory (no hub access);
   TurboTalk's choice. Its native rate is 50 Hz, so both encoders align with video frames the same way.
 Features are computed in Ray Data tasks (training) and in the generator (inference) by the same code.
@@ -16,6 +18,8 @@ import numpy as np
 import torch
 
 from onestep.config import AudioConfig
+
+MFCC_COEFFICIENTS = 13
 
 
 def num_features(num_samples: int, cfg: AudioConfig) -> int:
@@ -53,6 +57,30 @@ class LogMelEncoder:
         return out.numpy().astype(np.float32)
 
 
+class MfccEncoder:
+    """SyncNet's audio input: python_speech_features' MFCCs (25 ms windows every 10 ms, 13
+    coefficients, log energy first) of the waveform at 16-bit scale, as syncnet_python reads a
+    WAV file; so a SyncNet checkpoint scores onestep's audio as it scored its own."""
+
+    dim = MFCC_COEFFICIENTS
+
+    def __init__(self, cfg: AudioConfig):
+        self.cfg = cfg
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        from python_speech_features import mfcc
+
+        t = num_features(len(audio), self.cfg)
+        samples = np.asarray(audio, dtype=np.float64) * 32767
+        if len(samples) < int(0.025 * self.cfg.sample_rate):
+            return np.zeros((t, self.dim), np.float32)
+        out = mfcc(samples, self.cfg.sample_rate, winstep=1 / self.cfg.feature_rate,
+                   numcep=self.dim)
+        # The last partial window is dropped: pad to one row per 10 ms, as the other encoders.
+        out = np.pad(out, ((0, max(0, t - len(out))), (0, 0)), mode="edge")[:t]
+        return out.astype(np.float32)
+
+
 class Wav2Vec2Encoder:
     def __init__(self, cfg: AudioConfig):
         from transformers import Wav2Vec2Model
@@ -79,7 +107,8 @@ class Wav2Vec2Encoder:
 
 
 def build_audio_encoder(cfg: AudioConfig):
-    return Wav2Vec2Encoder(cfg) if cfg.encoder == "wav2vec2" else LogMelEncoder(cfg)
+    return {"wav2vec2": Wav2Vec2Encoder, "mfcc": MfccEncoder}.get(cfg.encoder,
+                                                                  LogMelEncoder)(cfg)
 
 
 def feature_dim(cfg: AudioConfig) -> int:
@@ -89,4 +118,4 @@ def feature_dim(cfg: AudioConfig) -> int:
         if not config.is_file():
             raise FileNotFoundError(f"audio.wav2vec2_path={cfg.wav2vec2_path!r}: no config.json")
         return int(json.loads(config.read_text())["hidden_size"])
-    return cfg.n_mels
+    return MFCC_COEFFICIENTS if cfg.encoder == "mfcc" else cfg.n_mels

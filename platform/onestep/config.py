@@ -71,6 +71,7 @@ class IngestConfig:
 
 
 TIERS = ("high", "moderate", "low")
+SYNC_FRAMES = 5  # video frames one lip-sync embedding sees (SyncNet's 0.2 s)
 
 
 @dataclass
@@ -105,7 +106,8 @@ class EncodeConfig:
 
 @dataclass
 class AudioConfig:
-    """Audio encoder: `logmel` needs no weights; `wav2vec2` loads a local transformers model."""
+    """Audio encoder: `logmel` needs no weights; `wav2vec2` loads a local transformers model;
+    `mfcc` is SyncNet's input (feature_rate 100), what the lip-sync expert hears."""
 
     encoder: str = "logmel"
     sample_rate: int = 16000
@@ -335,6 +337,28 @@ class SweepConfig:
 
 
 @dataclass
+class SyncConfig:
+    """The lip-sync expert (onestep.sync): an audio-visual embedding pair scored as SyncNet is
+    (LSE-C confidence, LSE-D distance, offset). `onestep`: the small expert `jobs/train_sync.py`
+    trains on mouth crops; `syncnet_v2`: the original SyncNet (224×224 faces), for numbers
+    comparable with papers, from weights converted once by jobs/convert_syncnet.py."""
+
+    kind: str = "onestep"
+    weights: str = ""  # an export of jobs/train_sync.py, or a converted syncnet_v2 file
+    # onestep's expert: the mouth crop it sees ([top, bottom, left, right] fractions of a face
+    # crop), the crop's side in pixels, its width and embedding size.
+    mouth_region: list[float] = field(default_factory=lambda: [0.45, 0.95, 0.2, 0.8])
+    size: int = 32
+    width: int = 32
+    embed_dim: int = 128
+    max_offset: int = 15  # frames searched each way when scoring (SyncNet's evaluations: 15)
+    # Training: audio windows shifted up to this many frames are the negatives (and clips of
+    # other videos in the batch); the temperature of the InfoNCE loss over cosine similarities.
+    train_shift: int = 8
+    temperature: float = 0.07
+
+
+@dataclass
 class RunConfig:
     """Where the run lives: checkpoints, metrics and exports go under `<root>/<name>`."""
 
@@ -363,6 +387,7 @@ class Config:
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     @property
@@ -441,8 +466,10 @@ class Config:
             (self.encode.dtype in ("float16", "float32"), "encode.dtype",
              "'float16' or 'float32'"),
             (self.encode.gpus_per_actor >= 0, "encode.gpus_per_actor", "≥ 0"),
-            (self.audio.encoder in ("logmel", "wav2vec2"), "audio.encoder",
-             "'logmel' or 'wav2vec2'"),
+            (self.audio.encoder in ("logmel", "wav2vec2", "mfcc"), "audio.encoder",
+             "'logmel', 'wav2vec2' or 'mfcc'"),
+            (self.audio.encoder != "mfcc" or self.audio.feature_rate == 100,
+             "audio.feature_rate", "100 for audio.encoder mfcc (10 ms steps, as SyncNet's)"),
             (self.audio.feature_rate % self.synth.fps == 0, "audio.feature_rate",
              f"a multiple of synth.fps={self.synth.fps}"),
             (self.train.precision in ("auto", "fp32", "bf16"), "train.precision",
@@ -479,6 +506,20 @@ class Config:
               f"train.global_batch={self.train.global_batch} steps (else the generator never "
               "trains)")),
             (self.validation.every_clips >= 0, "validation.every_clips", "≥ 0 (0: off)"),
+            (self.sync.kind in ("onestep", "syncnet_v2"), "sync.kind",
+             "'onestep' or 'syncnet_v2'"),
+            (len(self.sync.mouth_region) == 4
+             and 0 <= self.sync.mouth_region[0] < self.sync.mouth_region[1] <= 1
+             and 0 <= self.sync.mouth_region[2] < self.sync.mouth_region[3] <= 1,
+             "sync.mouth_region", "[top, bottom, left, right] fractions, top < bottom, left < "
+             "right"),
+            (self.train.stage != "sync" or (
+                self.audio.encoder == "mfcc"
+                and self.data.frames >= SYNC_FRAMES + 2 * self.sync.train_shift),
+             "data.frames", f"≥ {SYNC_FRAMES} + 2 × sync.train_shift with audio.encoder mfcc "
+             "for stage sync (jobs/train_sync.py sets both)"),
+            (self.train.stage != "sync" or self.validation.every_clips == 0,
+             "validation.every_clips", "0 for stage sync (it reports its own offset accuracy)"),
             (self.validation.clips >= 2, "validation.clips",
              "≥ 2 (the shuffled-audio floor pairs each clip with another)"),
             (self.validation.steps >= 0, "validation.steps", "≥ 0 (0: the model's own)"),
@@ -512,12 +553,13 @@ POSITIVE = (
     "train.total_clips", "train.lr", "train.checkpoint_every_clips", "train.log_every_steps",
     "train.torch_threads", "dmd.lr", "dmd.critic_lr", "adversarial.clips_per_phase",
     "adversarial.lr", "adversarial.disc_lr", "model.text_dim", "model.prompt_tokens",
-    "ingest.detect_fps", "ingest.detect_width", "ingest.crop_scale", "ingest.max_jump")
+    "ingest.detect_fps", "ingest.detect_width", "ingest.crop_scale", "ingest.max_jump",
+    "sync.size", "sync.width", "sync.embed_dim", "sync.max_offset", "sync.temperature")
 NON_NEGATIVE = (
     "model.audio_context", "sample.audio_scale", "sample.ref_scale", "train.warmup_clips",
     "train.weight_decay", "train.grad_clip", "train.max_failures", "train.min_workers",
     "dmd.audio_scale", "dmd.ref_scale", "adversarial.warmup_steps", "adversarial.reg_sigma",
-    "model.ffn_dim", "model.image_dim", "ingest.smooth_seconds")
+    "model.ffn_dim", "model.image_dim", "ingest.smooth_seconds", "sync.train_shift")
 FRACTIONS = (
     "synth.test_identity_fraction", "synth.degraded_fraction", "data.motion_prob",
     "flow.audio_drop", "flow.all_drop", "train.min_lr_ratio", "train.ema_decay",

@@ -14,7 +14,7 @@ import torch
 
 from onestep.config import Config
 from onestep.encoders import ImageEncoder
-from onestep.model import Conditions, build_codec
+from onestep.model import Conditions, Discriminator, build_codec, build_model
 from onestep.stages.batch import prepare_batch
 
 
@@ -42,6 +42,29 @@ class Stage:
         if m.image_encoder and "latent" not in batch and self._image_encoder is None:
             self._image_encoder = ImageEncoder(m.image_encoder, self.cfg.run.s3_endpoint_url)
         return prepare_batch(batch, self.codec, self.cfg, self._image_encoder)
+
+    @staticmethod
+    def plan_network(cfg: Config, name: str) -> torch.nn.Module:
+        """Network `name` as the stage builds it, weights aside: the memory plan builds it on
+        the meta device."""
+        model = build_model(cfg)
+        return Discriminator(model) if name == "discriminator" else model
+
+    @staticmethod
+    def plan_inputs(cfg: Config, model: torch.nn.Module, batch: int) -> tuple:
+        """Arguments of one training forward of `model` for a micro-batch of `batch` windows,
+        shapes only (the memory plan traces it on the meta device)."""
+        from onestep.audio_features import feature_dim
+
+        c = (model.trunk if isinstance(model, Discriminator) else model).c
+        frames = 1 + (cfg.data.frames - 1) // cfg.codec.temporal_factor
+        side = cfg.resolution // cfg.codec.factor
+        audio_rows = frames * cfg.codec.temporal_factor * (cfg.audio.feature_rate // cfg.synth.fps)
+        cond = Conditions(ref=torch.empty(batch, c, side, side),
+                          audio=torch.empty(batch, audio_rows, feature_dim(cfg.audio)),
+                          motion=torch.empty(batch, c, frames, side, side),
+                          motion_mask=torch.empty(batch, 1, frames, side, side))
+        return torch.empty(batch, c, frames, side, side), torch.empty(batch), cond
 
     @staticmethod
     def resolve_sources(cfg: Config) -> list[str]:

@@ -14,8 +14,9 @@ with P parameters, N ranks and b bytes per weight (bf16: 2, fp32: 4):
     EMA          fp32 copy of the exported network's local shard: 4P/N under ZeRO-3, else 4P
 
 With `train.offload_optimizer` the optimizer terms (and the fp32 gradient copy) live in host
-memory instead, and with `train.offload_params` the parameter shards. Activations are counted by running the network's forward on the meta device (no
-memory, no compute) and adding up the tensors autograd saves, with attention counted the way a
+memory instead, and with `train.offload_params` the parameter shards. Activations are counted by
+running the network's forward (the stage says on what: `Stage.plan_inputs`) on the meta device
+(no memory, no compute) and adding up the tensors autograd saves, with attention counted the way a
 flash/cuDNN kernel saves it (q, k, v, output and a log-sum-exp per row, never the T×T matrix);
 with `train.activation_checkpointing` only each block's input is kept, plus one block's
 activations while it is recomputed in backward.
@@ -30,7 +31,6 @@ import torch
 import torch.nn.functional as F
 
 from onestep.config import Config
-from onestep.model.discriminator import Discriminator
 from onestep.model.dit import Block, Conditions, set_activation_checkpointing
 
 MIB = 2 ** 20
@@ -115,31 +115,24 @@ def _flash_attention_on_meta():
         F.scaled_dot_product_attention = original
 
 
-def _meta_inputs(cfg: Config, model, batch: int):
-    from onestep.audio_features import feature_dim
-
-    c = (model.trunk if isinstance(model, Discriminator) else model).c
-    frames = 1 + (cfg.data.frames - 1) // cfg.codec.temporal_factor
-    side = cfg.resolution // cfg.codec.factor
-    audio_rows = frames * cfg.codec.temporal_factor * (cfg.audio.feature_rate // cfg.synth.fps)
-    x = torch.empty(batch, c, frames, side, side)
-    cond = Conditions(ref=torch.empty(batch, c, side, side),
-                      audio=torch.empty(batch, audio_rows, feature_dim(cfg.audio)),
-                      motion=torch.empty(batch, c, frames, side, side),
-                      motion_mask=torch.empty(batch, 1, frames, side, side))
-    return x, torch.empty(batch), cond
+def _cast(value, dtype: torch.dtype):
+    if torch.is_tensor(value):
+        return value.to(dtype)
+    if isinstance(value, Conditions):
+        return Conditions(**{k: _cast(v, dtype) for k, v in vars(value).items()})
+    return value
 
 
 def saved_activation_bytes(model: torch.nn.Module, cfg: Config, batch: int) -> float:
     """Bytes autograd saves in one forward of `model` (built on the meta device) for a
     micro-batch of `batch` training windows; storages counted once."""
+    from onestep.stages import stage_class
+
     dtype = torch.bfloat16 if weight_bytes(cfg) == 2 else torch.float32
     with torch.device("meta"):
-        x, t, cond = _meta_inputs(cfg, model, batch)
+        inputs = stage_class(cfg.train.stage).plan_inputs(cfg, model, batch)
     model = model.to(dtype)
-    x, t = x.to(dtype), t.to(dtype)
-    cond = Conditions(**{k: (v.to(dtype) if torch.is_tensor(v) else v)
-                         for k, v in vars(cond).items()})
+    inputs = [_cast(x, dtype) for x in inputs]
     seen: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -149,7 +142,7 @@ def saved_activation_bytes(model: torch.nn.Module, cfg: Config, batch: int) -> f
 
     params = {p.untyped_storage()._cdata for p in model.parameters()}
     with _flash_attention_on_meta(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x.requires_grad_(False), t, cond)
+        model(*inputs)
     return float(sum(v for k, v in seen.items() if k not in params))
 
 
@@ -166,7 +159,7 @@ def activation_bytes(model: torch.nn.Module, cfg: Config, batch: int) -> float:
     finally:
         set_activation_checkpointing(model, False)
     blocks = sum(isinstance(m, Block) for m in model.modules())
-    return kept + (full - kept) / blocks
+    return kept + (full - kept) / blocks if blocks else full
 
 
 def buffer_elements(model: torch.nn.Module) -> int:
@@ -174,11 +167,10 @@ def buffer_elements(model: torch.nn.Module) -> int:
 
 
 def _meta_network(cfg: Config, name: str) -> torch.nn.Module:
-    from onestep.model import build_model
+    from onestep.stages import stage_class
 
     with torch.device("meta"):
-        model = build_model(cfg)
-        return Discriminator(model) if name == "discriminator" else model
+        return stage_class(cfg.train.stage).plan_network(cfg, name)
 
 
 def peak_activation_bytes(plans: list[NetworkPlan], cfg: Config) -> float:
