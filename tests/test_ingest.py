@@ -121,3 +121,30 @@ def test_nothing_usable_is_one_line_naming_each_file(ray_cluster, tmp_path):
         prepare_data.main(["--out", str(tmp_path / "out"), "--ingest", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="nowhere: no such folder or prefix"):
         prepare_data.main(["--out", str(tmp_path / "out"), "--ingest", str(tmp_path / "nowhere")])
+
+
+def test_a_lip_sync_expert_scores_every_clip_and_drops_those_out_of_sync(tmp_path):
+    """With sync.weights, each clip carries the expert's confidence and offset, and a clip whose
+    sound is further off than ingest.max_sync_offset is dropped (out_of_sync). The shipped expert
+    knows SynthTalk's mouths, not this photograph's: what is checked is that the filter drops
+    exactly the clips whose offset exceeds the bound."""
+    from onestep.config import load_config
+    from onestep.ingest.job import ingest_video
+    from onestep.storage import resolve
+    from test_sync import SHIPPED
+
+    render_footage(tmp_path / "talk.mp4", [Scene(7.5, [Face((0.4, 0.5, 0.5), (0.6, 0.5, 0.55))])])
+    records, tables = [], []
+    for bound in (15, 0):
+        out = resolve(str(tmp_path / f"out-{bound}"))
+        cfg = load_config("tiny", ["synth.resolution=64", f"sync.weights={SHIPPED}",
+                                   f"ingest.max_sync_offset={bound}"])
+        records.append(ingest_video(resolve(str(tmp_path / "talk.mp4")), "talk.mp4", out, cfg))
+        if records[-1]["clips"]:
+            tables.append(pq.read_table(tmp_path / f"out-{bound}" / records[-1]["shard"]))
+    rows = tables[0].to_pylist()
+    assert len(rows) == 3 and "out_of_sync" not in records[0]["dropped"]
+    assert all(np.isfinite(r["sync_confidence"]) and abs(r["sync_offset"]) <= 15 for r in rows)
+    late = sum(r["sync_offset"] != 0 for r in rows)
+    assert records[1]["clips"] == 3 - late
+    assert records[1]["dropped"].get("out_of_sync", 0) == pytest.approx(2.4 * late)

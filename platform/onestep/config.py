@@ -68,6 +68,12 @@ class IngestConfig:
     sharpness_tiers: list[float] = field(default_factory=lambda: [150.0, 40.0])
     face_px_tiers: list[float] = field(default_factory=lambda: [192.0, 96.0])
     snr_db_tiers: list[float] = field(default_factory=lambda: [20.0, 10.0])
+    # With a lip-sync expert (sync.weights), every clip is scored: its confidence joins the tier
+    # thresholds, and a clip whose sound is more than `max_sync_offset` frames off the picture
+    # is dropped (out_of_sync). The defaults are on syncnet_v2's scale (talking heads in sync
+    # score ~5–8, poorly synced ones under 2); onestep's own expert's confidences are 0–1.
+    sync_tiers: list[float] = field(default_factory=lambda: [3.0, 1.5])
+    max_sync_offset: int = 3
 
 
 TIERS = ("high", "moderate", "low")
@@ -462,7 +468,8 @@ class Config:
                "[high, moderate] thresholds with high ≥ moderate ≥ 0")
               for k, t in (("sharpness_tiers", self.ingest.sharpness_tiers),
                            ("face_px_tiers", self.ingest.face_px_tiers),
-                           ("snr_db_tiers", self.ingest.snr_db_tiers))],
+                           ("snr_db_tiers", self.ingest.snr_db_tiers),
+                           ("sync_tiers", self.ingest.sync_tiers))],
             (self.encode.dtype in ("float16", "float32"), "encode.dtype",
              "'float16' or 'float32'"),
             (self.encode.gpus_per_actor >= 0, "encode.gpus_per_actor", "≥ 0"),
@@ -559,7 +566,8 @@ NON_NEGATIVE = (
     "model.audio_context", "sample.audio_scale", "sample.ref_scale", "train.warmup_clips",
     "train.weight_decay", "train.grad_clip", "train.max_failures", "train.min_workers",
     "dmd.audio_scale", "dmd.ref_scale", "adversarial.warmup_steps", "adversarial.reg_sigma",
-    "model.ffn_dim", "model.image_dim", "ingest.smooth_seconds", "sync.train_shift")
+    "model.ffn_dim", "model.image_dim", "ingest.smooth_seconds", "sync.train_shift",
+    "ingest.max_sync_offset")
 FRACTIONS = (
     "synth.test_identity_fraction", "synth.degraded_fraction", "data.motion_prob",
     "flow.audio_drop", "flow.all_drop", "train.min_lr_ratio", "train.ema_decay",

@@ -24,7 +24,8 @@ from onestep.synth import Clip, make_clip
 MANIFEST = "manifest.json"
 FORMAT = "onestep-shards/1"
 LABELS = ["mouth_open", "mouth_width", "head_x", "head_y", "blink"]
-QUALITY = ["sharpness", "face_px", "head_motion", "loudness_db", "snr_db"]
+QUALITY = ["sharpness", "face_px", "head_motion", "loudness_db", "snr_db", "sync_confidence",
+           "sync_offset"]
 CROP = ["crop_x", "crop_y", "crop_size"]
 
 SCHEMA = pa.schema(

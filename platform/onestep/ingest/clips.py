@@ -25,6 +25,7 @@ from onestep.ingest import quality
 from onestep.ingest.faces import Analysis, Span
 from onestep.ingest.stream import AudioReader, VideoInfo, frames
 from onestep.media import encode_mp4, pcm16_bytes
+from onestep.sync.score import SyncScorer
 
 MIN_AUDIO = 0.9  # a clip whose stretch of the track is less covered than this has no audio
 DETAIL = 1.25  # decode at up to this × the size that maps the smallest crop onto the resolution
@@ -65,8 +66,9 @@ def _crop_box(face: tuple[float, float, float], crop_scale: float, width: int, h
 
 
 def cut_clips(path: Path, info: VideoInfo, analysis: Analysis, cfg: Config, name: str,
-              split: str, tally: Tally) -> Iterator[dict]:
-    """The clip rows of the video at `path`, in time order; `tally` counts tiers and drops."""
+              split: str, tally: Tally, scorer: SyncScorer | None = None) -> Iterator[dict]:
+    """The clip rows of the video at `path`, in time order; `tally` counts tiers and drops.
+    With a lip-sync `scorer`, clips are scored and those out of sync dropped."""
     s, ing = cfg.synth, cfg.ingest
     per_clip = int(round(s.clip_seconds * s.fps))
     clip_seconds = per_clip / s.fps
@@ -115,7 +117,14 @@ def cut_clips(path: Path, info: VideoInfo, analysis: Analysis, cfg: Config, name
             metrics = {"sharpness": float(np.median(sharp)),
                        "face_px": float(np.median(track[:, 2])),
                        "head_motion": quality.head_motion(track, clip_seconds),
-                       "loudness_db": loudness, "snr_db": snr}
+                       "loudness_db": loudness, "snr_db": snr,
+                       "sync_confidence": None, "sync_offset": None}
+            if scorer is not None:
+                synced = scorer.score(np.stack(pictures), sound)
+                if abs(synced.offset) > ing.max_sync_offset:
+                    tally.dropped["out_of_sync"] += clip_seconds
+                    continue
+                metrics.update(sync_confidence=synced.confidence, sync_offset=synced.offset)
             tier = quality.tier(metrics, ing)
             tally.tiers[tier] += 1
             crops = np.array(crops, np.float32)

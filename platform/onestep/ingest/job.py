@@ -33,6 +33,7 @@ from onestep.ingest.stream import probe
 from onestep.media import MediaError
 from onestep.shards import SCHEMA, write_manifest
 from onestep.storage import Location, StorageError, check_reachable, resolve
+from onestep.sync.score import load_scorer
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm")
@@ -97,8 +98,9 @@ def ingest_video(video: Location, rel: str, out: Location, cfg: Config) -> dict:
             t0 = time.perf_counter()
             analysis = analyse(path, info, cfg.ingest)
             t1 = time.perf_counter()
+            scorer = load_scorer(cfg.sync, cfg.run.s3_endpoint_url) if cfg.sync.weights else None
             rows = cut_clips(path, info, analysis, cfg, rel, _split(rel, cfg.ingest.test_fraction),
-                             tally)
+                             tally, scorer)
             clips = _write_shard(rows, Path(tmp) / shard)
             timing = {"seconds": round(analysis.duration, 2), "analyse_s": round(t1 - t0, 2),
                       "cut_s": round(time.perf_counter() - t1, 2)}

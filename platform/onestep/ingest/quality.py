@@ -10,6 +10,7 @@ and summed in the manifest):
   head_motion  how far the face centre moves per second, in face sides
   loudness_db  RMS level of the clip's audio, dBFS
   snr_db       the loud half of its 20 ms frames over the quietest tenth (speech over the floor)
+  sync_confidence, sync_offset   with a lip-sync expert (onestep.sync): LSE-C and the offset
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def tier(metrics: dict, cfg: IngestConfig) -> str:
     moderate one, else `low`."""
     thresholds = {"sharpness": cfg.sharpness_tiers, "face_px": cfg.face_px_tiers,
                   "snr_db": cfg.snr_db_tiers}
+    if metrics.get("sync_confidence") is not None:
+        thresholds["sync_confidence"] = cfg.sync_tiers
     for level, name in enumerate(("high", "moderate")):
         if all(metrics[k] >= t[level] for k, t in thresholds.items()):
             return name
