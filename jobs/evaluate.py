@@ -1,13 +1,18 @@
-"""Evaluate checkpoints on held-out SynthTalk clips; writes <out>.json and <out>.md.
+"""Evaluate checkpoints on held-out clips; writes <out>.json and <out>.md.
 
     python jobs/evaluate.py --checkpoint runs/teacher-tiny --data data/synthtalk \\
         --steps 20 --clips 8 --out reports/eval-teacher
+    python jobs/evaluate.py --checkpoint runs/teacher-mine --data s3://bucket/clips \\
+        --sync runs/sync-mine/exports/sync --out reports/eval-mine    # ingested footage
 
 Several --checkpoint NAME=URI pairs evaluate side by side in one table; <out>.png shows the first
-held-out clip as each of them generated it, under the ground truth. Metrics: lip-sync (mouth
-read from the video vs the ground truth implied by the audio) with shuffled-audio and
-ground-truth bounds, best A/V offset, PSNR/SSIM, Fréchet distance on mouth-reader features,
-identity similarity, flicker, NFE and compute seconds per second of video.
+held-out clip as each of them generated it, under the ground truth. On SynthTalk: lip-sync (the
+mouth read from the video vs the ground truth implied by the audio) with shuffled-audio and
+ground-truth bounds, best A/V offset, Fréchet distance on mouth-reader features. With --sync
+(required for ingested footage, which has no labels): the lip-sync expert's LSE-C / LSE-D /
+offset with the same bounds (without labels, the Fréchet distance is on its video embeddings).
+Always: PSNR, SSIM (Gaussian, as published), identity similarity, flicker, NFE and compute
+seconds per second of video.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import torch
 from onestep import cli
 from onestep.checkpoint import CheckpointError, load_generator, resolve_checkpoint
 from onestep.evaluation.mouth_reader import load_or_train
+from onestep.config import SyncConfig
 from onestep.evaluation.run import (
     evaluate,
+    is_labelled,
     load_eval_clips,
     write_contact_sheet,
     write_report,
@@ -31,6 +38,7 @@ from onestep.evaluation.run import (
 from onestep.generate import AvatarGenerator, Sampling
 from onestep.model import build_model
 from onestep.storage import StorageError
+from onestep.sync.score import SyncExpertError, load_scorer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,6 +53,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="mouth reader weights (trained and saved here if missing)")
     p.add_argument("--reader-clips", type=int, default=160,
                    help="SynthTalk clips to train a missing mouth reader on")
+    p.add_argument("--sync", default=None, metavar="EXPERT",
+                   help="score lip-sync with this expert too: an export of jobs/train_sync.py, "
+                        "or syncnet_v2 weights converted by jobs/convert_syncnet.py")
+    p.add_argument("--sync-kind", default="onestep", choices=["onestep", "syncnet_v2"])
     p.add_argument("--untrained", action="store_true",
                    help="also evaluate a freshly initialised network of the first checkpoint's "
                         "config (the floor every trained number is read against)")
@@ -52,35 +64,50 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--s3-endpoint-url", default="")
     args = p.parse_args(argv if argv is not None else sys.argv[1:])
     cli.setup_logging()
-    results, reader = {}, None
+    results, reader, notes = {}, None, []
     videos = {}  # the first clip as each model generated it, for the contact sheet
     try:
-        clips = load_eval_clips(args.data, args.s3_endpoint_url, limit=args.clips)
+        labelled = is_labelled(args.data, args.s3_endpoint_url)
+        if not labelled and not args.sync:
+            raise ValueError(f"{args.data}: ingested footage has no mouth labels; give a "
+                             "lip-sync expert with --sync (see README, Lip-sync expert)")
+        scorer = (load_scorer(SyncConfig(kind=args.sync_kind, weights=args.sync),
+                              args.s3_endpoint_url) if args.sync else None)
+        clips = load_eval_clips(args.data, args.s3_endpoint_url, limit=args.clips,
+                                labelled=labelled)
         for spec in args.checkpoint:
             name, _, uri = spec.rpartition("=")
             model, cfg = load_generator(resolve_checkpoint(uri, args.s3_endpoint_url),
                                         args.s3_endpoint_url)
-            if reader is None:  # one reader (and one feature space) for every checkpoint
+            if labelled and reader is None:  # one reader (one feature space) for every model
                 reader, ceiling = load_or_train(args.reader, cfg.synth, args.reader_clips,
                                                 endpoint_url=args.s3_endpoint_url)
+                notes.append(f"Mouth reader held-out correlation with ground truth: "
+                             f"{ceiling:.3f}.")
             sampling = Sampling.from_config(cfg, steps=args.steps, audio_scale=args.audio_scale)
             name = name or Path(uri).name
             first = []
-            results[name] = evaluate(AvatarGenerator(model, cfg), sampling, clips, reader, first)
+            results[name] = evaluate(AvatarGenerator(model, cfg), sampling, clips, reader, first,
+                                     scorer)
             videos[name] = first[0]
             if args.untrained and "untrained" not in results:
                 torch.manual_seed(cfg.data.seed)
                 first = []
                 results["untrained"] = evaluate(AvatarGenerator(build_model(cfg), cfg), sampling,
-                                                clips, reader, first)
+                                                clips, reader, first, scorer)
                 videos["untrained"] = first[0]
-    except (CheckpointError, StorageError, ValueError) as e:
+    except (CheckpointError, StorageError, SyncExpertError, ValueError) as e:
         sys.exit(f"error: {e}")
+    if scorer is not None:
+        notes.append(f"Lip-sync expert: {args.sync} ({args.sync_kind}), scored as SyncNet is "
+                     f"(offset search ±{scorer.cfg.max_offset} frames). Fréchet features: "
+                     f"{next(iter(results.values()))['frechet_features']}.")
     command = "python jobs/evaluate.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    write_report(results, Path(args.out), "onestep evaluation (SynthTalk held-out identities)",
-                 command, f"Mouth reader held-out correlation with ground truth: {ceiling:.3f}.\n\n"
-                 f"![the first held-out clip, as each model generated it]"
+    what = "SynthTalk held-out identities" if labelled else "held-out footage"
+    notes.append(f"![the first held-out clip, as each model generated it]"
                  f"({Path(args.out).name}.png)")
+    write_report(results, Path(args.out), f"onestep evaluation ({what})", command,
+                 "\n\n".join(notes))
     write_contact_sheet({"ground truth": clips[0].clean_frames, **videos},
                         Path(args.out).with_suffix(".png"))
     print(Path(args.out).with_suffix(".md").read_text())

@@ -5,6 +5,7 @@ rate and an audio offset; plus files that cannot be used. Ingested from the S3 s
 runs it (jobs/prepare_data.py --ingest s3://…)."""
 
 import json
+from pathlib import Path
 
 import boto3
 import numpy as np
@@ -148,3 +149,39 @@ def test_a_lip_sync_expert_scores_every_clip_and_drops_those_out_of_sync(tmp_pat
     late = sum(r["sync_offset"] != 0 for r in rows)
     assert records[1]["clips"] == 3 - late
     assert records[1]["dropped"].get("out_of_sync", 0) == pytest.approx(2.4 * late)
+
+
+def test_evaluate_on_ingested_footage_scores_lip_sync_with_the_expert(footage, tmp_path):
+    """Footage has no mouth labels: jobs/evaluate.py scores lip-sync with the expert (LSE-C/D,
+    offset; own and another clip's audio), the Fréchet distance in the expert's embedding space,
+    and the image metrics against the clip itself; without an expert it says what it needs."""
+    import evaluate as evaluate_job
+
+    from onestep.config import load_config
+    from onestep.ingest.job import ingest_video
+    from onestep.shards import write_manifest
+    from onestep.storage import resolve
+    from test_sync import SHIPPED
+
+    folder, _ = footage
+    out = resolve(str(tmp_path / "clips"))
+    cfg = load_config("tiny", ["ingest.test_fraction=1"])  # the shipped teacher's 32×32
+    record = ingest_video(resolve(str(folder / "talk.mp4")), "talk.mp4", out, cfg)
+    write_manifest(out, [{"name": record["shard"], "rows": record["clips"]}],
+                   {"kind": "videos", "input": str(folder), "videos": 1})
+    teacher = Path(__file__).resolve().parents[1] / "reports" / "pretrained" / "teacher"
+    args = ["--checkpoint", f"teacher={teacher}", "--data", out.uri, "--clips", "2",
+            "--steps", "2", "--out", str(tmp_path / "eval")]
+    with pytest.raises(SystemExit, match="ingested footage has no mouth labels; give a lip-sync "
+                                         "expert with --sync"):
+        evaluate_job.main(args)
+    evaluate_job.main(args + ["--sync", str(SHIPPED)])
+    report = json.loads((tmp_path / "eval.json").read_text())["results"]["teacher"]
+    assert report["clips"] == 2 and "sync" not in report  # no labels, no mouth reader
+    for key in ("lse_c", "lse_d", "lse_offset", "lse_c_ground_truth", "lse_c_shuffled_audio",
+                "frechet", "psnr", "ssim"):
+        assert np.isfinite(report[key]), key
+    assert report["frechet_features"] == "lip-sync expert video embeddings"
+    table = (tmp_path / "eval.md").read_text()
+    assert "held-out footage" in table and "| LSE-C ↑ |" in table and "lip-sync corr" not in table
+    assert (tmp_path / "eval.png").exists()

@@ -1,10 +1,12 @@
-"""Evaluate a generator on held-out SynthTalk clips and write JSON + markdown reports.
+"""Evaluate a generator on held-out clips and write JSON + markdown reports.
 
 For each held-out clip (identities never seen in training, with their own audio): generate from
-its first clean frame and its audio, read the mouth from the generated video, and compare with
-the ground truth the audio implies. Baselines computed in the same run bound every number:
-the ground-truth video (ceiling) and the generated video scored against another clip's audio
-(shuffled, floor).
+its first clean frame and its audio and compare with the clip. On SynthTalk the mouth is read
+from the generated video and compared with the ground truth the audio implies (labels); on any
+data, ingested footage included, a lip-sync expert (onestep.sync) scores the video against its
+audio as SyncNet does (LSE-C, LSE-D, offset). Baselines computed in the same run bound every
+number: the ground-truth video (ceiling) and the generated video scored against another clip's
+audio (shuffled, floor).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from onestep.generate import AvatarGenerator, Sampling
 from onestep.media import decode_video, pcm16_array
 from onestep.shards import read_manifest, shard_uris
 from onestep.storage import resolve
+from onestep.sync.score import SyncScorer
 
 
 @dataclass
@@ -30,13 +33,19 @@ class EvalClip:
     clip_id: str
     reference: np.ndarray  # (H, W, 3) uint8: first clean frame
     audio: np.ndarray  # float32 at the data set's sample rate
-    clean_frames: np.ndarray  # (N, H, W, 3) uint8 ground-truth render
-    mouth_open: np.ndarray  # (N,) ground truth
+    clean_frames: np.ndarray  # (N, H, W, 3) uint8 ground truth: the clean render, or the clip
+    mouth_open: np.ndarray | None  # (N,) ground truth; None for footage without labels
 
 
-def load_eval_clips(data_uri: str, endpoint: str = "", split: str = "test", limit: int = 8
-                    ) -> list[EvalClip]:
-    """Held-out clips with ground-truth labels, read directly from the shards (small).
+def is_labelled(data_uri: str, endpoint: str = "") -> bool:
+    """SynthTalk shards carry mouth labels; ingested footage does not."""
+    return read_manifest(resolve(data_uri, endpoint))["source"].get("kind") != "videos"
+
+
+def load_eval_clips(data_uri: str, endpoint: str = "", split: str = "test", limit: int = 8,
+                    labelled: bool = True) -> list[EvalClip]:
+    """Held-out clips, read directly from the shards (small); with `labelled`, only clips with
+    ground-truth mouth labels, else every clip of the split (ingested footage).
 
     Clips degraded with an audio/video offset are left out: their audio was shifted after the
     mouth track was drawn, so the labels no longer describe what the audio implies, and a
@@ -48,16 +57,20 @@ def load_eval_clips(data_uri: str, endpoint: str = "", split: str = "test", limi
             table = pq.read_table(f, columns=["clip_id", "mp4", "clean_mp4", "audio_pcm16",
                                               "split", "mouth_open", "degradations"])
         for row in table.to_pylist():
-            if (row["split"] != split or row["mouth_open"] is None
-                    or "offset" in json.loads(row["degradations"] or "{}")):
+            if row["split"] != split or (labelled and (
+                    row["mouth_open"] is None
+                    or "offset" in json.loads(row["degradations"] or "{}"))):
                 continue
             frames, _ = decode_video(row["clean_mp4"] or row["mp4"])
+            labels = row["mouth_open"]
             clips.append(EvalClip(row["clip_id"], frames[0], pcm16_array(row["audio_pcm16"]),
-                                  frames, np.asarray(row["mouth_open"], np.float32)))
+                                  frames, None if labels is None
+                                  else np.asarray(labels, np.float32)))
             if len(clips) == limit:
                 return clips
     if not clips:
-        raise ValueError(f"{data_uri}: no labelled clips in split {split!r} to evaluate on")
+        raise ValueError(f"{data_uri}: no {'labelled ' if labelled else ''}clips in split "
+                         f"{split!r} to evaluate on")
     return clips
 
 
@@ -67,45 +80,69 @@ def sync_scores(read: np.ndarray, truth: np.ndarray) -> dict:
     return {"sync": M.correlation(read, truth), "offset": lag, "sync_at_offset": best}
 
 
+def _reader_metrics(read: np.ndarray, read_gt: np.ndarray, truth: np.ndarray) -> dict:
+    return {**sync_scores(read, truth), "sync_ground_truth": sync_scores(read_gt, truth)["sync"]}
+
+
+def _expert_metrics(scorer: SyncScorer, frames: np.ndarray, clean: np.ndarray,
+                    audio: np.ndarray, other_audio: np.ndarray) -> dict:
+    """LSE-C / LSE-D / offset of the generated video, its ground truth and another clip's audio."""
+    mine, truth = scorer.score(frames, audio), scorer.score(clean, audio)
+    return {"lse_c": mine.confidence, "lse_d": mine.distance, "lse_offset": abs(mine.offset),
+            "lse_c_ground_truth": truth.confidence,
+            "lse_c_shuffled_audio": scorer.score(frames, other_audio).confidence}
+
+
 def evaluate(generator: AvatarGenerator, sampling: Sampling, clips: list[EvalClip],
-             reader: MouthReader, first_video: list | None = None) -> dict:
-    """Metrics over `clips`; the first clip's generated frames are appended to `first_video`
-    when one is given (for a contact sheet)."""
-    rows, gen_feats, real_feats, shuffled, gt_sync = [], [], [], [], []
-    readouts = []  # mouth opening read from each generated video
-    for clip in clips:
+             reader: MouthReader | None = None, first_video: list | None = None,
+             scorer: SyncScorer | None = None) -> dict:
+    """Metrics over `clips`: the mouth reader's on labelled clips (lip-sync correlation, offset,
+    Fréchet distance in its feature space), the lip-sync expert's with a `scorer` (LSE-C, LSE-D,
+    offset; the Fréchet distance in its video embedding space when there is no reader), image
+    metrics always. The first clip's generated frames are appended to `first_video` when one is
+    given (for a contact sheet)."""
+    labelled = reader is not None and all(c.mouth_open is not None for c in clips)
+    if not labelled and scorer is None:
+        raise ValueError("these clips have no mouth labels: lip-sync needs an expert "
+                         "(sync.weights / --sync)")
+    rows, gen_feats, real_feats, readouts = [], [], [], []
+    for i, clip in enumerate(clips):
         frames, stats = generator.generate(clip.reference, clip.audio, sampling)
         if first_video is not None and clip is clips[0]:
             first_video.append(frames)
         n = min(len(frames), len(clip.clean_frames))
         frames, clean = frames[:n], clip.clean_frames[:n]
-        (read, feats), (read_gt, feats_gt) = reader.read(frames), reader.read(clean)
-        readouts.append(read)
-        s = sync_scores(read, clip.mouth_open[:n])
+        row = {"psnr": M.psnr(frames, clean), "ssim": M.ssim(frames, clean),
+               "identity": M.identity_similarity(frames, clip.reference),
+               "flicker": M.flicker(frames), "flicker_gt": M.flicker(clean),
+               "nfe_per_chunk": stats.nfe_per_chunk,
+               "compute_s_per_video_s": stats.seconds / (n / generator.fps)}
+        if labelled:
+            (read, feats), (read_gt, feats_gt) = reader.read(frames), reader.read(clean)
+            readouts.append(read)
+            row.update(_reader_metrics(read, read_gt, clip.mouth_open[:n]))
+        if scorer is not None:
+            row.update(_expert_metrics(scorer, frames, clean, clip.audio,
+                                       clips[(i + 1) % len(clips)].audio))
+            if not labelled:  # the expert's embeddings are the feature space
+                feats, feats_gt = (scorer.embed(v, clip.audio)[0].numpy() for v in (frames, clean))
         gen_feats.append(feats)
         real_feats.append(feats_gt)
-        gt_sync.append(sync_scores(read_gt, clip.mouth_open[:n])["sync"])
-        rows.append({**s, "psnr": M.psnr(frames, clean), "ssim": M.ssim(frames, clean),
-                     "identity": M.identity_similarity(frames, clip.reference),
-                     "flicker": M.flicker(frames), "flicker_gt": M.flicker(clean),
-                     "nfe_per_chunk": stats.nfe_per_chunk,
-                     "compute_s_per_video_s": stats.seconds / (n / generator.fps)})
-    for i, read in enumerate(readouts):  # generated video vs another clip's ground truth
-        shuffled.append(M.correlation(read, clips[(i + 1) % len(clips)].mouth_open))
-    mean = lambda k: float(np.mean([r[k] for r in rows]))
-    return {
-        "clips": len(clips), "steps": sampling.steps, "audio_scale": sampling.audio_scale,
-        "ref_scale": sampling.ref_scale,
-        "sync": mean("sync"), "sync_shuffled_audio": float(np.mean(shuffled)),
-        "sync_ground_truth": float(np.mean(gt_sync)),
-        "offset_frames": mean("offset"), "abs_offset_frames": float(np.mean(
-            [abs(r["offset"]) for r in rows])),
-        "psnr": mean("psnr"), "ssim": mean("ssim"),
-        "frechet": M.frechet_distance(np.concatenate(gen_feats), np.concatenate(real_feats)),
-        "identity": mean("identity"), "flicker": mean("flicker"), "flicker_gt": mean("flicker_gt"),
-        "nfe_per_chunk": int(rows[0]["nfe_per_chunk"]),
-        "compute_s_per_video_s": mean("compute_s_per_video_s"),
-    }
+        rows.append(row)
+    out = {"clips": len(clips), "steps": sampling.steps, "audio_scale": sampling.audio_scale,
+           "ref_scale": sampling.ref_scale,
+           "frechet": M.frechet_distance(np.concatenate(gen_feats), np.concatenate(real_feats)),
+           "frechet_features": "mouth reader" if labelled else "lip-sync expert video embeddings",
+           "nfe_per_chunk": int(rows[0]["nfe_per_chunk"])}
+    out.update({k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "nfe_per_chunk"})
+    if labelled:  # generated video vs another clip's ground truth
+        out["sync_shuffled_audio"] = float(np.mean([
+            M.correlation(read, clips[(i + 1) % len(clips)].mouth_open)
+            for i, read in enumerate(readouts)]))
+        out["offset_frames"] = out.pop("offset")
+        out["abs_offset_frames"] = float(np.mean([abs(r["offset"]) for r in rows]))
+        out.pop("sync_at_offset")
+    return out
 
 
 def write_contact_sheet(videos: dict[str, np.ndarray], path: Path, count: int = 12,
@@ -135,6 +172,9 @@ def write_contact_sheet(videos: dict[str, np.ndarray], path: Path, count: int = 
 
 TABLE = [("sync", "lip-sync corr ↑"), ("sync_shuffled_audio", "shuffled-audio corr"),
          ("sync_ground_truth", "ground-truth corr"), ("abs_offset_frames", "abs. offset (frames) ↓"),
+         ("lse_c", "LSE-C ↑"), ("lse_c_shuffled_audio", "LSE-C shuffled audio"),
+         ("lse_c_ground_truth", "LSE-C ground truth"), ("lse_d", "LSE-D ↓"),
+         ("lse_offset", "LSE abs. offset ↓"),
          ("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("frechet", "Fréchet ↓"),
          ("identity", "identity ↑"), ("flicker", "flicker"), ("nfe_per_chunk", "NFE/chunk"),
          ("compute_s_per_video_s", "compute s / video s")]
@@ -144,13 +184,15 @@ def markdown_table(results: dict[str, dict]) -> str:
     """One row per model; with several, each row's lip-sync and speed relative to the first
     model's (a distilled student is judged against its teacher, listed first)."""
     first, ref = next(iter(results.items()))
+    table = [(k, label) for k, label in TABLE if k in ref]  # the metrics that apply to the data
+    sync_key = "sync" if "sync" in ref else "lse_c"
     relative = [f"lip-sync ÷ {first}'s", f"speed-up vs {first}"] if len(results) > 1 else []
-    head = "| model | " + " | ".join([label for _, label in TABLE] + relative) + " |"
-    lines = [head, "|---" * (len(TABLE) + len(relative) + 1) + "|"]
+    head = "| model | " + " | ".join([label for _, label in table] + relative) + " |"
+    lines = [head, "|---" * (len(table) + len(relative) + 1) + "|"]
     for name, r in results.items():
-        cells = [f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k, _ in TABLE]
+        cells = [f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k, _ in table]
         if relative:
-            sync = r["sync"] / ref["sync"] if ref["sync"] else float("nan")
+            sync = r[sync_key] / ref[sync_key] if ref[sync_key] else float("nan")
             speed = ref["compute_s_per_video_s"] / r["compute_s_per_video_s"]
             cells += [f"{sync:.2f}×", f"{speed:.1f}×"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
