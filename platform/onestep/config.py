@@ -246,6 +246,14 @@ class TrainConfig:
         return range(self.min_workers or self.num_workers, self.num_workers + 1)
 
 
+REGION = "[top, bottom, left, right] fractions with top < bottom and left < right"
+
+
+def _is_region(r: list[float]) -> bool:
+    """A box within a frame as [top, bottom, left, right] fractions of its height and width."""
+    return len(r) == 4 and 0 <= r[0] < r[1] <= 1 and 0 <= r[2] < r[3] <= 1
+
+
 def _counts(counts: range) -> str:
     return str(counts.start) if len(counts) == 1 else f"{counts.start}–{counts.stop - 1}"
 
@@ -483,11 +491,8 @@ class Config:
              "'auto', 'fp32' or 'bf16'"),
             (self.train.export_dtype in ("float32", "bfloat16"), "train.export_dtype",
              "'float32' or 'bfloat16'"),
-            (len(self.flow.mouth_region) == 4
-             and 0 <= self.flow.mouth_region[0] < self.flow.mouth_region[1] <= 1
-             and 0 <= self.flow.mouth_region[2] < self.flow.mouth_region[3] <= 1,
-             "flow.mouth_region", "[top, bottom, left, right] fractions with top < bottom and "
-             "left < right, e.g. [0.5, 0.85, 0.3, 0.7]"),
+            (_is_region(self.flow.mouth_region), "flow.mouth_region", f"{REGION}, e.g. "
+             "[0.5, 0.85, 0.3, 0.7]"),
             (self.flow.mouth_weight > 0, "flow.mouth_weight", "> 0 (1: unweighted)"),
             (self.dmd.student_steps >= 1, "dmd.student_steps", "≥ 1"),
             (self.dmd.critic_steps >= 1, "dmd.critic_steps", "≥ 1"),
@@ -515,11 +520,8 @@ class Config:
             (self.validation.every_clips >= 0, "validation.every_clips", "≥ 0 (0: off)"),
             (self.sync.kind in ("onestep", "syncnet_v2"), "sync.kind",
              "'onestep' or 'syncnet_v2'"),
-            (len(self.sync.mouth_region) == 4
-             and 0 <= self.sync.mouth_region[0] < self.sync.mouth_region[1] <= 1
-             and 0 <= self.sync.mouth_region[2] < self.sync.mouth_region[3] <= 1,
-             "sync.mouth_region", "[top, bottom, left, right] fractions, top < bottom, left < "
-             "right"),
+            (_is_region(self.sync.mouth_region), "sync.mouth_region", f"{REGION}, e.g. "
+             "[0.45, 0.95, 0.2, 0.8]"),
             (self.train.stage != "sync" or (
                 self.audio.encoder == "mfcc"
                 and self.data.frames >= SYNC_FRAMES + 2 * self.sync.train_shift),

@@ -124,8 +124,10 @@ def analyse(path: Path, info: VideoInfo, cfg: IngestConfig,
         last_t = t
     if not times:
         return Analysis([], {}, 0.0)
-    duration = max(info.duration, last_t + step) if info.duration else last_t + step
-    ends = times[1:] + [max(duration, times[-1])]
+    # Up to the header's duration, but no further than was decoded: a truncated file's header
+    # overstates it.
+    duration = min(last_t + step, info.duration) if info.duration > last_t else last_t + step
+    ends = times[1:] + [duration]
     for i in range(len(times) - 1):
         if cuts[i + 1]:
             statuses[i] = "scene_cut"
