@@ -25,10 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 
 from onestep.audio_features import MfccEncoder
+from onestep.checkpoint import CONFIG, WEIGHTS, fetched
 from onestep.config import SYNC_FRAMES, AudioConfig, SyncConfig, from_dict
+from onestep.storage import resolve
 from onestep.sync.model import SyncExpert, SyncNetV2
 
 MFCC_PER_FRAME = 4  # 100 Hz MFCCs against 25 fps video
@@ -154,9 +157,6 @@ def convert_syncnet(src: Path, dest: Path) -> int:
 def load_scorer(cfg: SyncConfig, endpoint_url: str = "") -> SyncScorer:
     """The expert `cfg` names: converted syncnet_v2 weights (a .safetensors file), or an
     export of jobs/train_sync.py, whose own sync settings (crop, size, width) it is built with."""
-    from onestep.checkpoint import CONFIG, WEIGHTS, fetched
-    from onestep.storage import resolve
-
     if not cfg.weights:
         raise SyncExpertError("sync.weights: empty; give an export of jobs/train_sync.py or "
                               "syncnet_v2 weights converted by jobs/convert_syncnet.py")
@@ -165,8 +165,6 @@ def load_scorer(cfg: SyncConfig, endpoint_url: str = "") -> SyncScorer:
         if not loc.exists():
             raise SyncExpertError(f"sync.weights={cfg.weights!r}: no such file")
         try:
-            from safetensors.torch import load as load_bytes
-
             state = load_bytes(loc.read_bytes())
         except Exception as e:  # safetensors' own errors for a damaged or foreign file
             raise SyncExpertError(f"{cfg.weights}: not a safetensors file ({e}); convert the "
