@@ -33,7 +33,7 @@ def save(out: Path, meta: dict, rows, lines: list[str]) -> None:
 # Columns of an evaluation table (jobs/evaluate.py's metrics): (key, header, decimals).
 EVAL_COLUMNS = [("sync", "lip-sync ↑", 3), ("abs_offset_frames", "abs. offset ↓", 2),
                 ("frechet", "Fréchet ↓", 3), ("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 3),
-                ("identity", "identity ↑", 3), ("flicker", "flicker", 2),
+                ("identity", "identity proxy ↑", 3), ("flicker", "flicker", 2),
                 ("nfe_per_chunk", "NFE/chunk", 0), ("compute_s_per_video_s", "CPU s / video s", 3)]
 
 

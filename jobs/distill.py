@@ -32,7 +32,7 @@ from onestep.config import Config
 from onestep.stages import STAGES, stage_class
 from onestep.storage import StorageError
 from onestep.train.memory_plan import format_plan, plan_run
-from onestep.train.ray_job import RunExistsError, launch, run_location
+from onestep.train.ray_job import RunExistsError, launch, run_location, stopped_note
 
 
 def _keep_sources(cfg: Config, keys: tuple[str, ...]) -> None:
@@ -130,13 +130,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"training failed: {result.error}")
     run = run_location(cfg)
     metrics = result.metrics or {}  # empty when a resumed run had already finished
-    if metrics:
+    stopped = stopped_note(cfg)
+    if metrics and not stopped:
         losses = ", ".join(f"{k} {metrics[k]:.4f}" for k in stage.headline if k in metrics)
         print(f"done: {metrics['clips_seen']:.0f} clips, final {losses}")
     print(f"latest checkpoint: {latest_checkpoint(run.uri, cfg.run.s3_endpoint_url)}")
     exports = run.join("exports")
     for name in exports.listdir():
         print(f"export: {exports.join(name).uri}")
+    if stopped:
+        sys.exit(f"stopped at step {stopped['step']}: {stopped['reason']}. The latest checkpoint "
+                 "is from before the collapse; the thresholds and validation.on_collapse are "
+                 "in the config (README: Collapse guards)")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ ground-truth bounds, best A/V offset, Fréchet distance on mouth-reader features
 (required for ingested footage, which has no labels): the lip-sync expert's LSE-C / LSE-D /
 offset with the same bounds (without labels, the Fréchet distance is on its video embeddings).
 Always: PSNR, SSIM (Gaussian, as published), identity similarity, flicker, NFE and compute
-seconds per second of video.
+seconds per second of video. With --arcface: identity similarity by ArcFace (an ONNX file);
+without it only a thumbnail proxy, named as such. With --fid: FID on the Inception papers use
+(weights converted once by jobs/convert_weights.py inception); with --fvd: FVD on Kinetics-400
+I3D (jobs/convert_weights.py i3d); without them neither is reported, and the report names the
+network its Fréchet distance used.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ import torch
 
 from onestep import cli
 from onestep.checkpoint import CheckpointError, load_generator, resolve_checkpoint
-from onestep.evaluation.mouth_reader import load_or_train
 from onestep.config import SyncConfig
+from onestep.evaluation.fid import FidWeightsError, InceptionFeatures
+from onestep.evaluation.fvd import FvdWeightsError, I3DFeatures
+from onestep.evaluation.identity import ArcFace, ArcFaceError
+from onestep.evaluation.mouth_reader import load_or_train
 from onestep.evaluation.run import (
     evaluate,
     is_labelled,
@@ -55,8 +62,17 @@ def main(argv: list[str] | None = None) -> None:
                    help="SynthTalk clips to train a missing mouth reader on")
     p.add_argument("--sync", default=None, metavar="EXPERT",
                    help="score lip-sync with this expert too: an export of jobs/train_sync.py, "
-                        "or syncnet_v2 weights converted by jobs/convert_syncnet.py")
+                        "or syncnet_v2 weights converted by jobs/convert_weights.py syncnet")
     p.add_argument("--sync-kind", default="onestep", choices=["onestep", "syncnet_v2"])
+    p.add_argument("--fid", default=None, metavar="WEIGHTS",
+                   help="FID's Inception as safetensors (jobs/convert_weights.py inception)")
+    p.add_argument("--fid-stride", type=int, default=1,
+                   help="FID on every N-th frame (1: all)")
+    p.add_argument("--fvd", default=None, metavar="WEIGHTS",
+                   help="FVD's I3D as safetensors (jobs/convert_weights.py i3d)")
+    p.add_argument("--arcface", default=None, metavar="ONNX",
+                   help="identity similarity by ArcFace (insightface's ONNX export, e.g. "
+                        "w600k_r50.onnx); without it only the thumbnail proxy")
     p.add_argument("--untrained", action="store_true",
                    help="also evaluate a freshly initialised network of the first checkpoint's "
                         "config (the floor every trained number is read against)")
@@ -75,6 +91,10 @@ def main(argv: list[str] | None = None) -> None:
                               args.s3_endpoint_url) if args.sync else None)
         clips = load_eval_clips(args.data, args.s3_endpoint_url, limit=args.clips,
                                 labelled=labelled)
+        fid = (InceptionFeatures.load(args.fid, args.s3_endpoint_url, args.fid_stride)
+               if args.fid else None)
+        arcface = ArcFace.load(args.arcface, args.s3_endpoint_url) if args.arcface else None
+        fvd = I3DFeatures.load(args.fvd, args.s3_endpoint_url) if args.fvd else None
         for spec in args.checkpoint:
             name, _, uri = spec.rpartition("=")
             model, cfg = load_generator(resolve_checkpoint(uri, args.s3_endpoint_url),
@@ -86,22 +106,36 @@ def main(argv: list[str] | None = None) -> None:
                              f"{ceiling:.3f}.")
             sampling = Sampling.from_config(cfg, steps=args.steps, audio_scale=args.audio_scale)
             name = name or Path(uri).name
-            first = []
-            results[name] = evaluate(AvatarGenerator(model, cfg), sampling, clips, reader, first,
-                                     scorer)
-            videos[name] = first[0]
+            generated = []
+            results[name] = evaluate(AvatarGenerator(model, cfg), sampling, clips, reader,
+                                     generated, scorer, fid, arcface, fvd)
+            videos[name] = generated[0]
             if args.untrained and "untrained" not in results:
                 torch.manual_seed(cfg.data.seed)
-                first = []
+                generated = []
                 results["untrained"] = evaluate(AvatarGenerator(build_model(cfg), cfg), sampling,
-                                                clips, reader, first, scorer)
-                videos["untrained"] = first[0]
-    except (CheckpointError, StorageError, SyncExpertError, ValueError) as e:
+                                                clips, reader, generated, scorer, fid,
+                                                arcface, fvd)
+                videos["untrained"] = generated[0]
+    except (CheckpointError, StorageError, SyncExpertError, FidWeightsError, FvdWeightsError,
+            ArcFaceError, ValueError) as e:
         sys.exit(f"error: {e}")
+    features = next(iter(results.values()))["frechet_features"]
+    notes.append(f"Fréchet: the Fréchet distance on {features} features; it ranks models on "
+                 "this data and is not FID." + (
+                     f" FID: FID's Inception (pt_inception-2015-12-05) from {args.fid} on every "
+                     f"frame {args.fid_stride} apart of {len(clips)} clips; papers use thousands "
+                     "of frames, so compare FIDs within one table." if fid else "") + (
+                     f" FVD: Kinetics-400 I3D (pytorch-i3d's port) from {args.fvd} on the "
+                     f"16-frame windows of {len(clips)} clips; compare FVDs within one table."
+                     if fvd else ""))
+    notes.append(("ArcFace identity: cosine similarity to the reference of ArcFace embeddings "
+                  f"({args.arcface}; whole face crops, not landmark-aligned). " if arcface else "")
+                 + "Identity proxy: cosine similarity of 8×8 colour thumbnails to the reference, "
+                 "not a face-recognition score.")
     if scorer is not None:
         notes.append(f"Lip-sync expert: {args.sync} ({args.sync_kind}), scored as SyncNet is "
-                     f"(offset search ±{scorer.cfg.max_offset} frames). Fréchet features: "
-                     f"{next(iter(results.values()))['frechet_features']}.")
+                     f"(offset search ±{scorer.cfg.max_offset} frames).")
     command = "python jobs/evaluate.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     what = "SynthTalk held-out identities" if labelled else "held-out footage"
     notes.append(f"![the first held-out clip, as each model generated it]"

@@ -157,10 +157,15 @@ def test_evaluate_on_ingested_footage_scores_lip_sync_with_the_expert(footage, t
     and the image metrics against the clip itself; without an expert it says what it needs."""
     import evaluate as evaluate_job
 
+    from onestep.checkpoint import load_export
     from onestep.config import load_config
+    from onestep.evaluation.validation import Validator
     from onestep.ingest.job import ingest_video
     from onestep.shards import write_manifest
     from onestep.storage import resolve
+    from test_fid import random_inception
+    from test_fvd import random_i3d
+    from test_identity import onnx_model
     from test_sync import SHIPPED
 
     folder, _ = footage
@@ -175,13 +180,32 @@ def test_evaluate_on_ingested_footage_scores_lip_sync_with_the_expert(footage, t
     with pytest.raises(SystemExit, match="ingested footage has no mouth labels; give a lip-sync "
                                          "expert with --sync"):
         evaluate_job.main(args)
-    evaluate_job.main(args + ["--sync", str(SHIPPED)])
+    _, inception = random_inception(tmp_path)  # FID's architecture, random weights
+    arcface = onnx_model(tmp_path / "arcface.onnx")  # ArcFace's interface, random weights
+    _, i3d = random_i3d(tmp_path)  # FVD's architecture, random weights
+    evaluate_job.main(args + ["--sync", str(SHIPPED), "--fid", str(inception), "--fid-stride", "6",
+                              "--arcface", str(arcface), "--fvd", str(i3d)])
     report = json.loads((tmp_path / "eval.json").read_text())["results"]["teacher"]
     assert report["clips"] == 2 and "sync" not in report  # no labels, no mouth reader
     for key in ("lse_c", "lse_d", "lse_offset", "lse_c_ground_truth", "lse_c_shuffled_audio",
-                "frechet", "psnr", "ssim"):
+                "frechet", "fid", "fvd", "identity_arcface", "psnr", "ssim"):
         assert np.isfinite(report[key]), key
     assert report["frechet_features"] == "lip-sync expert video embeddings"
     table = (tmp_path / "eval.md").read_text()
     assert "held-out footage" in table and "| LSE-C ↑ |" in table and "lip-sync corr" not in table
+    assert "| ArcFace identity ↑ | identity proxy ↑ |" in table
+    assert "| FID ↓ | FVD ↓ |" in table and f"FVD: Kinetics-400 I3D (pytorch-i3d's port) " \
+        f"from {i3d}" in table and f"FID: FID's Inception (pt_inception-2015-12-05) from " \
+        f"{inception}" in table
     assert (tmp_path / "eval.png").exists()
+
+    # Validation during training scores footage with the same expert (no labels, no reader),
+    # and its collapse checks measure against the clips (no teacher given).
+    weights, teacher_cfg = load_export(str(teacher))
+    validate = Validator(load_config("tiny", [f"data.uri={out.uri}", f"sync.weights={SHIPPED}",
+                                              "validation.clips=2", "validation.steps=2"]))
+    val = validate(weights, teacher_cfg)
+    assert val["val_sync"] == pytest.approx(val["val_lse_c"] / report["lse_c_ground_truth"])
+    for key in ("val_score", "val_frechet", "val_motion_ratio", "val_std_ratio",
+                "val_clipped_excess", "val_color_distance", "val_sync_ratio"):
+        assert np.isfinite(val[key]), key

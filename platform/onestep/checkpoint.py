@@ -149,6 +149,17 @@ def resume_point(run: Location) -> tuple[str | None, dict[str, list[str]]]:
     return None, passed_over
 
 
+def checkpoint_at_step(run: Location, step: int) -> str | None:
+    """The newest complete and intact checkpoint of a run taken at `step` (a collapse guard's
+    rollback target), or None."""
+    for name in reversed(checkpoint_names(run)):
+        loc = run.join(name)
+        if loc.join(STATE).exists() and json.loads(loc.join(STATE).read_bytes())["step"] == step \
+                and not checkpoint_problems(loc):
+            return name
+    return None
+
+
 def resolve_checkpoint(uri: str, endpoint_url: str = "") -> str:
     """A checkpoint folder as given, or a run folder's latest checkpoint."""
     if resolve(uri, endpoint_url).join(CONFIG).exists():

@@ -323,8 +323,10 @@ class AdversarialConfig:
 @dataclass
 class ValidationConfig:
     """Held-out scoring while a stage trains: lip-sync and Fréchet distance of the network the
-    stage exports, on SynthTalk test identities. It is what Tune's early stopping reads, since
-    no training loss of an adversarial stage says how good the samples are."""
+    stage exports, on the data's test split (the mouth reader where there are labels, the
+    lip-sync expert, sync.weights, on footage). It is what Tune's early stopping reads, since no
+    training loss of an adversarial stage says how good the samples are; and what the collapse
+    guards watch (README: Collapse guards)."""
 
     every_clips: int = 0  # 0: off; else also before the first and after the last step
     clips: int = 4  # held-out clips generated per validation
@@ -332,6 +334,17 @@ class ValidationConfig:
     reader: str = "runs/mouth_reader.safetensors"  # mouth reader (trained once if missing)
     reader_clips: int = 160  # SynthTalk clips to train a missing reader on
     sync_weight: float = 1.0  # val_score = val_frechet + sync_weight × (1 − val_sync); lower wins
+    # Collapse guards (onestep.evaluation.collapse): the samples against the teacher's samples of
+    # the same clips (the clips themselves for a stage without a teacher). A check arms once it
+    # has passed; an armed check that fails is a collapse.
+    on_collapse: str = "warn"  # warn | stop (end the stage) | rollback (to the last pass)
+    min_motion_ratio: float = 0.25  # frame-to-frame motion ÷ the reference's: static video
+    min_std_ratio: float = 0.5  # spatial std ÷ the reference's: solid colour
+    max_clipped_excess: float = 0.1  # share of values at 0/255 above the reference's: oversaturated
+    max_color_distance: float = 0.4  # colour-histogram total variation to the reference
+    min_sync_ratio: float = 0.3  # lip-sync ÷ the reference's: lip-sync lost
+    rollback_lr_scale: float = 0.5  # learning rates × this after each rollback
+    max_rollbacks: int = 3  # then the stage stops
 
 
 @dataclass
@@ -355,7 +368,7 @@ class SyncConfig:
     """The lip-sync expert (onestep.sync): an audio-visual embedding pair scored as SyncNet is
     (LSE-C confidence, LSE-D distance, offset). `onestep`: the small expert `jobs/train_sync.py`
     trains on mouth crops; `syncnet_v2`: the original SyncNet (224×224 faces), for numbers
-    comparable with papers, from weights converted once by jobs/convert_syncnet.py."""
+    comparable with papers, from weights converted once by jobs/convert_weights.py syncnet."""
 
     kind: str = "onestep"
     weights: str = ""  # an export of jobs/train_sync.py, or a converted syncnet_v2 file
@@ -532,6 +545,11 @@ class Config:
             (self.validation.clips >= 2, "validation.clips",
              "≥ 2 (the shuffled-audio floor pairs each clip with another)"),
             (self.validation.steps >= 0, "validation.steps", "≥ 0 (0: the model's own)"),
+            (self.validation.on_collapse in ("warn", "stop", "rollback"),
+             "validation.on_collapse", "'warn', 'stop' or 'rollback'"),
+            (0 < self.validation.rollback_lr_scale <= 1, "validation.rollback_lr_scale",
+             "in (0, 1]"),
+            (self.validation.max_rollbacks >= 0, "validation.max_rollbacks", "≥ 0"),
             (bool(self.sweep.self_compare_weights)
              and min(self.sweep.self_compare_weights) >= 0, "sweep.self_compare_weights",
              "a non-empty list of weights ≥ 0, e.g. [0, 0.5, 1]"),

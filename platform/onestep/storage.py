@@ -115,6 +115,9 @@ class Location:
     def delete_tree(self) -> None:
         self.fs.delete_dir(self.path)
 
+    def delete_file(self) -> None:
+        self.fs.delete_file(self.path)
+
     def listdir(self) -> list[str]:
         selector = pafs.FileSelector(self.path, allow_not_found=True)
         return sorted(info.base_name for info in self.fs.get_file_info(selector))

@@ -20,6 +20,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from onestep.evaluation import metrics as M
+from onestep.evaluation.fid import InceptionFeatures
+from onestep.evaluation.fvd import I3DFeatures
+from onestep.evaluation.identity import ArcFace
 from onestep.evaluation.mouth_reader import MouthReader
 from onestep.generate import AvatarGenerator, Sampling
 from onestep.media import decode_video, pcm16_array
@@ -94,22 +97,27 @@ def _expert_metrics(scorer: SyncScorer, frames: np.ndarray, clean: np.ndarray,
 
 
 def evaluate(generator: AvatarGenerator, sampling: Sampling, clips: list[EvalClip],
-             reader: MouthReader | None = None, first_video: list | None = None,
-             scorer: SyncScorer | None = None) -> dict:
+             reader: MouthReader | None = None, videos: list | None = None,
+             scorer: SyncScorer | None = None, fid: InceptionFeatures | None = None,
+             arcface: ArcFace | None = None, fvd: I3DFeatures | None = None) -> dict:
     """Metrics over `clips`: the mouth reader's on labelled clips (lip-sync correlation, offset,
     Fréchet distance in its feature space), the lip-sync expert's with a `scorer` (LSE-C, LSE-D,
     offset; the Fréchet distance in its video embedding space when there is no reader), image
-    metrics always. The first clip's generated frames are appended to `first_video` when one is
-    given (for a contact sheet)."""
+    metrics always, FID with `fid` (Inception features of generated vs ground-truth frames), FVD
+    with `fvd` (I3D features of their 16-frame windows),
+    ArcFace identity similarity to the reference with `arcface` (the thumbnail proxy always).
+    Each clip's generated frames are appended to `videos` when it is given (a contact sheet,
+    the collapse guards)."""
     labelled = reader is not None and all(c.mouth_open is not None for c in clips)
     if not labelled and scorer is None:
         raise ValueError("these clips have no mouth labels: lip-sync needs an expert "
                          "(sync.weights / --sync)")
     rows, gen_feats, real_feats, readouts = [], [], [], []
+    fid_gen, fid_real, fvd_gen, fvd_real = [], [], [], []
     for i, clip in enumerate(clips):
         frames, stats = generator.generate(clip.reference, clip.audio, sampling)
-        if first_video is not None and clip is clips[0]:
-            first_video.append(frames)
+        if videos is not None:
+            videos.append(frames)
         n = min(len(frames), len(clip.clean_frames))
         frames, clean = frames[:n], clip.clean_frames[:n]
         row = {"psnr": M.psnr(frames, clean), "ssim": M.ssim(frames, clean),
@@ -128,12 +136,24 @@ def evaluate(generator: AvatarGenerator, sampling: Sampling, clips: list[EvalCli
                 feats, feats_gt = (scorer.embed(v, clip.audio)[0].numpy() for v in (frames, clean))
         gen_feats.append(feats)
         real_feats.append(feats_gt)
+        if arcface is not None:
+            row["identity_arcface"] = arcface.similarity(frames, clip.reference)
+        if fid is not None:
+            fid_gen.append(fid(frames))
+            fid_real.append(fid.real(clip.clip_id, clean))
+        if fvd is not None:
+            fvd_gen.append(fvd(frames))
+            fvd_real.append(fvd.real(clip.clip_id, clean))
         rows.append(row)
     out = {"clips": len(clips), "steps": sampling.steps, "audio_scale": sampling.audio_scale,
            "ref_scale": sampling.ref_scale,
            "frechet": M.frechet_distance(np.concatenate(gen_feats), np.concatenate(real_feats)),
            "frechet_features": "mouth reader" if labelled else "lip-sync expert video embeddings",
            "nfe_per_chunk": int(rows[0]["nfe_per_chunk"])}
+    if fid is not None:
+        out["fid"] = M.frechet_distance(np.concatenate(fid_gen), np.concatenate(fid_real))
+    if fvd is not None:
+        out["fvd"] = M.frechet_distance(np.concatenate(fvd_gen), np.concatenate(fvd_real))
     out.update({k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "nfe_per_chunk"})
     if labelled:  # generated video vs another clip's ground truth
         out["sync_shuffled_audio"] = float(np.mean([
@@ -175,8 +195,10 @@ TABLE = [("sync", "lip-sync corr ↑"), ("sync_shuffled_audio", "shuffled-audio 
          ("lse_c", "LSE-C ↑"), ("lse_c_shuffled_audio", "LSE-C shuffled audio"),
          ("lse_c_ground_truth", "LSE-C ground truth"), ("lse_d", "LSE-D ↓"),
          ("lse_offset", "LSE abs. offset ↓"),
-         ("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("frechet", "Fréchet ↓"),
-         ("identity", "identity ↑"), ("flicker", "flicker"), ("nfe_per_chunk", "NFE/chunk"),
+         ("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("frechet", "Fréchet ↓"), ("fid", "FID ↓"),
+         ("fvd", "FVD ↓"),
+         ("identity_arcface", "ArcFace identity ↑"), ("identity", "identity proxy ↑"),
+         ("flicker", "flicker"), ("nfe_per_chunk", "NFE/chunk"),
          ("compute_s_per_video_s", "compute s / video s")]
 
 

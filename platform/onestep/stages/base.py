@@ -25,6 +25,9 @@ class Stage:
     export = "generator"  # the network whose EMA becomes model.safetensors
     headline: tuple[str, ...] = ("loss",)  # metrics the progress line shows
     sources: tuple[str, ...] = ()  # config keys naming the checkpoints the stage starts from
+    # Config key naming the frozen teacher, whose samples of the validation clips are what the
+    # collapse guards compare with; "" compares with the clips themselves.
+    teacher: str = ""
     # Trained networks whose activations are alive together in one backward pass (the memory
     # plan's peak); by default each trains in a backward pass of its own.
     backward_together: tuple[str, ...] = ()
@@ -70,6 +73,12 @@ class Stage:
     def resolve_sources(cfg: Config) -> list[str]:
         """Pin the checkpoints this stage starts from (in place); return lines for the user."""
         return []
+
+    def teacher_uri(self) -> str:
+        if not self.teacher:
+            return ""
+        section, key = self.teacher.split(".")
+        return getattr(getattr(self.cfg, section), key)
 
     def build_networks(self) -> dict[str, torch.nn.Module]:
         raise NotImplementedError

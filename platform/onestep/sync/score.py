@@ -26,13 +26,14 @@ import torch
 import torch.nn.functional as F
 import yaml
 from safetensors.torch import load as load_bytes
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from onestep.audio_features import MfccEncoder
 from onestep.checkpoint import CONFIG, WEIGHTS, fetched
 from onestep.config import SYNC_FRAMES, AudioConfig, SyncConfig, from_dict
 from onestep.storage import resolve
 from onestep.sync.model import SyncExpert, SyncNetV2
+from onestep.tensor_files import read_torch_tensors, write_tensors
 
 MFCC_PER_FRAME = 4  # 100 Hz MFCCs against 25 fps video
 SYNCNET_SIZE = 224
@@ -138,20 +139,9 @@ def convert_syncnet(src: Path, dest: Path) -> int:
     """The released syncnet_v2 weights (a PyTorch file) → safetensors, once and explicitly:
     read tensors-only (`weights_only`), checked key by key against SyncNetV2, written
     atomically. Scoring then never unpickles anything. Returns the tensor count."""
-    try:
-        state = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as e:  # any pickle beyond tensors, or a damaged file
-        raise SyncExpertError(f"{src}: not a file of tensors torch can load safely "
-                              f"({str(e).splitlines()[0][:200]})") from None
-    if not isinstance(state, dict):
-        raise SyncExpertError(f"{src}: holds a {type(state).__name__}, not a state dict")
+    state = read_torch_tensors(src, SyncExpertError)
     _check_state(state, SyncNetV2(), str(src))
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
-              metadata={"format": "pt", "onestep": "syncnet_v2"})
-    tmp.replace(dest)
-    return len(state)
+    return write_tensors(state, dest, "syncnet_v2")
 
 
 def load_scorer(cfg: SyncConfig, endpoint_url: str = "") -> SyncScorer:
@@ -159,7 +149,7 @@ def load_scorer(cfg: SyncConfig, endpoint_url: str = "") -> SyncScorer:
     export of jobs/train_sync.py, whose own sync settings (crop, size, width) it is built with."""
     if not cfg.weights:
         raise SyncExpertError("sync.weights: empty; give an export of jobs/train_sync.py or "
-                              "syncnet_v2 weights converted by jobs/convert_syncnet.py")
+                              "syncnet_v2 weights converted by jobs/convert_weights.py syncnet")
     if cfg.kind == "syncnet_v2":
         loc = resolve(cfg.weights, endpoint_url)
         if not loc.exists():
@@ -168,7 +158,7 @@ def load_scorer(cfg: SyncConfig, endpoint_url: str = "") -> SyncScorer:
             state = load_bytes(loc.read_bytes())
         except Exception as e:  # safetensors' own errors for a damaged or foreign file
             raise SyncExpertError(f"{cfg.weights}: not a safetensors file ({e}); convert the "
-                                  "released weights with jobs/convert_syncnet.py") from None
+                                  "released weights with jobs/convert_weights.py syncnet") from None
         model = SyncNetV2()
         _check_state(state, model, cfg.weights)
         model.load_state_dict(state, strict=False)

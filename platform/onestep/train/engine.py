@@ -47,6 +47,16 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def from_rank0(obj):
+    """Collective: rank 0's `obj` (any picklable value) on every rank. Decisions only rank 0 can
+    make (it alone validates) must reach every rank, or their collectives would diverge."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def ds_config(cfg: Config, micro_batch: int, trainable: bool = True) -> dict:
     """DeepSpeed config. Bucket sizes follow the model width (dim²), as HF's "auto" does:
     DeepSpeed's defaults (5e8 elements) allocate gigabytes of flat buffers even for a tiny model.

@@ -26,6 +26,7 @@ from onestep.config import Config
 from onestep.evaluation.validation import Validator
 from onestep.model import count_parameters
 from onestep.model.dit import set_activation_checkpointing
+from onestep.train import guards
 from onestep.train.ema import ShardedEMA
 from onestep.train.resize import load_resized
 from onestep.train.engine import (
@@ -58,6 +59,12 @@ class Hooks:
     # Collective (every rank calls it at the same steps): whether a node of the run has been
     # told it will be preempted, so the run checkpoints before it goes.
     preemption_notice: Callable[[], bool] = lambda: False
+    # Collective: the run's intact checkpoint of a step (where a collapse guard rolls back to),
+    # or None when it is gone.
+    rollback_dir: Callable[[int], ContextManager[Path | None]] = lambda step: _no_checkpoint()
+    # Rank 0 only: the stage ended itself (a collapse) for this reason; kept where the driver
+    # (and the user) will look, since Ray's result holds only the last checkpoint's metrics.
+    stopped: Callable[[dict], None] = lambda note: None
 
 
 @dataclass
@@ -123,9 +130,15 @@ def _restore(directory: Path, stage, engines: dict, emas: dict) -> dict:
         for ema in emas.values():
             ema.load_full(exported)
         state["world_size"] = world_size
-    for name in stage.trained:
-        reset_peak_lr(engines[name], stage.optimizer(name)[0])
+    _set_lrs(stage, engines, state)
     return state
+
+
+def _set_lrs(stage, engines: dict, state: dict) -> None:
+    """Every trained network at its configured peak rate, times what rollbacks left."""
+    scale = state["guards"]["lr_scale"] if "guards" in state else 1.0
+    for name in stage.trained:
+        reset_peak_lr(engines[name], stage.optimizer(name)[0] * scale)
 
 
 def _validate(stage, emas: dict, validator: Validator | None, step: int) -> dict:
@@ -138,6 +151,12 @@ def _validate(stage, emas: dict, validator: Validator | None, step: int) -> dict
     log.info("validation at step %d: score %.4f | lip-sync %.3f | Fréchet %.4f | %.0f s", step,
              out["val_score"], out["val_sync"], out["val_frechet"], time.perf_counter() - t0)
     return out
+
+
+def _scalars(writer, stage, metrics: dict, step: int) -> None:
+    if writer is not None:
+        for k, v in metrics.items():
+            writer.add_scalar(f"{stage.name}/{k}", v, step)
 
 
 def _eta(seconds: float) -> str:
@@ -173,12 +192,15 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
     state = {"stage": stage.name, "step": 0, "clips_seen": 0, "world_size": world_size,
              "resumed_at_steps": []}
     with hooks.restore_dir() as directory:
-        if directory is not None:
+        restored = directory is not None
+        if restored:
             state = _restore(Path(directory), stage, engines, emas)
             state["resumed_at_steps"] = state.get("resumed_at_steps", []) + [state["step"]]
             if rank == 0:
                 log.info("resumed from %s at step %d (%d clips)", directory, state["step"],
                          state["clips_seen"])
+    state.setdefault("guards", guards.initial_state())
+    rollback_mode = cfg.validation.on_collapse == "rollback"
 
     writer = None
     if rank == 0 and hooks.tensorboard_dir is not None:
@@ -196,14 +218,40 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
     # scheduler requires its metric in each result) and the curve starts at the initialisation.
     every = cfg.validation.every_clips
     val_every = max(1, every // batch_size) if every else 0
-    validator = Validator(cfg) if val_every and rank == 0 else None
+    validator = Validator(cfg, stage.teacher_uri()) if val_every and rank == 0 else None
     val = {}
+
+    def report(metrics: dict) -> None:  # a result without a checkpoint, to Ray and TensorBoard
+        hooks.report(metrics, None)
+        _scalars(writer, stage, metrics, metrics["step"])
+
+    def restore(directory: Path, guard_state: dict) -> dict:  # a collapse guard's rollback
+        restored = _restore(directory, stage, engines, emas)
+        restored.update(guards=guard_state, resumed_at_steps=state["resumed_at_steps"])
+        _set_lrs(stage, engines, restored)
+        return restored
+
+    def finish() -> None:
+        if writer is not None:
+            writer.close()
+            hooks.tensorboard_sync(True)
+
     if val_every:
         val = _validate(stage, emas, validator, state["step"])
-        hooks.report({"step": state["step"], "clips_seen": state["clips_seen"], **val}, None)
-        if writer is not None:
-            for k, v in val.items():
-                writer.add_scalar(f"{stage.name}/{k}", v, state["step"])
+        outcome, state, failed = guards.apply(cfg, stage, state, val, hooks, report, restore)
+        if outcome == "stopped":
+            finish()
+            return state
+        if outcome == "go":
+            head = {"step": state["step"], "clips_seen": state["clips_seen"], **val,
+                    **guards.metrics(state, failed)}
+            _scalars(writer, stage, head, state["step"])
+            if rollback_mode and not restored and not failed:  # a first rollback target
+                with tempfile.TemporaryDirectory(prefix="onestep-ckpt-") as tmp:
+                    _save(Path(tmp), cfg, stage, engines, emas, dict(state))
+                    hooks.report(head, Path(tmp))
+            else:
+                hooks.report(head, None)
     generator = torch.Generator().manual_seed(cfg.data.seed * 100003 + rank * 7919 + state["step"])
     meter, metrics, run_start, start_step = _Meter(), {}, time.perf_counter(), state["step"]
     # Blocked on data over the whole launch, epoch boundaries included; the first batch (the
@@ -238,10 +286,20 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
             if rank == 0:
                 log.warning("preemption notice: checkpointing at step %d", state["step"])
         validate_now = val_every and (state["step"] % val_every == 0 or last)
+        failed = []
         if validate_now:
             val = _validate(stage, emas, validator, state["step"])
+            outcome, state, failed = guards.apply(cfg, stage, state, val, hooks, report, restore)
+            if outcome == "stopped":
+                finish()
+                return state
+            if outcome == "rolled back":
+                meter = _Meter()
+                continue
+            # Under rollback, every validation that passes leaves a checkpoint to go back to.
+            checkpoint_now = checkpoint_now or (rollback_mode and not failed)
         if state["step"] % cfg.train.log_every_steps == 0 or checkpoint_now or validate_now:
-            metrics = {**meter.summary(batch_size), **val}
+            metrics = {**meter.summary(batch_size), **val, **guards.metrics(state, failed)}
             metrics.update(step=state["step"], clips_seen=state["clips_seen"],
                            lr=engines[stage.trained[0]].get_lr()[0], memory_mb=memory_mb(),
                            params_local_fraction=params_local_fraction,
@@ -256,8 +314,7 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
                          metrics["samples_per_s"], 100 * metrics["data_wait_frac"],
                          _eta((total_steps - state["step"]) / rate))
                 if writer is not None:
-                    for k, v in metrics.items():
-                        writer.add_scalar(f"{stage.name}/{k}", v, state["step"])
+                    _scalars(writer, stage, metrics, state["step"])
                     writer.flush()
                     hooks.tensorboard_sync(False)
             meter = _Meter()
@@ -270,7 +327,5 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
                     hooks.report(metrics, Path(tmp))
             else:
                 hooks.report(metrics, None)
-    if writer is not None:
-        writer.close()
-        hooks.tensorboard_sync(True)
+    finish()
     return metrics

@@ -8,6 +8,7 @@ and `ray.train.get_checkpoint`, hands each worker its dataset shard, and configu
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import tempfile
@@ -22,11 +23,12 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from onestep import cli
-from onestep.checkpoint import (CONFIG, STATE, WEIGHTS, checkpoint_names, export_in_dtype,
-                               resume_point)
+from onestep.checkpoint import (CONFIG, STATE, WEIGHTS, checkpoint_at_step, checkpoint_names,
+                               export_in_dtype, resume_point)
 from onestep.config import Config, from_dict
 from onestep.data import build_dataset
 from onestep.evaluation.mouth_reader import load_or_train
+from onestep.evaluation.run import is_labelled
 from onestep.integrity import EXPORT_SUMS
 from onestep.stages import build_stage, stage_class
 from onestep.storage import Location, check_reachable, resolve
@@ -87,6 +89,37 @@ def _restorer(cfg: Config, resume_from: str, newer_than: str):
     return restore_dir
 
 
+def _rollback_finder(cfg: Config):
+    """The run's intact checkpoint of a step, read from its storage: it may have been written by
+    an earlier launch of the run, which Ray's list of this launch's reports would not name."""
+    @contextlib.contextmanager
+    def rollback_dir(step: int):
+        run = run_location(cfg)
+        name = checkpoint_at_step(run, step)
+        if name is None:
+            yield None
+            return
+        loc = run.join(name)
+        with ray.train.Checkpoint(loc.path, filesystem=loc.fs).as_directory() as directory:
+            yield Path(directory)
+    return rollback_dir
+
+
+STOPPED = "stopped.json"  # in the run folder: why the last launch ended itself, if it did
+
+
+def stopped_note(cfg: Config) -> dict | None:
+    """{"step", "reason", "checks"} when the run's last launch stopped on a collapse."""
+    note = run_location(cfg).join(STOPPED)
+    return json.loads(note.read_bytes()) if note.exists() else None
+
+
+def _stop_noter(cfg: Config):
+    def stopped(note: dict) -> None:
+        run_location(cfg).join(STOPPED).write_bytes(json.dumps(note, indent=2).encode())
+    return stopped
+
+
 def tensorboard_location(cfg: Config) -> Location:
     """TensorBoard events live with the run: `tensorboard --logdir <run>/tensorboard` (an
     s3:// logdir too; TensorBoard reads S3 through boto3)."""
@@ -136,7 +169,8 @@ def train_worker(config: dict) -> None:
     cfg = from_dict(config["config"])
     hooks = Hooks(report=_report, publish=_publisher(cfg),
                   restore_dir=_restorer(cfg, config["resume_from"], config["newer_than"]),
-                  preemption_notice=lambda: ray.train.get_preemption_info() is not None)
+                  preemption_notice=lambda: ray.train.get_preemption_info() is not None,
+                  rollback_dir=_rollback_finder(cfg), stopped=_stop_noter(cfg))
     if ray.train.get_context().get_world_rank() == 0:  # the rank that writes events
         events = tensorboard_location(cfg)
         if events.is_s3:
@@ -152,10 +186,10 @@ def run_location(cfg: Config) -> Location:
 
 
 # Locations a run may name (empty: unused) that workers open themselves: pretrained weights and
-# encoders, the branch point.
+# encoders, the lip-sync expert validation scores with, the branch point.
 OPTIONAL_PATHS = ("codec.pretrained", "model.pretrained", "model.image_encoder",
                   "model.text_encoder", "model.prompt_embedding", "audio.wav2vec2_path",
-                  "run.branch_from")
+                  "sync.weights", "run.branch_from")
 
 
 def worker_config(cfg: Config) -> Config:
@@ -176,8 +210,9 @@ def worker_config(cfg: Config) -> Config:
 
 def prepare_validation(cfg: Config) -> None:
     """Train the mouth reader here, once, if validation needs one that does not exist yet:
-    otherwise every run (every Tune trial) would train its own on its rank 0."""
-    if cfg.validation.every_clips:
+    otherwise every run (every Tune trial) would train its own on its rank 0. Footage without
+    mouth labels is scored by the lip-sync expert alone."""
+    if cfg.validation.every_clips and is_labelled(cfg.data.uri, cfg.run.s3_endpoint_url):
         load_or_train(cfg.validation.reader, cfg.synth, cfg.validation.reader_clips,
                       endpoint_url=cfg.run.s3_endpoint_url)
 
@@ -206,7 +241,11 @@ def make_trainer(cfg: Config, callbacks: list | None = None, resume_from: str = 
             failure_config=FailureConfig(
                 max_failures=cfg.train.max_failures,
                 max_preemption_failures=cfg.train.max_preemption_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=3), callbacks=callbacks or []),
+            # Ray always keeps the newest checkpoint; of the others, those whose validation
+            # passed the collapse guards (`guards_passed`, the rollback targets), newest first.
+            checkpoint_config=CheckpointConfig(num_to_keep=3,
+                                               checkpoint_score_attribute="guards_passed"),
+            callbacks=callbacks or []),
         datasets={"train": build_dataset(cfg, stage_class(cfg.train.stage).total_clips(cfg))},
     )
 
@@ -269,6 +308,8 @@ def launch(cfg: Config, resume: bool = False) -> ray.train.Result:
         resume_from = run.join(pick).uri
         log.info("resuming from %s", resume_from)
     prepare_validation(cfg)
+    if run.join(STOPPED).exists():  # from a launch before this one
+        run.join(STOPPED).delete_file()
     result = make_trainer(cfg, resume_from=resume_from, newer_than=max(names, default="")).fit()
     _remove_orphans(run)
     return result
