@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load as load_bytes
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-from onestep.storage import resolve
-from onestep.tensor_files import read_torch_tensors, write_tensors
+from onestep.tensor_files import check_state, read_safetensors, read_torch_tensors, write_tensors
 
 FEATURES = "2048"  # the pool features FID is defined on
 
@@ -54,15 +52,9 @@ def inception_network(state: dict[str, torch.Tensor] | None = None,
     """FID's Inception with `state` (None: randomly initialised, for tests of the plumbing)."""
     model = _Inception()
     if state is not None:
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-        if missing or wrong:
-            raise FidWeightsError(
-                f"{name}: not FID's Inception (torch-fidelity's pt_inception-2015-12-05): "
-                f"{len(missing)} tensors missing (e.g. {missing[:2]}), {len(wrong)} of another "
-                f"shape (e.g. {wrong[:2]})")
-        model.load_state_dict({k: state[k] for k in expected})
+        check_state(state, model, name, FidWeightsError,
+                    "FID's Inception (torch-fidelity's pt_inception-2015-12-05)")
+        model.load_state_dict(state, strict=False)
     return model.eval()
 
 
@@ -89,15 +81,8 @@ class InceptionFeatures:
 
     @classmethod
     def load(cls, uri: str, endpoint_url: str = "", stride: int = 1) -> InceptionFeatures:
-        loc = resolve(uri, endpoint_url)
-        if not loc.exists():
-            raise FidWeightsError(f"{uri}: no such file")
-        try:
-            state = load_bytes(loc.read_bytes())
-        except Exception as e:  # safetensors' own errors for a damaged or foreign file
-            raise FidWeightsError(f"{uri}: not a safetensors file ({e}); convert "
-                                  "pt_inception-2015-12-05-6726825d.pth with "
-                                  "jobs/convert_weights.py inception") from None
+        state = read_safetensors(uri, endpoint_url, FidWeightsError,
+                                 "jobs/convert_weights.py inception")
         return cls(inception_network(state, uri), stride)
 
     @torch.no_grad()

@@ -20,11 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load as load_bytes
 from torch import nn
 
-from onestep.storage import resolve
-from onestep.tensor_files import read_torch_tensors, write_tensors
+from onestep.tensor_files import check_state, read_safetensors, read_torch_tensors, write_tensors
 
 WINDOW, SIZE, CLASSES = 16, 224, 400
 
@@ -131,14 +129,9 @@ def i3d_network(state: dict[str, torch.Tensor] | None = None, name: str = "weigh
     """I3D with `state` (None: randomly initialised, for tests of the plumbing)."""
     model = I3D()
     if state is not None:
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-        if missing or wrong:
-            raise FvdWeightsError(
-                f"{name}: not Kinetics-400 I3D in pytorch-i3d's layout: {len(missing)} tensors "
-                f"missing (e.g. {missing[:2]}), {len(wrong)} of another shape (e.g. {wrong[:2]})")
-        model.load_state_dict({k: state[k] for k in expected})
+        check_state(state, model, name, FvdWeightsError,
+                    "Kinetics-400 I3D in pytorch-i3d's layout")
+        model.load_state_dict(state, strict=False)
     return model.eval()
 
 
@@ -158,15 +151,8 @@ class I3DFeatures:
 
     @classmethod
     def load(cls, uri: str, endpoint_url: str = "") -> I3DFeatures:
-        loc = resolve(uri, endpoint_url)
-        if not loc.exists():
-            raise FvdWeightsError(f"{uri}: no such file")
-        try:
-            state = load_bytes(loc.read_bytes())
-        except Exception as e:  # safetensors' own errors for a damaged or foreign file
-            raise FvdWeightsError(f"{uri}: not a safetensors file ({e}); convert pytorch-i3d's "
-                                  "weights with jobs/convert_weights.py i3d") from None
-        return cls(i3d_network(state, uri))
+        return cls(i3d_network(read_safetensors(uri, endpoint_url, FvdWeightsError,
+                                                "jobs/convert_weights.py i3d"), uri))
 
     def real(self, clip_id: str, frames: np.ndarray) -> np.ndarray:
         if clip_id not in self._real:

@@ -25,15 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file
 
 from onestep.audio_features import MfccEncoder
 from onestep.checkpoint import CONFIG, WEIGHTS, fetched
 from onestep.config import SYNC_FRAMES, AudioConfig, SyncConfig, from_dict
-from onestep.storage import resolve
 from onestep.sync.model import SyncExpert, SyncNetV2
-from onestep.tensor_files import read_torch_tensors, write_tensors
+from onestep.tensor_files import check_state, read_safetensors, read_torch_tensors, write_tensors
 
 MFCC_PER_FRAME = 4  # 100 Hz MFCCs against 25 fps video
 SYNCNET_SIZE = 224
@@ -121,26 +119,12 @@ class SyncScorer:
         return lse(offset_distances(video, sound, self.cfg.max_offset), self.cfg.max_offset)
 
 
-def _check_state(state: dict, model: torch.nn.Module, where: str) -> None:
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    optional = {k for k in expected if k.endswith("num_batches_tracked")}  # older BatchNorms
-    wrong = [f"{k} is {tuple(v.shape)}, expected {tuple(expected[k])}"
-             for k, v in state.items() if k in expected and v.shape != expected[k]]
-    missing = sorted(set(expected) - set(state) - optional)
-    unknown = sorted(set(state) - set(expected))
-    for problem, keys in (("shapes differ", wrong), ("keys missing", missing),
-                          ("keys the expert does not have", unknown)):
-        if keys:
-            raise SyncExpertError(f"{where}: not weights of a {type(model).__name__} "
-                                  f"({problem}: {'; '.join(keys[:4])})")
-
-
 def convert_syncnet(src: Path, dest: Path) -> int:
     """The released syncnet_v2 weights (a PyTorch file) → safetensors, once and explicitly:
     read tensors-only (`weights_only`), checked key by key against SyncNetV2, written
     atomically. Scoring then never unpickles anything. Returns the tensor count."""
     state = read_torch_tensors(src, SyncExpertError)
-    _check_state(state, SyncNetV2(), str(src))
+    check_state(state, SyncNetV2(), str(src), SyncExpertError)
     return write_tensors(state, dest, "syncnet_v2")
 
 
@@ -151,23 +135,17 @@ def load_scorer(cfg: SyncConfig, endpoint_url: str = "") -> SyncScorer:
         raise SyncExpertError("sync.weights: empty; give an export of jobs/train_sync.py or "
                               "syncnet_v2 weights converted by jobs/convert_weights.py syncnet")
     if cfg.kind == "syncnet_v2":
-        loc = resolve(cfg.weights, endpoint_url)
-        if not loc.exists():
-            raise SyncExpertError(f"sync.weights={cfg.weights!r}: no such file")
-        try:
-            state = load_bytes(loc.read_bytes())
-        except Exception as e:  # safetensors' own errors for a damaged or foreign file
-            raise SyncExpertError(f"{cfg.weights}: not a safetensors file ({e}); convert the "
-                                  "released weights with jobs/convert_weights.py syncnet") from None
+        state = read_safetensors(cfg.weights, endpoint_url, SyncExpertError,
+                                 "jobs/convert_weights.py syncnet")
         model = SyncNetV2()
-        _check_state(state, model, cfg.weights)
+        check_state(state, model, cfg.weights, SyncExpertError)
         model.load_state_dict(state, strict=False)
         return SyncScorer(model, cfg)
     with fetched(cfg.weights, endpoint_url) as path:
         trained = from_dict(yaml.safe_load((path / CONFIG).read_text())).sync
         state = load_file(str(path / WEIGHTS))
     model = build_expert(trained)
-    _check_state(state, model, cfg.weights)
+    check_state(state, model, cfg.weights, SyncExpertError)
     model.load_state_dict(state)
     settings = copy.copy(trained)
     settings.max_offset, settings.weights = cfg.max_offset, cfg.weights
