@@ -116,7 +116,7 @@ def main() -> None:
 
     lines += ["", f"Failing a check: healthy {caught('healthy')}, collapsed {caught('collapsed')}, "
               f"perturbed {caught('perturbed')} (noise of a tensor's own scale breaks a network; "
-              "a tenth of it degrades one, which is not a collapse).", "",
+              "0.3 of it degrades one, which is not a collapse).", "",
               "The teacher moves more than the clips (motion ratio ≫ 1: SynthTalk's clean "
               "renders hold still but for the mouth, the teacher's samples shimmer), which is "
               "why motion has only a lower bound."]

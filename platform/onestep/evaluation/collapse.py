@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onestep.config import ValidationConfig
+from onestep.evaluation.metrics import flicker
 
 BINS = 32  # colour histogram bins per channel
 CLIPPED_LOW, CLIPPED_HIGH = 2, 253  # uint8 values counted as clipped (crushed or blown out)
@@ -44,12 +45,6 @@ CHECKS = (
     Check("color_distance", "colours drifted", "max_color_distance", False),
     Check("sync_ratio", "lip-sync lost", "min_sync_ratio", True),
 )
-
-
-def motion(frames: np.ndarray) -> float:
-    """Mean absolute change between consecutive frames (0–255 scale)."""
-    return float(np.abs(np.diff(frames.astype(np.float32), axis=0)).mean()) if len(frames) > 1 \
-        else 0.0
 
 
 def frame_std(frames: np.ndarray) -> float:
@@ -91,7 +86,7 @@ def collapse_metrics(videos: list[np.ndarray], reference: list[np.ndarray], sync
         return a / b if b > 1e-6 else float("inf")
 
     return {
-        "motion_ratio": ratio(mean(motion, gen), mean(motion, ref)),
+        "motion_ratio": ratio(mean(flicker, gen), mean(flicker, ref)),  # frame-to-frame motion
         "std_ratio": ratio(mean(frame_std, gen), mean(frame_std, ref)),
         "clipped_excess": mean(clipped_share, gen) - mean(clipped_share, ref),
         "color_distance": histogram_distance(colour_histogram(gen), colour_histogram(ref)),

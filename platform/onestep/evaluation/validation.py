@@ -62,6 +62,8 @@ class Validator:
         self.reference, self.reference_sync = [c.clean_frames for c in self.clips], None
         self.reference_name = "the held-out clips"
         if teacher:
+            log.info("collapse guards: sampling the teacher once on the %d validation clips",
+                     len(self.clips))
             model, teacher_cfg = load_generator(teacher, endpoint)
             self.reference = []
             result = evaluate(AvatarGenerator(model, teacher_cfg), Sampling.from_config(
