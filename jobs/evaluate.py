@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
                if args.fid else None)
         arcface = ArcFace.load(args.arcface, args.s3_endpoint_url) if args.arcface else None
         fvd = I3DFeatures.load(args.fvd, args.s3_endpoint_url) if args.fvd else None
+        scorers = {"scorer": scorer, "fid": fid, "arcface": arcface, "fvd": fvd}  # every model's
         for spec in args.checkpoint:
             name, _, uri = spec.rpartition("=")
             model, cfg = load_generator(resolve_checkpoint(uri, args.s3_endpoint_url),
@@ -108,14 +109,13 @@ def main(argv: list[str] | None = None) -> None:
             name = name or Path(uri).name
             generated = []
             results[name] = evaluate(AvatarGenerator(model, cfg), sampling, clips, reader,
-                                     generated, scorer, fid, arcface, fvd)
+                                     generated, **scorers)
             videos[name] = generated[0]
             if args.untrained and "untrained" not in results:
                 torch.manual_seed(cfg.data.seed)
                 generated = []
                 results["untrained"] = evaluate(AvatarGenerator(build_model(cfg), cfg), sampling,
-                                                clips, reader, generated, scorer, fid,
-                                                arcface, fvd)
+                                                clips, reader, generated, **scorers)
                 videos["untrained"] = generated[0]
     except (CheckpointError, StorageError, SyncExpertError, FidWeightsError, FvdWeightsError,
             ArcFaceError, ValueError) as e:
