@@ -45,7 +45,7 @@ class AdversarialStage(Stage):
     backward_together = ("generator", "discriminator")  # the generator's loss goes through D
     headline = ("g_loss", "d_loss", "real_minus_fake")
     sources = ("adversarial.student", "adversarial.teacher")
-    teacher = "adversarial.teacher"
+    teacher_source = "adversarial.teacher"
 
     @staticmethod
     def resolve_sources(cfg: Config) -> list[str]:

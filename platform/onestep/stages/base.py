@@ -27,7 +27,7 @@ class Stage:
     sources: tuple[str, ...] = ()  # config keys naming the checkpoints the stage starts from
     # Config key naming the frozen teacher, whose samples of the validation clips are what the
     # collapse guards compare with; "" compares with the clips themselves.
-    teacher: str = ""
+    teacher_source: str = ""
     # Trained networks whose activations are alive together in one backward pass (the memory
     # plan's peak); by default each trains in a backward pass of its own.
     backward_together: tuple[str, ...] = ()
@@ -75,9 +75,10 @@ class Stage:
         return []
 
     def teacher_uri(self) -> str:
-        if not self.teacher:
+        """The checkpoint `teacher_source` names, pinned by `resolve_sources` ("" if none)."""
+        if not self.teacher_source:
             return ""
-        section, key = self.teacher.split(".")
+        section, key = self.teacher_source.split(".")
         return getattr(getattr(self.cfg, section), key)
 
     def build_networks(self) -> dict[str, torch.nn.Module]:

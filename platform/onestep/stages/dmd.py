@@ -31,7 +31,7 @@ class DMDStage(Stage):
     frozen = ("teacher",)
     headline = ("dmd_loss", "critic_loss")
     sources = ("dmd.teacher",)
-    teacher = "dmd.teacher"
+    teacher_source = "dmd.teacher"
 
     @staticmethod
     def resolve_sources(cfg: Config) -> list[str]:
