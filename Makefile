@@ -46,7 +46,7 @@ teacher: $(STAMP)
 	$(PY) jobs/distill.py --stage teacher --config tiny --resume auto
 
 test: $(STAMP) browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 # The docs-page test drives Debian's Chromium (no browser download); installed here if missing.
 browser:

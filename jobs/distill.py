@@ -29,7 +29,7 @@ from onestep.checkpoint import (
     training_checkpoint,
 )
 from onestep.config import Config
-from onestep.stages import STAGES, stage_class
+from onestep.stages import stage_class
 from onestep.storage import StorageError
 from onestep.train.memory_plan import format_plan, plan_run
 from onestep.train.ray_job import RunExistsError, launch, run_location, stopped_note
@@ -62,12 +62,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
     """The command line as the job reads it: its arguments and the config they make."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", default=None, choices=list(STAGES),
-                        help="recipe stage (default: the config's train.stage)")
-    parser.add_argument("--teacher", default=None,
-                        help="teacher checkpoint or run (sets dmd.teacher, adversarial.teacher)")
-    parser.add_argument("--student", default=None,
-                        help="DMD student checkpoint or run (sets adversarial.student)")
+    cli.add_stage_args(parser)
     parser.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"],
                         help="continue the run (same --config/run.name) from its newest intact "
                         "checkpoint; `--resume auto` starts the run if it has none yet (for a "
@@ -81,11 +76,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
                         "weights loaded: the networks are built on the meta device)")
     cli.add_config_args(parser)
     args = parser.parse_args(argv)
-    extra = [f"train.stage={args.stage}"] if args.stage else []
-    if args.teacher:
-        extra += [f"dmd.teacher={args.teacher}", f"adversarial.teacher={args.teacher}"]
-    if args.student:
-        extra += [f"adversarial.student={args.student}"]
+    extra = cli.stage_overrides(args)
     if args.branch_from:
         extra += [f"run.branch_from={args.branch_from}"]
     return args, cli.config_from_args(args, extra)

@@ -1,14 +1,18 @@
-"""Sweep the adversarial stage's self-compare weight λ and dynamic-timestep warm-up on Ray Tune.
+"""Sweep any config keys of a stage on Ray Tune; by default TurboTalk's Table 4 on the
+adversarial stage (self-compare weight λ × dynamic-timestep warm-up).
 
     python tune/sweep.py --student runs/dmd-demo/exports/4step
-    python tune/sweep.py --student ... --set "sweep.self_compare_weights=[0,0.5,1]" \\
-        --set "sweep.warmup_steps=[20,100]" --set sweep.search=random --set sweep.num_samples=12
+    python tune/sweep.py --student ... --set "sweep.space={adversarial.self_compare_weight: \\
+        [0, 1], adversarial.disc_lr: [1e-4, 1e-3]}" --set sweep.search=random \\
+        --set sweep.num_samples=12
+    python tune/sweep.py --stage dmd --teacher runs/teacher-tiny \\
+        --set "sweep.space={dmd.lr: [1e-5, 1e-4], dmd.critic_steps: [2, 5]}"
     python tune/sweep.py --resume            # continue an interrupted sweep (same run.root/name)
     ray job submit --working-dir . -- python tune/sweep.py --student s3://bucket/runs/dmd/...
 
-Each trial is a Ray Train run (DeepSpeed ZeRO-3) of `jobs/distill.py --stage adversarial` with
-the trial's λ and warm-up; ASHA stops trials whose validation score (Fréchet + 1 − lip-sync on
-held-out clips) falls behind. Writes <out>.md/.json/.png and <out>-best.yaml, which
+Each trial is a Ray Train run (DeepSpeed ZeRO-3) of `jobs/distill.py --stage <stage>` with the
+trial's values; ASHA stops trials whose validation score (Fréchet + 1 − lip-sync on held-out
+clips) falls behind. Writes <out>.md/.json/.png and <out>-best.yaml, which
 `python jobs/distill.py --config <out>-best.yaml` trains as it is.
 """
 
@@ -35,10 +39,7 @@ from onestep.train.ray_job import prepare_validation, worker_config
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--student", default=None,
-                        help="DMD student checkpoint or run (sets adversarial.student)")
-    parser.add_argument("--teacher", default=None,
-                        help="discriminator trunk (default: the student's teacher)")
+    cli.add_stage_args(parser, default_stage="adversarial")
     parser.add_argument("--resume", action="store_true",
                         help="continue the sweep <run.root>/<sweep.name> with its saved config")
     parser.add_argument("--report-only", action="store_true",
@@ -47,20 +48,16 @@ def main(argv: list[str] | None = None) -> None:
     cli.add_config_args(parser)
     args = parser.parse_args(argv)
     cli.setup_logging()
-    extra = ["train.stage=adversarial"]
-    if args.student:
-        extra.append(f"adversarial.student={args.student}")
-    if args.teacher:
-        extra.append(f"adversarial.teacher={args.teacher}")
-    cfg = cli.config_from_args(args, extra)
+    cfg = cli.config_from_args(args, cli.stage_overrides(args))
     command = "python tune/sweep.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     try:
         if args.resume or args.report_only:
             cfg = load_base(cfg)  # exactly what the sweep started with
         else:
-            for line in stage_class("adversarial").resolve_sources(cfg):
+            cfg = sweep_ready(cfg)  # the space is checked before any checkpoint is read
+            for line in stage_class(cfg.train.stage).resolve_sources(cfg):
                 print(f"# {line}", flush=True)
-            cfg = worker_config(sweep_ready(cfg.validate()))  # trials run elsewhere: abs. paths
+            cfg = worker_config(cfg.validate())  # trials run elsewhere: absolute paths
         if not args.report_only:
             cli.init_ray(cfg, trial_cpus=1)
             prepare_validation(cfg)

@@ -22,6 +22,30 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         "(repeatable)")
 
 
+def add_stage_args(parser: argparse.ArgumentParser, default_stage: str | None = None) -> None:
+    """--stage and the checkpoints stages start from, as jobs/distill.py and tune/sweep.py take
+    them."""
+    from onestep.stages import STAGES
+
+    parser.add_argument("--stage", default=default_stage, choices=list(STAGES),
+                        help="recipe stage (default: " + (default_stage or "the config's "
+                        "train.stage") + ")")
+    parser.add_argument("--teacher", default=None,
+                        help="teacher checkpoint or run (sets dmd.teacher, adversarial.teacher)")
+    parser.add_argument("--student", default=None,
+                        help="DMD student checkpoint or run (sets adversarial.student)")
+
+
+def stage_overrides(args: argparse.Namespace) -> list[str]:
+    """The overrides add_stage_args' arguments stand for."""
+    extra = [f"train.stage={args.stage}"] if args.stage else []
+    if args.teacher:
+        extra += [f"dmd.teacher={args.teacher}", f"adversarial.teacher={args.teacher}"]
+    if args.student:
+        extra += [f"adversarial.student={args.student}"]
+    return extra
+
+
 def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Config:
     try:
         return load_config(args.config, list(extra) + args.overrides)

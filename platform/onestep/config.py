@@ -349,13 +349,16 @@ class ValidationConfig:
 
 @dataclass
 class SweepConfig:
-    """Ray Tune over the adversarial stage (tune/sweep.py): λ × warm-up, early-stopped by ASHA
-    on `val_score`. For random and Bayesian search the lists give the ranges (λ: uniform in
-    [min, max]; warm-up: one of the listed lengths)."""
+    """Ray Tune over any stage (tune/sweep.py), early-stopped by ASHA on validation's
+    `val_score`. `space` maps dotted config keys to the values tried: grid search runs every
+    combination; random and Bayesian search sample a float key uniformly between its smallest
+    and largest value and pick any other key's value from its list. The default is TurboTalk's
+    Table 4 on the adversarial stage: the self-compare weight λ × the dynamic-timestep warm-up."""
 
     name: str = "sweep-adversarial"  # experiment folder under run.root
-    self_compare_weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
-    warmup_steps: list[int] = field(default_factory=lambda: [20, 100])
+    space: dict[str, list] = field(default_factory=lambda: {
+        "adversarial.self_compare_weight": [0.0, 0.25, 0.5, 1.0, 2.0],
+        "adversarial.warmup_steps": [20, 100]})
     search: str = "grid"  # grid | random | bayes (Optuna's TPE)
     num_samples: int = 8  # trials for random and bayes (grid runs every combination once)
     scheduler: str = "asha"  # asha | none
@@ -550,11 +553,6 @@ class Config:
             (0 < self.validation.rollback_lr_scale <= 1, "validation.rollback_lr_scale",
              "in (0, 1]"),
             (self.validation.max_rollbacks >= 0, "validation.max_rollbacks", "≥ 0"),
-            (bool(self.sweep.self_compare_weights)
-             and min(self.sweep.self_compare_weights) >= 0, "sweep.self_compare_weights",
-             "a non-empty list of weights ≥ 0, e.g. [0, 0.5, 1]"),
-            (bool(self.sweep.warmup_steps) and min(self.sweep.warmup_steps) >= 0,
-             "sweep.warmup_steps", "a non-empty list of step counts ≥ 0, e.g. [20, 100]"),
             (self.sweep.search in ("grid", "random", "bayes"), "sweep.search",
              "'grid', 'random' or 'bayes'"),
             (self.sweep.scheduler in ("asha", "none"), "sweep.scheduler", "'asha' or 'none'"),
@@ -565,7 +563,25 @@ class Config:
         for ok, key, expected in checks:
             if not ok:
                 raise ConfigError(f"{key}: expected {expected}")
+        self.sweep.space = _checked_space(self.sweep.space)
         return self
+
+
+def _checked_space(space: dict[str, list]) -> dict[str, list]:
+    """sweep.space with every value as its key's type (YAML reads `1e-3` as a string); a
+    ConfigError names a key that is no config field, or a value it does not take."""
+    if not space:
+        raise ConfigError("sweep.space: expected a mapping of dotted config keys to lists of "
+                          "values, e.g. {adversarial.self_compare_weight: [0, 0.5, 1]}")
+    for key, values in space.items():
+        try:
+            field_type(key)
+        except ConfigError as e:
+            raise ConfigError(f"sweep.space: {e}") from None
+        if not values:
+            raise ConfigError(f"sweep.space[{key}]: expected a non-empty list of values")
+    return {key: [_coerce(v, field_type(key), f"sweep.space[{key}][{i}]")
+                  for i, v in enumerate(values)] for key, values in space.items()}
 
 
 # Fields that cannot train (or generate) outside these ranges; checked before anything divides by
@@ -605,6 +621,16 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {typ.__name__} fields, got {value!r}")
         return _build(typ, value, key + ".")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        key_type, item = typing.get_args(typ)
+        return {_coerce(k, key_type, key): _coerce(v, item, f"{key}[{k}]")
+                for k, v in value.items()}
+    if typ is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return list(value)
     if origin is list:
         (item,) = typing.get_args(typ)
         if not isinstance(value, (list, tuple)):
@@ -639,15 +665,67 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+def _merge(base: dict[str, Any], patch: dict[str, Any], cls: type | None = None
+           ) -> dict[str, Any]:
+    """`patch` over `base`; sections (dataclass fields of `cls`) merge key by key, every other
+    value, a mapping such as sweep.space included, is replaced as a whole."""
+    cls = cls or Config
+    types = _field_types(cls)
     out = dict(base)
     for k, v in patch.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        section = types.get(k)
+        merge = dataclasses.is_dataclass(section) and isinstance(out.get(k), dict)
+        out[k] = _merge(out[k], v, section) if merge and isinstance(v, dict) else v
     return out
 
 
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A config saved by an earlier onestep, in today's keys: exports and checkpoints outlive the
+    code that wrote them. (sweep.self_compare_weights and sweep.warmup_steps became sweep.space.)
+    """
+    sweep = data.get("sweep")
+    if isinstance(sweep, dict) and {"self_compare_weights", "warmup_steps"} & set(sweep):
+        sweep = dict(sweep)
+        space = {"adversarial.self_compare_weight": sweep.pop("self_compare_weights", None),
+                 "adversarial.warmup_steps": sweep.pop("warmup_steps", None)}
+        sweep.setdefault("space", {k: v for k, v in space.items() if v is not None})
+        data = {**data, "sweep": sweep}
+    return data
+
+
 def from_dict(data: dict[str, Any]) -> Config:
-    return _build(Config, _merge(Config().to_dict(), data)).validate()
+    return _build(Config, _merge(Config().to_dict(), _upgrade(data))).validate()
+
+
+def field_type(key: str) -> Any:
+    """The type of a dotted config key (`adversarial.lr` → float); a ConfigError names a key
+    that is no field, or a whole section."""
+    cls: Any = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        types = _field_types(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in types:
+            where = ".".join(parts[:i]) or "the top level"
+            raise ConfigError(f"unknown config key {key}; valid keys under {where}: "
+                              f"{', '.join(types)}")
+        cls = types[part]
+    if dataclasses.is_dataclass(cls):
+        raise ConfigError(f"{key} is a section; name one of its keys: "
+                          f"{', '.join(_field_types(cls))}")
+    return cls
+
+
+def with_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """A copy of `cfg` with dotted keys set (`{"adversarial.lr": 1e-4}`), checked as --set is."""
+    patch: dict[str, Any] = {}
+    for key, value in values.items():
+        field_type(key)
+        node = patch
+        *sections, name = key.split(".")
+        for part in sections:
+            node = node.setdefault(part, {})
+        node[name] = value
+    return from_dict(_merge(cfg.to_dict(), patch))
 
 
 def parse_override(text: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The Tune job: every trial is a Ray Train run of the adversarial stage (Train V2 + Tune).
+"""The Tune job: every trial is a Ray Train run of the swept stage (Train V2 + Tune).
 
 Tune keeps the experiment in <run.root>/<sweep.name> (its state and one folder per trial); each
 trial's Train run (ZeRO-3 shards, checkpoints, exports) lives in
@@ -22,6 +22,7 @@ from onestep.sweep.space import (
     METRIC,
     MODE,
     concurrency,
+    describe,
     num_trials,
     param_space,
     scheduler,
@@ -41,10 +42,6 @@ class SweepStateError(RuntimeError):
 
 def experiment(cfg: Config) -> Location:
     return resolve(cfg.run.root, cfg.run.s3_endpoint_url).join(cfg.sweep.name)
-
-
-def describe(params: dict) -> str:
-    return f"λ={params['self_compare_weight']:.3g}, warm-up={params['warmup_steps']}"
 
 
 def _trial(params: dict, base: dict) -> None:
@@ -109,7 +106,8 @@ def run_sweep(cfg: Config, resume: bool = False) -> tune.ResultGrid:
                                   "it, or choose another name with --set sweep.name=...")
         exp.join(BASE_CONFIG).write_bytes(cfg.to_yaml().encode())
         root = resolve(cfg.run.root, cfg.run.s3_endpoint_url)
-        log.info("sweep %s: %d trials, %d at a time, %s search, scheduler %s", cfg.sweep.name,
+        log.info("sweep %s of stage %s over %s: %d trials, %d at a time, %s search, scheduler "
+                 "%s", cfg.sweep.name, cfg.train.stage, ", ".join(cfg.sweep.space),
                  num_trials(cfg), at_once, cfg.sweep.search, cfg.sweep.scheduler)
         tuner = tune.Tuner(
             trainable,

@@ -1,8 +1,9 @@
 """What a sweep varies and how it searches: pure functions of the config (no Ray started).
 
-The two knobs are TurboTalk's Table 4: the self-compare weight λ and the dynamic-timestep
-warm-up. Grid search runs every combination; random and Bayesian search sample λ uniformly
-between the smallest and largest listed value and pick the warm-up from the list.
+`sweep.space` maps dotted config keys to values. Grid search runs every combination; random
+and Bayesian search sample a float key uniformly between its smallest and largest value (a
+learning rate or a loss weight is a continuum) and pick any other key's value from its list (a
+step count, a switch, a loss name is not).
 """
 
 from __future__ import annotations
@@ -12,27 +13,28 @@ import math
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from onestep.config import Config, ConfigError, from_dict
+from onestep.config import Config, ConfigError, field_type, from_dict, with_values
+from onestep.stages import stage_class
 
 METRIC, MODE = "val_score", "min"
-PARAMS = ("self_compare_weight", "warmup_steps")  # fields of cfg.adversarial
 
 
 def param_space(cfg: Config) -> dict:
-    s = cfg.sweep
-    if s.search == "grid":
-        return {"self_compare_weight": tune.grid_search(list(s.self_compare_weights)),
-                "warmup_steps": tune.grid_search(list(s.warmup_steps))}
-    return {"self_compare_weight": tune.uniform(min(s.self_compare_weights),
-                                                max(s.self_compare_weights)),
-            "warmup_steps": tune.choice(list(s.warmup_steps))}
+    if cfg.sweep.search == "grid":
+        return {key: tune.grid_search(values) for key, values in cfg.sweep.space.items()}
+    return {key: _sampled(key, values) for key, values in cfg.sweep.space.items()}
+
+
+def _sampled(key: str, values: list):
+    if field_type(key) is float and len(set(values)) > 1:
+        return tune.uniform(min(values), max(values))
+    return tune.choice(values)
 
 
 def num_trials(cfg: Config) -> int:
-    s = cfg.sweep
-    if s.search == "grid":
-        return len(s.self_compare_weights) * len(s.warmup_steps)
-    return s.num_samples
+    if cfg.sweep.search == "grid":
+        return math.prod(len(values) for values in cfg.sweep.space.values())
+    return cfg.sweep.num_samples
 
 
 def search_algorithm(cfg: Config):
@@ -45,7 +47,7 @@ def search_algorithm(cfg: Config):
 
 
 def trial_clips(cfg: Config) -> int:
-    return sum(cfg.adversarial.phase_clips())
+    return stage_class(cfg.train.stage).total_clips(cfg)
 
 
 def grace_clips(cfg: Config) -> int:
@@ -87,27 +89,49 @@ def concurrency(cfg: Config, resources: dict) -> int:
 
 
 def sweep_ready(cfg: Config) -> Config:
-    """The base config every trial starts from, checked for a sweep: it must train the
-    adversarial stage and validate during training (ASHA ranks trials by validation)."""
-    if cfg.train.stage != "adversarial":
-        raise ConfigError(f"train.stage: a sweep tunes the adversarial stage, got "
-                          f"{cfg.train.stage!r}")
+    """The base config every trial starts from, checked for a sweep: its stage must validate
+    during training (ASHA ranks trials by validation), and every value of the space must make a
+    valid config (found now, not when its trial starts hours later)."""
+    if cfg.train.stage == "sync":
+        raise ConfigError("train.stage: the sync stage has no validation score to rank trials "
+                          "by; sweep a generator stage (teacher, dmd, adversarial)")
     out = from_dict(cfg.to_dict())
     if not out.validation.every_clips:
         out.validation.every_clips = grace_clips(out)
     if out.validation.every_clips > trial_clips(out):
         raise ConfigError(f"validation.every_clips: {out.validation.every_clips} is more than a "
                           f"trial's {trial_clips(out)} clips; trials would never be compared")
+    for key, values in out.sweep.space.items():
+        for value in values:
+            try:
+                with_values(out, {key: value})
+            except ConfigError as e:
+                raise ConfigError(f"sweep.space[{key}] = {value!r}: {e}") from None
     return out
 
 
 def trial_config(base: Config, params: dict, root: str, name: str) -> Config:
-    """One trial's config: the base with the sampled knobs, its own run folder."""
-    cfg = from_dict(base.to_dict())
-    unknown = set(params) - set(PARAMS)
+    """One trial's config: the base with the sampled values, its own run folder."""
+    unknown = set(params) - set(base.sweep.space)
     if unknown:
-        raise ConfigError(f"sweep parameters {sorted(unknown)}: only {list(PARAMS)} are swept")
-    cfg.adversarial.self_compare_weight = float(params["self_compare_weight"])
-    cfg.adversarial.warmup_steps = int(params["warmup_steps"])
+        raise ConfigError(f"sweep parameters {sorted(unknown)} are not in sweep.space "
+                          f"({', '.join(base.sweep.space)})")
+    cfg = with_values(base, params)
     cfg.run.root, cfg.run.name = root, name
-    return cfg.validate()
+    return cfg
+
+
+def label(key: str, keys: list[str]) -> str:
+    """A swept key as tables and logs show it: its last part, unless another key shares it."""
+    short = key.rsplit(".", 1)[-1]
+    return short if sum(k.rsplit(".", 1)[-1] == short for k in keys) == 1 else key
+
+
+def describe(params: dict) -> str:
+    """`self_compare_weight=0.5, warmup_steps=20`."""
+    keys = list(params)
+    return ", ".join(f"{label(k, keys)}={_fmt(v)}" for k, v in params.items())
+
+
+def _fmt(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
