@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clips", type=int, default=8)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--audio-scale", type=float, default=None)
+    p.add_argument("--ref-scale", type=float, default=None)
     p.add_argument("--reader", default="runs/mouth_reader.safetensors",
                    help="mouth reader weights (trained and saved here if missing)")
     p.add_argument("--reader-clips", type=int, default=160,
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
                                                 endpoint_url=args.s3_endpoint_url)
                 notes.append(f"Mouth reader held-out correlation with ground truth: "
                              f"{ceiling:.3f}.")
-            sampling = Sampling.from_config(cfg, steps=args.steps, audio_scale=args.audio_scale)
+            sampling = Sampling.from_config(cfg, steps=args.steps, audio_scale=args.audio_scale,
+                                            ref_scale=args.ref_scale)
             name = name or Path(uri).name
             generated = []
             results[name] = evaluate(AvatarGenerator(model, cfg), sampling, clips, reader,

@@ -31,7 +31,8 @@ def add_stage_args(parser: argparse.ArgumentParser, default_stage: str | None = 
                         help="recipe stage (default: " + (default_stage or "the config's "
                         "train.stage") + ")")
     parser.add_argument("--teacher", default=None,
-                        help="teacher checkpoint or run (sets dmd.teacher, adversarial.teacher)")
+                        help="teacher checkpoint or run (sets dmd.teacher, adversarial.teacher, "
+                        "fada.teacher)")
     parser.add_argument("--student", default=None,
                         help="DMD student checkpoint or run (sets adversarial.student)")
 
@@ -40,7 +41,7 @@ def stage_overrides(args: argparse.Namespace) -> list[str]:
     """The overrides add_stage_args' arguments stand for."""
     extra = [f"train.stage={args.stage}"] if args.stage else []
     if args.teacher:
-        extra += [f"dmd.teacher={args.teacher}", f"adversarial.teacher={args.teacher}"]
+        extra += [f"{stage}.teacher={args.teacher}" for stage in ("dmd", "adversarial", "fada")]
     if args.student:
         extra += [f"adversarial.student={args.student}"]
     return extra

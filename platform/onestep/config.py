@@ -23,8 +23,22 @@ class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key and what was expected."""
 
 
+class Section:
+    """A config section. It checks itself: its own fields' values, and what they require of
+    other sections (`cfg`, the whole config), so a stage's rules live beside its knobs."""
+
+    def check(self, cfg: Config) -> None:
+        """Raise a ConfigError naming the key and what was expected."""
+
+
+def _require(*checks: tuple[bool, str, str]) -> None:
+    for ok, key, expected in checks:
+        if not ok:
+            raise ConfigError(f"{key}: expected {expected}")
+
+
 @dataclass
-class SynthConfig:
+class SynthConfig(Section):
     """SynthTalk, the procedural talking-head data set (see onestep.synth)."""
 
     num_clips: int = 96
@@ -39,9 +53,14 @@ class SynthConfig:
     clips_per_shard: int = 16
     seed: int = 0
 
+    def check(self, cfg: Config) -> None:
+        step = cfg.codec.factor * cfg.model.patch[1]
+        _require((self.resolution % step == 0, "synth.resolution",
+                  f"a multiple of codec.factor*model.patch[1] = {step}"))
+
 
 @dataclass
-class IngestConfig:
+class IngestConfig(Section):
     """jobs/prepare_data.py --ingest: real talking-head video → face-tracked clips, each with
     quality metrics and a tier (onestep.ingest)."""
 
@@ -75,13 +94,21 @@ class IngestConfig:
     sync_tiers: list[float] = field(default_factory=lambda: [3.0, 1.5])
     max_sync_offset: int = 3
 
+    def check(self, cfg: Config) -> None:
+        _require(*[(len(t) == 2 and t[0] >= t[1] >= 0, f"ingest.{k}",
+                    "[high, moderate] thresholds with high ≥ moderate ≥ 0")
+                   for k, t in (("sharpness_tiers", self.sharpness_tiers),
+                                ("face_px_tiers", self.face_px_tiers),
+                                ("snr_db_tiers", self.snr_db_tiers),
+                                ("sync_tiers", self.sync_tiers))])
+
 
 TIERS = ("high", "moderate", "low")
 SYNC_FRAMES = 5  # video frames one lip-sync embedding sees (SyncNet's 0.2 s)
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     """How shards become training batches (Ray Data) and what one training example is."""
 
     uri: str = "data/synthtalk"  # folder or s3://bucket/prefix holding manifest.json + shards
@@ -97,9 +124,25 @@ class DataConfig:
     on_corrupt: str = "skip"  # "skip" logs and counts a bad clip; "fail" stops the job
     seed: int = 0
 
+    def check(self, cfg: Config) -> None:
+        per = cfg.codec.temporal_factor
+        _require(
+            (0 <= self.motion_frames < self.frames, "data.motion_frames", "in [0, data.frames)"),
+            ((self.frames - 1) % per == 0, "data.frames",
+             f"1 + {per}k frames for codec.kind {cfg.codec.kind} (the VAE encodes the first "
+             "frame alone, then 4 per latent frame), e.g. 17 or 21"),
+            (self.motion_frames == 0 or (self.motion_frames - 1) % per == 0,
+             "data.motion_frames", f"0 or 1 + {per}k frames for codec.kind {cfg.codec.kind} "
+             "(whole latent frames), e.g. 1 or 5"),
+            (self.on_corrupt in ("skip", "fail"), "data.on_corrupt", "'skip' or 'fail'"),
+            (bool(self.tiers) and set(self.tiers) <= set(TIERS), "data.tiers",
+             f"a non-empty list of {', '.join(TIERS)}"),
+            (len(self.decode_actors) == 2 and 1 <= self.decode_actors[0] <= self.decode_actors[1],
+             "data.decode_actors", "[min, max] with 1 ≤ min ≤ max"))
+
 
 @dataclass
-class EncodeConfig:
+class EncodeConfig(Section):
     """jobs/encode.py: clip shards → latent shards, the codec and audio encoder run once per clip
     in a Ray Data actor pool (on a GPU cluster: one GPU per actor)."""
 
@@ -109,9 +152,13 @@ class EncodeConfig:
     references: int = 4  # reference frames encoded per clip; a training window draws one
     dtype: str = "float16"  # latents as stored ("float32" keeps them bit-exact)
 
+    def check(self, cfg: Config) -> None:
+        _require((self.dtype in ("float16", "float32"), "encode.dtype", "'float16' or 'float32'"),
+                 (self.gpus_per_actor >= 0, "encode.gpus_per_actor", "≥ 0"))
+
 
 @dataclass
-class AudioConfig:
+class AudioConfig(Section):
     """Audio encoder: `logmel` needs no weights; `wav2vec2` loads a local transformers model;
     `mfcc` is SyncNet's input (feature_rate 100), what the lip-sync expert hears."""
 
@@ -121,13 +168,22 @@ class AudioConfig:
     n_mels: int = 40
     wav2vec2_path: str = ""
 
+    def check(self, cfg: Config) -> None:
+        _require(
+            (self.encoder in ("logmel", "wav2vec2", "mfcc"), "audio.encoder",
+             "'logmel', 'wav2vec2' or 'mfcc'"),
+            (self.encoder != "mfcc" or self.feature_rate == 100, "audio.feature_rate",
+             "100 for audio.encoder mfcc (10 ms steps, as SyncNet's)"),
+            (self.feature_rate % cfg.synth.fps == 0, "audio.feature_rate",
+             f"a multiple of synth.fps={cfg.synth.fps}"))
+
 
 # The Wan2.1 VAE's compression in time (its config's scale_factor_temporal).
 WAN_VAE_TEMPORAL = 4
 
 
 @dataclass
-class CodecConfig:
+class CodecConfig(Section):
     """Latent codec between pixels and the DiT: `space_to_depth` (lossless, weight-free, one
     latent frame per video frame) or `wan_vae` (Wan2.1's causal VAE: 8× in space, 4× in time)."""
 
@@ -142,9 +198,19 @@ class CodecConfig:
         """Video frames per latent frame (after the first, which the Wan VAE encodes alone)."""
         return WAN_VAE_TEMPORAL if self.kind == "wan_vae" else 1
 
+    def check(self, cfg: Config) -> None:
+        _require(
+            (self.kind in ("space_to_depth", "wan_vae"), "codec.kind",
+             "'space_to_depth' or 'wan_vae'"),
+            (self.kind != "wan_vae" or bool(self.pretrained), "codec.pretrained",
+             "a Wan VAE folder (diffusers AutoencoderKLWan, local or s3://) for codec.kind "
+             "wan_vae"),
+            (self.kind != "wan_vae" or self.factor == 8, "codec.factor",
+             "8 for codec.kind wan_vae (its spatial compression)"))
+
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """The velocity network: onestep's Wan-style DiT (`dit`) or Wan2.1's own (`wan`), both with
     reference, motion-frame and audio conditioning."""
 
@@ -174,10 +240,33 @@ class ModelConfig:
     # wan I2V: CLIP's vision tower (transformers CLIPVisionModel + image processor, or a Wan
     # pipeline folder) whose tokens of the reference frame are the image context.
     image_encoder: str = ""
+    # FADA §3.3: the student takes the guidance scales (audio, reference) as an input and
+    # samples guided at one evaluation per step. "": no such input (CFG costs up to 3
+    # evaluations); `scalar`: the scales embedded into the timestep embedding; `layer`: a
+    # cross-attention layer after each audio cross-attention over an embedding of the scales;
+    # `tokens`: that layer over three learnable tokens combined as Eq. 9 combines its velocities.
+    guidance_input: str = ""
+
+    def check(self, cfg: Config) -> None:
+        _require(
+            (self.dim % self.heads == 0, "model.dim", "divisible by model.heads"),
+            ((self.dim // self.heads) % 2 == 0, "model.heads",
+             "an even head size (dim/heads) for 3D RoPE"),
+            (self.kind in ("dit", "wan"), "model.kind", "'dit' or 'wan'"),
+            (not self.pretrained or self.kind == "wan", "model.pretrained",
+             "empty unless model.kind is 'wan' (it names a diffusers Wan checkpoint)"),
+            (not self.text_encoder or self.kind == "wan", "model.text_encoder",
+             "empty unless model.kind is 'wan' (onestep's DiT has no text context)"),
+            (not self.image_encoder or self.kind == "wan", "model.image_encoder",
+             "empty unless model.kind is 'wan' (an I2V network with image attention)"),
+            (self.guidance_input in ("", "scalar", "layer", "tokens"), "model.guidance_input",
+             "'', 'scalar', 'layer' or 'tokens'"),
+            (not self.guidance_input or self.kind == "dit", "model.guidance_input",
+             "empty for model.kind wan (guidance as an input exists for onestep's DiT only)"))
 
 
 @dataclass
-class FlowConfig:
+class FlowConfig(Section):
     """Rectified-flow training: timestep distribution and condition dropout for CFG."""
 
     timestep_shift: float = 1.0
@@ -190,9 +279,14 @@ class FlowConfig:
     mouth_region: list[float] = field(default_factory=lambda: [0.5, 0.85, 0.3, 0.7])
     mouth_weight: float = 5.0
 
+    def check(self, cfg: Config) -> None:
+        _require((_is_region(self.mouth_region), "flow.mouth_region",
+                  f"{REGION}, e.g. [0.5, 0.85, 0.3, 0.7]"),
+                 (self.mouth_weight > 0, "flow.mouth_weight", "> 0 (1: unweighted)"))
+
 
 @dataclass
-class SampleConfig:
+class SampleConfig(Section):
     """Sampling: Euler steps and multi-condition CFG (FADA Eq. 9)."""
 
     steps: int = 20
@@ -200,10 +294,19 @@ class SampleConfig:
     ref_scale: float = 1.0
     timestep_shift: float = 1.0
     seed: int = 0
+    # Euler steps per equal time window, from noise (a FADA student straightened its flow
+    # window by window, PeRFlow); they sum to `steps`. Empty: `steps` uniform steps, shifted.
+    window_steps: list[int] = field(default_factory=list)
+
+    def check(self, cfg: Config) -> None:
+        _require((not self.window_steps or (min(self.window_steps) >= 1
+                                            and sum(self.window_steps) == self.steps),
+                  "sample.window_steps", f"empty, or step counts ≥ 1 summing to sample.steps="
+                  f"{self.steps}"))
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     """Optimisation and distribution. Progress is counted in clips so runs survive rescaling."""
 
     stage: str = "teacher"
@@ -245,6 +348,24 @@ class TrainConfig:
         """Every number of workers the run may train on."""
         return range(self.min_workers or self.num_workers, self.num_workers + 1)
 
+    def check(self, cfg: Config) -> None:
+        counts = self.worker_counts
+        _require(
+            (self.zero_stage in (0, 1, 2, 3), "train.zero_stage", "0, 1, 2 or 3"),
+            (not (self.offload_optimizer or self.offload_params) or self.zero_stage == 3,
+             "train.zero_stage", "3 when train.offload_optimizer or train.offload_params is on"),
+            (self.max_preemption_failures >= -1, "train.max_preemption_failures",
+             "≥ 0, or -1 for no limit"),
+            (self.min_workers <= self.num_workers, "train.min_workers",
+             f"≤ train.num_workers={self.num_workers} (0: not elastic)"),
+            (all(self.global_batch % n == 0 for n in counts), "train.global_batch",
+             f"divisible by every worker count the run may have ({_counts(counts)}): a "
+             f"multiple of {math.lcm(*counts)}"),
+            (self.precision in ("auto", "fp32", "bf16"), "train.precision",
+             "'auto', 'fp32' or 'bf16'"),
+            (self.export_dtype in ("float32", "bfloat16"), "train.export_dtype",
+             "'float32' or 'bfloat16'"))
+
 
 REGION = "[top, bottom, left, right] fractions with top < bottom and left < right"
 
@@ -259,7 +380,7 @@ def _counts(counts: range) -> str:
 
 
 @dataclass
-class DMDConfig:
+class DMDConfig(Section):
     """Stage `dmd` (TurboTalk §3.1, DMD2): distribution matching from a frozen teacher."""
 
     teacher: str = ""  # teacher checkpoint or run (folder or s3://); required by this stage
@@ -271,12 +392,18 @@ class DMDConfig:
     ref_scale: float = 1.0
     backward_simulation: bool = True  # student's own trajectory makes its intermediate inputs
 
+    def check(self, cfg: Config) -> None:
+        _require((self.student_steps >= 1, "dmd.student_steps", "≥ 1"),
+                 (self.critic_steps >= 1, "dmd.critic_steps", "≥ 1"))
+
 
 @dataclass
-class AdversarialConfig:
+class AdversarialConfig(Section):
     """Stage `adversarial` (TurboTalk §3.2–3.4): progressive step reduction with a GAN."""
 
     student: str = ""  # the DMD student (initialises the generator; the self-compare reference)
+    # The student's Euler steps, read from its export when the stage starts (0: not yet read).
+    student_steps: int = 0
     teacher: str = ""  # discriminator backbone; empty: the teacher the student was distilled from
     phases: list[int] = field(default_factory=lambda: [3, 2, 1])  # [1]: direct 4→1
     clips_per_phase: int = 4096  # clips per phase (train.total_clips is unused by this stage)
@@ -319,9 +446,83 @@ class AdversarialConfig:
         return [self.clips_per_phase] * (len(self.phases) - 1) + [
             self.last_phase_clips or self.clips_per_phase]
 
+    def check(self, cfg: Config) -> None:
+        batch, shortest = cfg.train.global_batch, min(self.phase_clips())
+        _require(
+            (self.loss in ("r3gan", "hinge", "gan"), "adversarial.loss",
+             "'r3gan', 'hinge' or 'gan'"),
+            (bool(self.phases) and self.phases[-1] >= 1
+             and all(a > b for a, b in zip(self.phases, self.phases[1:])),
+             "adversarial.phases", "decreasing step counts ≥ 1, e.g. [3, 2, 1]"),
+            (self.student_steps == 0 or self.phases[0] < self.student_steps,
+             "adversarial.phases", f"to start below the student's {self.student_steps} steps "
+             f"({self.student})"),
+            (len(self.disc_timestep) == 2
+             and 0 <= self.disc_timestep[0] <= self.disc_timestep[1] <= 1,
+             "adversarial.disc_timestep", "[low, high] with 0 ≤ low ≤ high ≤ 1"),
+            (self.disc_steps >= 1, "adversarial.disc_steps", "≥ 1"),
+            *[(getattr(self, k) >= 0, f"adversarial.{k}", "≥ 0 (0: off)")
+              for k in ("self_compare_weight", "regression_weight", "gan_weight", "reg_weight",
+                        "student_steps")],
+            (self.gan_weight + self.regression_weight > 0, "adversarial.gan_weight",
+             "> 0 while adversarial.regression_weight is 0 (else the generator has no objective)"),
+            (self.last_phase_clips >= 0, "adversarial.last_phase_clips",
+             "≥ 0 (0: clips_per_phase)"),
+            (0 <= self.disc_warmup_steps * batch < shortest, "adversarial.disc_warmup_steps",
+             f"≥ 0 and fewer than a phase's {shortest} clips / train.global_batch={batch} steps "
+             "(else the generator never trains)"))
+
 
 @dataclass
-class ValidationConfig:
+class FADAConfig(Section):
+    """Stage `fada` (FADA §3): windowed flow distillation (PeRFlow) from a frozen teacher, with
+    a ground-truth loss on lower tiers weighted per sample, and the teacher's multi-CFG
+    distilled into the student's guidance input (one evaluation per step)."""
+
+    teacher: str = ""  # teacher checkpoint or run (folder or s3://); required by this stage
+    windows: int = 4  # equal time windows the flow is straightened in
+    # The exported student's Euler steps per window, from noise. FADA-Fast: 6 steps, 2 in each
+    # of the two end windows.
+    steps_per_window: list[int] = field(default_factory=lambda: [2, 1, 1, 2])
+    solver_steps: int = 6  # teacher Euler steps that solve one window's end point (Eq. 2)
+    lr: float = 1.0e-4
+    # tokens | layer | scalar: the student learns the teacher's guided flow at scales drawn per
+    # sample and takes them as an input (model.guidance_input); none: it learns the unguided
+    # flow under condition dropout and samples with multi-CFG, 3 evaluations per step
+    # (FADA-Balanced).
+    cfg_mode: str = "tokens"
+    audio_scale_range: list[float] = field(default_factory=lambda: [1.0, 4.0])
+    ref_scale_range: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    # Mixed supervision (§3.2): a ground-truth loss on clips of `gt_tiers`, weighted per sample
+    # by r = its loss ÷ its teacher-supervised loss. adaptive: rises as
+    # gt_weight_peak·(r/gt_peak_ratio)^gt_rise up to gt_peak_ratio, falls linearly to 0 at
+    # gt_dead_ratio (clips far from the teacher are likelier bad than valuable); unlimited: the
+    # rise only; fixed: gt_weight_peak for every clip; off: teacher supervision alone.
+    gt_weighting: str = "adaptive"
+    gt_tiers: list[str] = field(default_factory=lambda: ["moderate"])
+    gt_weight_peak: float = 0.25
+    gt_rise: float = 0.2
+    gt_peak_ratio: float = 30.0
+    gt_dead_ratio: float = 100.0
+
+    def check(self, cfg: Config) -> None:
+        _require(
+            (len(self.steps_per_window) == self.windows and min(self.steps_per_window) >= 1,
+             "fada.steps_per_window", f"fada.windows={self.windows} step counts ≥ 1"),
+            (self.cfg_mode in ("tokens", "layer", "scalar", "none"), "fada.cfg_mode",
+             "'tokens', 'layer', 'scalar' or 'none'"),
+            *[(len(r) == 2 and 0 <= r[0] <= r[1], f"fada.{k}", "[low, high] with 0 ≤ low ≤ high")
+              for k, r in (("audio_scale_range", self.audio_scale_range),
+                           ("ref_scale_range", self.ref_scale_range))],
+            (self.gt_weighting in ("adaptive", "unlimited", "fixed", "off"),
+             "fada.gt_weighting", "'adaptive', 'unlimited', 'fixed' or 'off'"),
+            (set(self.gt_tiers) <= set(TIERS), "fada.gt_tiers", f"a list of {', '.join(TIERS)}"),
+            (0 < self.gt_peak_ratio < self.gt_dead_ratio, "fada.gt_peak_ratio",
+             "> 0 and below fada.gt_dead_ratio"))
+
+
+@dataclass
+class ValidationConfig(Section):
     """Held-out scoring while a stage trains: lip-sync and Fréchet distance of the network the
     stage exports, on the data's test split (the mouth reader where there are labels, the
     lip-sync expert, sync.weights, on footage). It is what Tune's early stopping reads, since no
@@ -346,9 +547,20 @@ class ValidationConfig:
     rollback_lr_scale: float = 0.5  # learning rates × this after each rollback
     max_rollbacks: int = 3  # then the stage stops
 
+    def check(self, cfg: Config) -> None:
+        _require(
+            (self.every_clips >= 0, "validation.every_clips", "≥ 0 (0: off)"),
+            (self.clips >= 2, "validation.clips",
+             "≥ 2 (the shuffled-audio floor pairs each clip with another)"),
+            (self.steps >= 0, "validation.steps", "≥ 0 (0: the model's own)"),
+            (self.on_collapse in ("warn", "stop", "rollback"), "validation.on_collapse",
+             "'warn', 'stop' or 'rollback'"),
+            (0 < self.rollback_lr_scale <= 1, "validation.rollback_lr_scale", "in (0, 1]"),
+            (self.max_rollbacks >= 0, "validation.max_rollbacks", "≥ 0"))
+
 
 @dataclass
-class SweepConfig:
+class SweepConfig(Section):
     """Ray Tune over any stage (tune/sweep.py), early-stopped by ASHA on validation's
     `val_score`. `space` maps dotted config keys to the values tried: grid search runs every
     combination; random and Bayesian search sample a float key uniformly between its smallest
@@ -365,9 +577,19 @@ class SweepConfig:
     grace_clips: int = 0  # ASHA: clips before a trial can be stopped; 0: a quarter of a trial
     max_concurrent: int = 0  # 0: as many trials as the cluster's CPUs (or GPUs) fit
 
+    def check(self, cfg: Config) -> None:
+        _require(
+            (self.search in ("grid", "random", "bayes"), "sweep.search",
+             "'grid', 'random' or 'bayes'"),
+            (self.scheduler in ("asha", "none"), "sweep.scheduler", "'asha' or 'none'"),
+            (self.num_samples >= 1, "sweep.num_samples", "≥ 1"),
+            (self.grace_clips >= 0 and self.max_concurrent >= 0,
+             "sweep.grace_clips/max_concurrent", "≥ 0 (0: automatic)"))
+        self.space = _checked_space(self.space)
+
 
 @dataclass
-class SyncConfig:
+class SyncConfig(Section):
     """The lip-sync expert (onestep.sync): an audio-visual embedding pair scored as SyncNet is
     (LSE-C confidence, LSE-D distance, offset). `onestep`: the small expert `jobs/train_sync.py`
     trains on mouth crops; `syncnet_v2`: the original SyncNet (224×224 faces), for numbers
@@ -387,9 +609,23 @@ class SyncConfig:
     train_shift: int = 8
     temperature: float = 0.07
 
+    def check(self, cfg: Config) -> None:
+        """Also what stage sync needs of the data and of validation."""
+        sync_stage = cfg.train.stage == "sync"
+        _require(
+            (self.kind in ("onestep", "syncnet_v2"), "sync.kind", "'onestep' or 'syncnet_v2'"),
+            (_is_region(self.mouth_region), "sync.mouth_region",
+             f"{REGION}, e.g. [0.45, 0.95, 0.2, 0.8]"),
+            (not sync_stage or (cfg.audio.encoder == "mfcc"
+                                and cfg.data.frames >= SYNC_FRAMES + 2 * self.train_shift),
+             "data.frames", f"≥ {SYNC_FRAMES} + 2 × sync.train_shift with audio.encoder mfcc "
+             "for stage sync (jobs/train_sync.py sets both)"),
+            (not sync_stage or cfg.validation.every_clips == 0, "validation.every_clips",
+             "0 for stage sync (it reports its own offset accuracy)"))
+
 
 @dataclass
-class RunConfig:
+class RunConfig(Section):
     """Where the run lives: checkpoints, metrics and exports go under `<root>/<name>`."""
 
     name: str = ""  # empty: "<stage>-<preset>", e.g. dmd-tiny
@@ -415,6 +651,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     dmd: DMDConfig = field(default_factory=DMDConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    fada: FADAConfig = field(default_factory=FADAConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
@@ -430,8 +667,9 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def validate(self) -> "Config":
-        """Value ranges, then cross-field checks that no single field's type can express."""
+    def validate(self) -> Config:
+        """Value ranges, then each section's own checks (cross-field rules no single field's
+        type can express)."""
         for keys, ok, expected in (
                 (POSITIVE, lambda v: v > 0, "> 0"), (NON_NEGATIVE, lambda v: v >= 0, "≥ 0"),
                 (FRACTIONS, lambda v: 0 <= v <= 1, "in [0, 1]")):
@@ -440,130 +678,8 @@ class Config:
                 value = getattr(getattr(self, section), name)
                 if not ok(value):
                     raise ConfigError(f"{key}: expected {expected}, got {value}")
-        checks = [
-            (self.resolution % (self.codec.factor * self.model.patch[1]) == 0,
-             "synth.resolution", f"a multiple of codec.factor*model.patch[1] = "
-             f"{self.codec.factor * self.model.patch[1]}"),
-            (self.model.dim % self.model.heads == 0, "model.dim", "divisible by model.heads"),
-            ((self.model.dim // self.model.heads) % 2 == 0, "model.heads",
-             "an even head size (dim/heads) for 3D RoPE"),
-            (0 <= self.data.motion_frames < self.data.frames, "data.motion_frames",
-             "in [0, data.frames)"),
-            (self.codec.kind in ("space_to_depth", "wan_vae"), "codec.kind",
-             "'space_to_depth' or 'wan_vae'"),
-            (self.codec.kind != "wan_vae" or bool(self.codec.pretrained), "codec.pretrained",
-             "a Wan VAE folder (diffusers AutoencoderKLWan, local or s3://) for codec.kind "
-             "wan_vae"),
-            (self.codec.kind != "wan_vae" or self.codec.factor == 8, "codec.factor",
-             "8 for codec.kind wan_vae (its spatial compression)"),
-            ((self.data.frames - 1) % self.codec.temporal_factor == 0, "data.frames",
-             f"1 + {self.codec.temporal_factor}k frames for codec.kind {self.codec.kind} (the "
-             "VAE encodes the first frame alone, then 4 per latent frame), e.g. 17 or 21"),
-            (self.data.motion_frames == 0
-             or (self.data.motion_frames - 1) % self.codec.temporal_factor == 0,
-             "data.motion_frames", f"0 or 1 + {self.codec.temporal_factor}k frames for "
-             f"codec.kind {self.codec.kind} (whole latent frames), e.g. 1 or 5"),
-            (self.model.kind in ("dit", "wan"), "model.kind", "'dit' or 'wan'"),
-            (not self.model.pretrained or self.model.kind == "wan", "model.pretrained",
-             "empty unless model.kind is 'wan' (it names a diffusers Wan checkpoint)"),
-            (not self.model.text_encoder or self.model.kind == "wan", "model.text_encoder",
-             "empty unless model.kind is 'wan' (onestep's DiT has no text context)"),
-            (not self.model.image_encoder or self.model.kind == "wan", "model.image_encoder",
-             "empty unless model.kind is 'wan' (an I2V network with image attention)"),
-            (self.train.zero_stage in (0, 1, 2, 3), "train.zero_stage", "0, 1, 2 or 3"),
-            (not (self.train.offload_optimizer or self.train.offload_params)
-             or self.train.zero_stage == 3, "train.zero_stage",
-             "3 when train.offload_optimizer or train.offload_params is on"),
-            (self.train.max_preemption_failures >= -1, "train.max_preemption_failures",
-             "≥ 0, or -1 for no limit"),
-            (self.train.min_workers <= self.train.num_workers, "train.min_workers",
-             f"≤ train.num_workers={self.train.num_workers} (0: not elastic)"),
-            (all(self.train.global_batch % n == 0 for n in self.train.worker_counts),
-             "train.global_batch", f"divisible by every worker count the run may have "
-             f"({_counts(self.train.worker_counts)}): a multiple of "
-             f"{math.lcm(*self.train.worker_counts)}"),
-            (self.data.on_corrupt in ("skip", "fail"), "data.on_corrupt", "'skip' or 'fail'"),
-            (bool(self.data.tiers) and set(self.data.tiers) <= set(TIERS), "data.tiers",
-             f"a non-empty list of {', '.join(TIERS)}"),
-            (len(self.data.decode_actors) == 2
-             and 1 <= self.data.decode_actors[0] <= self.data.decode_actors[1],
-             "data.decode_actors", "[min, max] with 1 ≤ min ≤ max"),
-            *[(len(t) == 2 and t[0] >= t[1] >= 0, f"ingest.{k}",
-               "[high, moderate] thresholds with high ≥ moderate ≥ 0")
-              for k, t in (("sharpness_tiers", self.ingest.sharpness_tiers),
-                           ("face_px_tiers", self.ingest.face_px_tiers),
-                           ("snr_db_tiers", self.ingest.snr_db_tiers),
-                           ("sync_tiers", self.ingest.sync_tiers))],
-            (self.encode.dtype in ("float16", "float32"), "encode.dtype",
-             "'float16' or 'float32'"),
-            (self.encode.gpus_per_actor >= 0, "encode.gpus_per_actor", "≥ 0"),
-            (self.audio.encoder in ("logmel", "wav2vec2", "mfcc"), "audio.encoder",
-             "'logmel', 'wav2vec2' or 'mfcc'"),
-            (self.audio.encoder != "mfcc" or self.audio.feature_rate == 100,
-             "audio.feature_rate", "100 for audio.encoder mfcc (10 ms steps, as SyncNet's)"),
-            (self.audio.feature_rate % self.synth.fps == 0, "audio.feature_rate",
-             f"a multiple of synth.fps={self.synth.fps}"),
-            (self.train.precision in ("auto", "fp32", "bf16"), "train.precision",
-             "'auto', 'fp32' or 'bf16'"),
-            (self.train.export_dtype in ("float32", "bfloat16"), "train.export_dtype",
-             "'float32' or 'bfloat16'"),
-            (_is_region(self.flow.mouth_region), "flow.mouth_region", f"{REGION}, e.g. "
-             "[0.5, 0.85, 0.3, 0.7]"),
-            (self.flow.mouth_weight > 0, "flow.mouth_weight", "> 0 (1: unweighted)"),
-            (self.dmd.student_steps >= 1, "dmd.student_steps", "≥ 1"),
-            (self.dmd.critic_steps >= 1, "dmd.critic_steps", "≥ 1"),
-            (self.adversarial.loss in ("r3gan", "hinge", "gan"), "adversarial.loss",
-             "'r3gan', 'hinge' or 'gan'"),
-            (bool(self.adversarial.phases) and self.adversarial.phases[-1] >= 1 and all(
-                a > b for a, b in zip(self.adversarial.phases, self.adversarial.phases[1:])),
-             "adversarial.phases", "decreasing step counts ≥ 1, e.g. [3, 2, 1]"),
-            (len(self.adversarial.disc_timestep) == 2
-             and 0 <= self.adversarial.disc_timestep[0] <= self.adversarial.disc_timestep[1] <= 1,
-             "adversarial.disc_timestep", "[low, high] with 0 ≤ low ≤ high ≤ 1"),
-            (self.adversarial.disc_steps >= 1, "adversarial.disc_steps", "≥ 1"),
-            *[(getattr(self.adversarial, k) >= 0, f"adversarial.{k}", "≥ 0 (0: off)")
-              for k in ("self_compare_weight", "regression_weight", "gan_weight", "reg_weight")],
-            (self.adversarial.gan_weight + self.adversarial.regression_weight > 0,
-             "adversarial.gan_weight",
-             "> 0 while adversarial.regression_weight is 0 (else the generator has no objective)"),
-            (self.adversarial.last_phase_clips >= 0, "adversarial.last_phase_clips",
-             "≥ 0 (0: clips_per_phase)"),
-            (0 <= self.adversarial.disc_warmup_steps * self.train.global_batch
-             < min(self.adversarial.phase_clips()), "adversarial.disc_warmup_steps",
-             (f"≥ 0 and fewer than a phase's {min(self.adversarial.phase_clips())} clips / "
-              f"train.global_batch={self.train.global_batch} steps (else the generator never "
-              "trains)")),
-            (self.validation.every_clips >= 0, "validation.every_clips", "≥ 0 (0: off)"),
-            (self.sync.kind in ("onestep", "syncnet_v2"), "sync.kind",
-             "'onestep' or 'syncnet_v2'"),
-            (_is_region(self.sync.mouth_region), "sync.mouth_region", f"{REGION}, e.g. "
-             "[0.45, 0.95, 0.2, 0.8]"),
-            (self.train.stage != "sync" or (
-                self.audio.encoder == "mfcc"
-                and self.data.frames >= SYNC_FRAMES + 2 * self.sync.train_shift),
-             "data.frames", f"≥ {SYNC_FRAMES} + 2 × sync.train_shift with audio.encoder mfcc "
-             "for stage sync (jobs/train_sync.py sets both)"),
-            (self.train.stage != "sync" or self.validation.every_clips == 0,
-             "validation.every_clips", "0 for stage sync (it reports its own offset accuracy)"),
-            (self.validation.clips >= 2, "validation.clips",
-             "≥ 2 (the shuffled-audio floor pairs each clip with another)"),
-            (self.validation.steps >= 0, "validation.steps", "≥ 0 (0: the model's own)"),
-            (self.validation.on_collapse in ("warn", "stop", "rollback"),
-             "validation.on_collapse", "'warn', 'stop' or 'rollback'"),
-            (0 < self.validation.rollback_lr_scale <= 1, "validation.rollback_lr_scale",
-             "in (0, 1]"),
-            (self.validation.max_rollbacks >= 0, "validation.max_rollbacks", "≥ 0"),
-            (self.sweep.search in ("grid", "random", "bayes"), "sweep.search",
-             "'grid', 'random' or 'bayes'"),
-            (self.sweep.scheduler in ("asha", "none"), "sweep.scheduler", "'asha' or 'none'"),
-            (self.sweep.num_samples >= 1, "sweep.num_samples", "≥ 1"),
-            (self.sweep.grace_clips >= 0 and self.sweep.max_concurrent >= 0,
-             "sweep.grace_clips/max_concurrent", "≥ 0 (0: automatic)"),
-        ]
-        for ok, key, expected in checks:
-            if not ok:
-                raise ConfigError(f"{key}: expected {expected}")
-        self.sweep.space = _checked_space(self.sweep.space)
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).check(self)
         return self
 
 
@@ -597,13 +713,14 @@ POSITIVE = (
     "train.torch_threads", "dmd.lr", "dmd.critic_lr", "adversarial.clips_per_phase",
     "adversarial.lr", "adversarial.disc_lr", "model.text_dim", "model.prompt_tokens",
     "ingest.detect_fps", "ingest.detect_width", "ingest.crop_scale", "ingest.max_jump",
-    "sync.size", "sync.width", "sync.embed_dim", "sync.max_offset", "sync.temperature")
+    "sync.size", "sync.width", "sync.embed_dim", "sync.max_offset", "sync.temperature",
+    "fada.windows", "fada.solver_steps", "fada.lr")
 NON_NEGATIVE = (
     "model.audio_context", "sample.audio_scale", "sample.ref_scale", "train.warmup_clips",
     "train.weight_decay", "train.grad_clip", "train.max_failures", "train.min_workers",
     "dmd.audio_scale", "dmd.ref_scale", "adversarial.warmup_steps", "adversarial.reg_sigma",
     "model.ffn_dim", "model.image_dim", "ingest.smooth_seconds", "sync.train_shift",
-    "ingest.max_sync_offset")
+    "ingest.max_sync_offset", "fada.gt_weight_peak", "fada.gt_rise")
 FRACTIONS = (
     "synth.test_identity_fraction", "synth.degraded_fraction", "data.motion_prob",
     "flow.audio_drop", "flow.all_drop", "train.min_lr_ratio", "train.ema_decay",

@@ -31,7 +31,7 @@ from onestep.media import MediaError, decode_video, pcm16_array
 from onestep.storage import Location, StorageError, resolve
 
 log = logging.getLogger(__name__)
-COLUMNS = ["clip_id", "mp4", "audio_pcm16", "sample_rate", "fps", "split"]
+COLUMNS = ["clip_id", "mp4", "audio_pcm16", "sample_rate", "fps", "split", "tier"]
 
 
 class DataError(StorageError):
@@ -71,6 +71,12 @@ def decoded_clip(row: dict, cfg: Config, encoder) -> tuple[np.ndarray, np.ndarra
     return frames[:n], feats[:n * per_frame]
 
 
+def tier_code(row: dict) -> np.int8:
+    """A clip's quality tier as its index in TIERS (what a batch carries); a clip of shards
+    written before tiers counts as `high`, as every clip was trained on alike then."""
+    return np.int8(TIERS.index(row.get("tier") or TIERS[0]))
+
+
 def clip_windows(row: dict, cfg: Config, encoder, rng: np.random.Generator) -> list[dict]:
     """Cut one clip row into `windows_per_clip` pixel training examples."""
     frames, feats = decoded_clip(row, cfg, encoder)
@@ -87,6 +93,7 @@ def clip_windows(row: dict, cfg: Config, encoder, rng: np.random.Generator) -> l
             "ref": to_unit(frames[ref_index]),  # (3, H, W)
             "audio": feats[start * per_frame:(start + f_len) * per_frame],  # (F·r, D)
             "use_motion": np.bool_(rng.random() < cfg.data.motion_prob),
+            "tier": tier_code(row),
         })
     return out
 
@@ -116,6 +123,7 @@ def latent_windows(row: dict, cfg: Config, dtype: np.dtype,
             "ref_latent": refs[k].astype(np.float32),
             "audio": audio[start * per_latent:(start + window) * per_latent],
             "use_motion": np.bool_(rng.random() < cfg.data.motion_prob),
+            "tier": tier_code(row),
         }
         if images is not None:
             example["image"] = images[k]
@@ -155,7 +163,9 @@ class ShardWindows:
     def __call__(self, item: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for path, visit in zip(item["path"], item["pass"]):
             with self.fs.open_input_file(path) as f:
-                table = pq.read_table(f, columns=self.columns, filters=self.rows)
+                present = pq.read_schema(f).names
+                columns = [c for c in self.columns if c in present]
+                table = pq.read_table(f, columns=columns, filters=self.rows)
             for row in table.to_pylist():
                 rng = np.random.default_rng([self.cfg.data.seed,
                                              zlib.crc32(row["clip_id"].encode()), int(visit)])

@@ -37,10 +37,10 @@ def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def sample_training_timesteps(batch: int, cfg: FlowConfig, generator: torch.Generator | None,
+def sample_training_timesteps(batch: int, cfg: FlowConfig, rng: torch.Generator | None,
                               device=None) -> torch.Tensor:
-    u = torch.randn(batch, generator=generator, device=device)
-    t = torch.sigmoid(u) if cfg.logit_normal else torch.rand(batch, generator=generator,
+    u = torch.randn(batch, generator=rng, device=device)
+    t = torch.sigmoid(u) if cfg.logit_normal else torch.rand(batch, generator=rng,
                                                              device=device)
     return shift_timesteps(t, cfg.timestep_shift)
 
@@ -50,10 +50,10 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.T
     return (1 - t) * x0 + t * noise
 
 
-def condition_dropout(batch: int, cfg: FlowConfig, generator: torch.Generator | None,
+def condition_dropout(batch: int, cfg: FlowConfig, rng: torch.Generator | None,
                       device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (drop_audio, drop_ref): teaches v(ref, ∅) and v(∅, ∅) for multi-CFG."""
-    u = torch.rand(batch, generator=generator, device=device)
+    u = torch.rand(batch, generator=rng, device=device)
     drop_all = u < cfg.all_drop
     drop_audio = u < cfg.all_drop + cfg.audio_drop
     return drop_audio, drop_all
@@ -96,13 +96,13 @@ def velocity_loss(model, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
 
 
 def flow_matching_loss(model, x0: torch.Tensor, cond: Conditions, cfg: FlowConfig,
-                       generator: torch.Generator | None = None):
+                       rng: torch.Generator | None = None):
     """Teacher objective: (mouth-weighted) MSE between predicted and true velocity. Returns
     (loss, logs)."""
     b = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    t = sample_training_timesteps(b, cfg, generator, x0.device).to(x0.dtype)
-    drop_audio, drop_ref = condition_dropout(b, cfg, generator, x0.device)
+    noise = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)
+    t = sample_training_timesteps(b, cfg, rng, x0.device).to(x0.dtype)
+    drop_audio, drop_ref = condition_dropout(b, cfg, rng, x0.device)
     cond = dataclasses.replace(cond, drop_audio=drop_audio, drop_ref=drop_ref)
     loss = velocity_loss(model, x0, noise, t, cond, mouth_weights(x0, cfg))
     return loss, {"loss": loss.detach(), "t_mean": t.mean().detach()}
@@ -111,6 +111,16 @@ def flow_matching_loss(model, x0: torch.Tensor, cond: Conditions, cfg: FlowConfi
 def sampling_timesteps(steps: int, shift: float = 1.0, device=None) -> torch.Tensor:
     """steps+1 times from 1 to 0, shifted."""
     return shift_timesteps(torch.linspace(1.0, 0.0, steps + 1, device=device), shift)
+
+
+def window_timesteps(window_steps: list[int], device=None) -> torch.Tensor:
+    """Times from 1 to 0 through len(window_steps) equal windows, `window_steps[k]` uniform
+    steps inside window k. A PeRFlow student's flow is straight within each window, so a
+    window's steps can be few, and where they go can differ (FADA-Fast: [2, 1, 1, 2])."""
+    k = len(window_steps)
+    parts = [torch.linspace(1 - i / k, 1 - (i + 1) / k, n + 1)
+             for i, n in enumerate(window_steps)]
+    return torch.cat([parts[0]] + [part[1:] for part in parts[1:]]).to(device)
 
 
 def euler_sample(velocity: Velocity, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -129,17 +139,29 @@ class GuidedVelocity:
         v = v(∅,∅) + s_ref·(v(ref,∅) − v(∅,∅)) + s_audio·(v(ref,audio) − v(ref,∅))
 
     Terms whose scale is 1 cancel and are not evaluated, so NFE per step is 1, 2 or 3; `nfe`
-    counts evaluations per sample (a batched CFG forward still counts each condition).
+    counts evaluations per sample (a batched CFG forward still counts each condition). Scales
+    may be (B,) tensors, one per sample (then all three terms run). A model that `takes
+    guidance` (FADA §3.3) has learnt the guided velocity: it gets the scales as an input and
+    runs once.
     """
 
     model: torch.nn.Module
     cond: Conditions
-    audio_scale: float = 1.0
-    ref_scale: float = 1.0
+    audio_scale: float | torch.Tensor = 1.0
+    ref_scale: float | torch.Tensor = 1.0
+    takes_guidance: bool = False
     nfe: int = 0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        branches = cfg_branches(self.audio_scale, self.ref_scale)
+        if self.takes_guidance:
+            scales = [torch.as_tensor(s, dtype=x.dtype, device=x.device).expand(x.shape[0])
+                      for s in (self.audio_scale, self.ref_scale)]
+            self.nfe += 1
+            return self.model(x, t, dataclasses.replace(self.cond,
+                                                        guidance=torch.stack(scales, -1)))
+        per_sample = torch.is_tensor(self.audio_scale) or torch.is_tensor(self.ref_scale)
+        branches = (cfg_branches(2.0, 2.0) if per_sample
+                    else cfg_branches(self.audio_scale, self.ref_scale))
         n = len(branches)
         cond = Conditions.cat([self.cond.repeat(1, a, r) for a, r in branches])
         v = self.model(x.repeat(n, *([1] * (x.dim() - 1))), t.repeat(n), cond).chunk(n)
@@ -148,4 +170,6 @@ class GuidedVelocity:
             return v[0]
         v_full, v_ref = v[0], v[1]
         v_none = v[2] if n == 3 else v_ref
-        return v_none + self.ref_scale * (v_ref - v_none) + self.audio_scale * (v_full - v_ref)
+        audio, ref = (torch.as_tensor(s, dtype=x.dtype, device=x.device).reshape(
+            -1, *([1] * (x.dim() - 1))) for s in (self.audio_scale, self.ref_scale))
+        return v_none + ref * (v_ref - v_none) + audio * (v_full - v_ref)

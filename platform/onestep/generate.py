@@ -23,10 +23,16 @@ import torch
 
 from onestep.audio_features import build_audio_encoder
 from onestep.conditioning import align_audio, encode_reference, make_conditions
-from onestep.encoders import ImageEncoder
 from onestep.config import Config
 from onestep.data import to_unit
-from onestep.flow import GuidedVelocity, cfg_branches, euler_sample, sampling_timesteps
+from onestep.encoders import ImageEncoder
+from onestep.flow import (
+    GuidedVelocity,
+    cfg_branches,
+    euler_sample,
+    sampling_timesteps,
+    window_timesteps,
+)
 from onestep.model import build_codec
 from onestep.model.dit import Conditions
 
@@ -38,25 +44,41 @@ class Sampling:
     ref_scale: float
     timestep_shift: float
     seed: int
+    window_steps: tuple[int, ...] = ()  # the model's steps per time window (sample.window_steps)
+    takes_guidance: bool = False  # the model takes the scales as an input (FADA §3.3)
 
     @classmethod
     def from_config(cls, cfg: Config, **overrides) -> Sampling:
+        """The model's own sampling (its export's `sample` section), with what a request or a
+        command line overrides. Other step counts than the model's windows sum to are uniform."""
         s = cfg.sample
-        base = cls(s.steps, s.audio_scale, s.ref_scale, s.timestep_shift, s.seed)
+        base = cls(s.steps, s.audio_scale, s.ref_scale, s.timestep_shift, s.seed,
+                   tuple(s.window_steps), bool(cfg.model.guidance_input))
         for k, v in overrides.items():
             if v is not None:
                 setattr(base, k, v)
         if base.steps < 1:
             raise ValueError(f"steps must be ≥ 1, got {base.steps}")
+        if sum(base.window_steps) != base.steps:
+            base.window_steps = ()
         return base
 
     def solver(self) -> tuple:
         """What must match for chunks to share a batch (the seed need not: noise is per chunk)."""
-        return self.steps, self.audio_scale, self.ref_scale, self.timestep_shift
+        return (self.steps, self.audio_scale, self.ref_scale, self.timestep_shift,
+                self.window_steps, self.takes_guidance)
+
+    def timesteps(self, device=None) -> torch.Tensor:
+        if self.window_steps:
+            return window_timesteps(list(self.window_steps), device)
+        return sampling_timesteps(self.steps, self.timestep_shift, device)
 
     @property
     def nfe(self) -> int:
-        """Model evaluations per chunk: steps × CFG branches."""
+        """Model evaluations per chunk: steps × CFG branches (× 1 for a model that takes the
+        scales as an input)."""
+        if self.takes_guidance:
+            return self.steps
         return self.steps * len(cfg_branches(self.audio_scale, self.ref_scale))
 
 
@@ -194,11 +216,13 @@ class AvatarGenerator:
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault(job.sampling.solver(), []).append(i)
-        for (steps, audio_scale, ref_scale, shift), idx in groups.items():
+        for idx in groups.values():
+            sampling = jobs[idx[0]].sampling
             velocity = GuidedVelocity(self.model, Conditions.cat([jobs[i].cond for i in idx]),
-                                      audio_scale, ref_scale)
+                                      sampling.audio_scale, sampling.ref_scale,
+                                      sampling.takes_guidance)
             noise = torch.cat([jobs[i].noise for i in idx])
-            latents = euler_sample(velocity, noise, sampling_timesteps(steps, shift, self.device))
+            latents = euler_sample(velocity, noise, sampling.timesteps(self.device))
             for i, latent in zip(idx, latents.split(1)):
                 out[i] = latent
         return out

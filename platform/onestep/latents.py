@@ -45,7 +45,7 @@ SCHEMA = pa.schema(
      ("ref_frames", pa.list_(pa.int32()))]
     + [field for name in TENSORS
        for field in ((name, pa.binary()), (f"{name}_shape", pa.list_(pa.int32())))])
-COLUMNS = ["clip_id", "split"] + [c for name in TENSORS for c in (name, f"{name}_shape")]
+COLUMNS = ["clip_id", "split", "tier"] + [c for name in TENSORS for c in (name, f"{name}_shape")]
 
 
 def compatibility(cfg: Config) -> dict:

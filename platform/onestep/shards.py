@@ -47,6 +47,15 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
 
 
+def synthtalk_tier(degradations: dict) -> str:
+    """A clean render is `high`; one degradation of the picture alone (blur, compression,
+    jitter) is `moderate`: worse to look at, still in sync, FADA's mixed supervision can learn
+    from it; sound shifted off the picture or two degradations are `low`."""
+    if not degradations:
+        return "high"
+    return "moderate" if len(degradations) == 1 and "offset" not in degradations else "low"
+
+
 def clip_row(clip: Clip, fps: int, sample_rate: int) -> dict:
     h, w = clip.frames.shape[1:3]
     degraded = bool(clip.degradations)
@@ -59,7 +68,7 @@ def clip_row(clip: Clip, fps: int, sample_rate: int) -> dict:
         "sample_rate": sample_rate, "fps": fps, "num_frames": len(clip.frames),
         "height": h, "width": w, "identity": clip.identity, "quality": clip.quality,
         "split": clip.split, "degradations": json.dumps(clip.degradations),
-        "tier": "low" if degraded else "high",  # SynthTalk's degraded renders are its low tier
+        "tier": synthtalk_tier(clip.degradations),
         **{k: (clip.labels[k].tolist() if k in clip.labels else None) for k in LABELS},
     }
 

@@ -50,12 +50,12 @@ def generator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.T
 
 def perturbation_penalty(disc: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                          logits: torch.Tensor, sigma: float,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+                         rng: torch.Generator | None = None) -> torch.Tensor:
     """R1/R2 without double backprop (TurboTalk Eq. 7): E‖D(x + σε) − D(x)‖² / σ².
 
     For small σ this is E‖∇D·ε‖² = ‖∇D‖², the gradient penalty R1 (on real x) or R2 (on
     generated x) estimates, at the cost of one forward pass instead of a second-order backward.
     `logits` are D(x), already computed for the adversarial loss.
     """
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    noise = torch.randn(x.shape, generator=rng, device=x.device, dtype=x.dtype)
     return ((disc(x + sigma * noise) - logits) ** 2).mean() / sigma ** 2

@@ -81,7 +81,8 @@ def build_model(cfg: Config) -> VideoDiT | WanDiT:
         return WanDiT(wan_arch(cfg, channels), prompt_tokens=m.prompt_tokens,
                       **audio_arguments(cfg))
     return VideoDiT(latent_channels=channels, dim=m.dim, depth=m.depth, heads=m.heads,
-                    mlp_ratio=m.mlp_ratio, patch=tuple(m.patch), **audio_arguments(cfg))
+                    mlp_ratio=m.mlp_ratio, patch=tuple(m.patch), guidance_input=m.guidance_input,
+                    **audio_arguments(cfg))
 
 
 def count_parameters(module: nn.Module) -> int:

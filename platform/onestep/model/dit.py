@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from onestep.model.audio_adapter import AudioAdapter
+from onestep.model.guidance import GuidanceEmbedding
 from onestep.model.rope import apply_rope, rope_angles
 
 
@@ -35,6 +36,8 @@ class Conditions:
     drop_audio: torch.Tensor | None = None  # (B,) bool
     drop_ref: torch.Tensor | None = None  # (B,) bool
     image: torch.Tensor | None = None  # (B, tokens, D_clip) CLIP tokens of the reference (Wan I2V)
+    # (B, 2) [audio_scale, ref_scale] for a network that takes guidance as an input (FADA §3.3)
+    guidance: torch.Tensor | None = None
 
     def repeat(self, n: int, drop_audio: bool, drop_ref: bool) -> Conditions:
         """The batch repeated with fixed dropout flags (for batched CFG evaluation)."""
@@ -42,7 +45,7 @@ class Conditions:
         flag = lambda v: torch.full((b * n,), v, dtype=torch.bool, device=self.ref.device)
         rep = lambda t: None if t is None else t.repeat(n, *([1] * (t.dim() - 1)))
         return Conditions(rep(self.ref), rep(self.audio), rep(self.motion), rep(self.motion_mask),
-                          flag(drop_audio), flag(drop_ref), rep(self.image))
+                          flag(drop_audio), flag(drop_ref), rep(self.image), rep(self.guidance))
 
     @staticmethod
     def cat(parts: list[Conditions]) -> Conditions:
@@ -51,7 +54,7 @@ class Conditions:
             return None if values[0] is None else torch.cat(values)
 
         return Conditions(c("ref"), c("audio"), c("motion"), c("motion_mask"), c("drop_audio"),
-                          c("drop_ref"), c("image"))
+                          c("drop_ref"), c("image"), c("guidance"))
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -105,7 +108,7 @@ def set_activation_checkpointing(module: nn.Module, on: bool) -> None:
 
 
 class DiTBlock(Block):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, guidance_attn: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.self_attn = Attention(dim, heads)
@@ -113,6 +116,10 @@ class DiTBlock(Block):
         self.identity_attn = Attention(dim, heads)
         self.norm3 = nn.LayerNorm(dim, eps=1e-6)
         self.audio_attn = Attention(dim, heads)
+        # FADA §3.3: a guidance layer after the audio layer, over the guidance embedding.
+        if guidance_attn:
+            self.norm_guidance = nn.LayerNorm(dim, eps=1e-6)
+            self.guidance_attn = Attention(dim, heads)
         self.norm4 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"),
@@ -121,7 +128,8 @@ class DiTBlock(Block):
         # plus a timestep gate on the audio branch (see forward).
         self.modulation = nn.Linear(dim, 7 * dim)
 
-    def forward(self, x, t_emb, identity_tokens, audio_tokens, angles, frames: int):
+    def forward(self, x, t_emb, identity_tokens, audio_tokens, angles, frames: int,
+                guidance_tokens=None):
         shift1, scale1, gate1, shift2, scale2, gate2, gate_audio = (
             self.modulation(t_emb)[:, None].chunk(7, -1))
         x = x + gate1 * self.self_attn(self.norm1(x) * (1 + scale1) + shift1, angles=angles)
@@ -133,6 +141,8 @@ class DiTBlock(Block):
         per_frame = self.norm3(x).reshape(b * frames, n // frames, d)
         audio = audio_tokens.reshape(b * frames, -1, d)
         x = x + gate_audio * self.audio_attn(per_frame, audio).reshape(b, n, d)
+        if guidance_tokens is not None:
+            x = x + self.guidance_attn(self.norm_guidance(x), guidance_tokens)
         return x + gate2 * self.mlp(self.norm4(x) * (1 + scale2) + shift2)
 
 
@@ -140,7 +150,7 @@ class VideoDiT(nn.Module):
     def __init__(self, latent_channels: int, audio_feature_dim: int, audio_per_frame: int,
                  dim: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0,
                  patch: tuple[int, int, int] = (1, 2, 2), audio_context: int = 2,
-                 audio_tokens: int = 4, audio_dim: int = 128):
+                 audio_tokens: int = 4, audio_dim: int = 128, guidance_input: str = ""):
         super().__init__()
         self.c, self.patch, self.dim, self.heads = latent_channels, tuple(patch), dim, heads
         in_ch = 3 * latent_channels + 1  # noisy latent, reference, motion latents, motion mask
@@ -153,7 +163,10 @@ class VideoDiT(nn.Module):
                                           audio_tokens)
         self.null_audio = nn.Parameter(torch.zeros(1, 1, audio_tokens, dim))
         self.t_embed = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.blocks = nn.ModuleList(DiTBlock(dim, heads, mlp_ratio) for _ in range(depth))
+        self.guidance = GuidanceEmbedding(guidance_input, dim) if guidance_input else None
+        attends = self.guidance is not None and self.guidance.attends
+        self.blocks = nn.ModuleList(DiTBlock(dim, heads, mlp_ratio, attends)
+                                    for _ in range(depth))
         self.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Linear(dim, 2 * dim)
         self.final = nn.Linear(dim, latent_channels * math.prod(self.patch))
@@ -169,6 +182,10 @@ class VideoDiT(nn.Module):
         for blk in self.blocks:  # adaLN-Zero: every block starts as the identity
             nn.init.zeros_(blk.modulation.weight)
             nn.init.zeros_(blk.modulation.bias)
+            if hasattr(blk, "guidance_attn"):  # and adds nothing until it has learnt to
+                nn.init.zeros_(blk.guidance_attn.out.weight)
+        if self.guidance is not None:  # its own initialisation, which the loop above overwrote
+            self.guidance.reset_parameters()
         for layer in (self.final_modulation, self.final):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -199,9 +216,18 @@ class VideoDiT(nn.Module):
                                 self.null_audio.expand_as(audio), audio)
 
         t_emb = self.t_embed(timestep_embedding(t, 256))
+        guidance = None
+        if self.guidance is not None:
+            if cond.guidance is None:
+                raise ValueError(f"this network takes guidance scales as an input "
+                                 f"(model.guidance_input={self.guidance.kind}): sample it with "
+                                 "audio and reference scales")
+            guidance = self.guidance(cond.guidance.to(t_emb.dtype))
+            if not self.guidance.attends:
+                t_emb, guidance = t_emb + guidance, None
         angles = rope_angles(grid, self.dim // self.heads).to(x.device)
         for blk in self.blocks:
-            tokens = blk(tokens, t_emb, identity, audio, angles, grid[0])
+            tokens = blk(tokens, t_emb, identity, audio, angles, grid[0], guidance)
         return tokens, t_emb, grid
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:

@@ -60,6 +60,9 @@ class ModelInfo(BaseModel):
     motion_frames: int = Field(description="frames each chunk takes over from the one before")
     audio_scale: float
     ref_scale: float
+    guidance_input: bool = Field(description="the model takes the guidance scales as an input "
+                                 "(FADA): any scales cost one evaluation per step; otherwise "
+                                 "scales other than 1 cost up to 3")
     seed: int = Field(description="noise seed used when a request does not set `seed`")
     sample_rate: int = Field(description="audio is resampled to this rate (Hz) for the model")
 
@@ -107,7 +110,8 @@ def generation_form(limits: Limits, model: dict) -> dict:
                                                           "seed give the same video."},
         "audio_scale": {**number, "minimum": AUDIO_SCALE_RANGE[0],
                         "maximum": AUDIO_SCALE_RANGE[1], "default": model["audio_scale"],
-                        "description": "Audio guidance scale (multi-condition CFG)."},
+                        "description": "Audio guidance scale (multi-condition CFG, or the "
+                                       "input of a model with guidance_input)."},
         "ref_scale": {**number, "minimum": REF_SCALE_RANGE[0], "maximum": REF_SCALE_RANGE[1],
                       "default": model["ref_scale"],
                       "description": "Reference (identity) guidance scale."},

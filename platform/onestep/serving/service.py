@@ -103,7 +103,8 @@ class AvatarService:
                 "steps": s.steps, "resolution": self.cfg.resolution, "fps": self.cfg.synth.fps,
                 "nfe_per_chunk": s.nfe, "chunk_frames": self.cfg.data.frames,
                 "motion_frames": self.cfg.data.motion_frames,
-                "audio_scale": s.audio_scale, "ref_scale": s.ref_scale, "seed": s.seed,
+                "audio_scale": s.audio_scale, "ref_scale": s.ref_scale,
+                "guidance_input": s.takes_guidance, "seed": s.seed,
                 "sample_rate": self.cfg.audio.sample_rate}
 
     def start(self, req: GenerationRequest) -> Render:

@@ -3,11 +3,12 @@ onestep.train.loop runs any of them under Ray Train + DeepSpeed (or in one plain
 
 from onestep.stages.adversarial import AdversarialStage
 from onestep.stages.dmd import DMDStage
+from onestep.stages.fada import FADAStage
 from onestep.stages.sync import SyncStage
 from onestep.stages.teacher import TeacherStage
 
 STAGES = {"teacher": TeacherStage, "dmd": DMDStage, "adversarial": AdversarialStage,
-          "sync": SyncStage}
+          "fada": FADAStage, "sync": SyncStage}
 
 
 def stage_class(name: str):

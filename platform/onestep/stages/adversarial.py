@@ -35,7 +35,7 @@ from onestep.flow import add_noise, euler_sample, mouth_weights, sampling_timest
 from onestep.model import Discriminator
 from onestep.stages.base import Stage, student_config
 from onestep.stages.sources import inherit, load_networks, pin
-from onestep.train.engine import frozen
+from onestep.train.engine import no_param_grads, update
 
 
 class AdversarialStage(Stage):
@@ -52,19 +52,17 @@ class AdversarialStage(Stage):
         a = cfg.adversarial
         a.student, student_cfg = pin(cfg, "adversarial.student", a.student)
         a.teacher, _ = pin(cfg, "adversarial.teacher", a.teacher or student_cfg.dmd.teacher)
-        cfg.dmd.student_steps = student_cfg.sample.steps
-        if a.phases[0] >= cfg.dmd.student_steps:
-            raise ValueError(f"adversarial.phases: {a.phases} must start below the student's "
-                             f"{cfg.dmd.student_steps} steps ({a.student})")
-        return ([f"student ({cfg.dmd.student_steps} steps): {a.student}",
+        a.student_steps = student_cfg.sample.steps
+        a.check(cfg)  # its phases must start below the student's steps
+        return ([f"student ({a.student_steps} steps): {a.student}",
                  f"discriminator trunk (teacher): {a.teacher}"]
                 + inherit(cfg, student_cfg, a.student))
 
     def build_networks(self) -> dict[str, torch.nn.Module]:
         a = self.cfg.adversarial
-        generator, reference = load_networks(self.cfg, a.student, 2)
+        student, reference = load_networks(self.cfg, a.student, 2)
         (trunk,) = load_networks(self.cfg, a.teacher, 1)
-        return {"generator": generator, "discriminator": Discriminator(trunk),
+        return {"generator": student, "discriminator": Discriminator(trunk),
                 "reference": reference}
 
     def optimizer(self, name: str) -> tuple[float, int]:
@@ -111,7 +109,7 @@ class AdversarialStage(Stage):
         discriminator-only warm-up the student keeps the previous phase's final timestep."""
         a, shift = self.cfg.adversarial, self.cfg.sample.timestep_shift
         i, steps, _ = self.phase(step)
-        previous = self.cfg.dmd.student_steps if i == 0 else a.phases[i - 1]
+        previous = a.student_steps if i == 0 else a.phases[i - 1]
         done = self.generator_updates(step)[0]
         progress = done / a.warmup_steps if a.dynamic_timesteps and a.warmup_steps > 0 else 1.0
         return dynamic_schedule(steps, previous, progress, u, shift)
@@ -138,28 +136,28 @@ class AdversarialStage(Stage):
             logs["regression"] = regression.detach()
         return loss, logs
 
-    def train_step(self, batch: dict, engines: dict, generator: torch.Generator,
+    def train_step(self, batch: dict, engines: dict, rng: torch.Generator,
                    step: int) -> dict:
         a = self.cfg.adversarial
         gen, disc, reference = (engines[n] for n in ("generator", "discriminator", "reference"))
         x_real, cond = self.prepare(batch)
         b = x_real.shape[0]
-        timesteps = self.schedule(step, float(torch.rand(1, generator=self.shared_generator(step))))
-        noise = torch.randn(x_real.shape, generator=generator)
+        timesteps = self.schedule(step, float(torch.rand(1, generator=self.shared_rng(step))))
+        noise = torch.randn(x_real.shape, generator=rng)
         train_generator = self.generator_updates(step)[1]  # the same on every rank
         with torch.set_grad_enabled(train_generator):
             x_fake = final_step_sample(gen, noise, timesteps, cond)
         use_ref, x_ref = a.self_compare_weight > 0, None
         if use_ref or a.regression_weight > 0:  # the reference's sample of the same noise
             with torch.no_grad():
-                ref_steps = sampling_timesteps(self.cfg.dmd.student_steps,
+                ref_steps = sampling_timesteps(self.cfg.adversarial.student_steps,
                                                self.cfg.sample.timestep_shift)
                 x_ref = euler_sample(lambda x, t: reference(x, t, cond), noise, ref_steps)
 
         # The discriminator sees every input noised to one shared random timestep.
         lo, hi = a.disc_timestep
-        t_d = lo + (hi - lo) * torch.rand(b, generator=generator)
-        eps_d = torch.randn(x_real.shape, generator=generator)
+        t_d = lo + (hi - lo) * torch.rand(b, generator=rng)
+        eps_d = torch.randn(x_real.shape, generator=rng)
 
         def logits(x: torch.Tensor) -> torch.Tensor:
             return disc(add_noise(x, eps_d, t_d), t_d, cond)
@@ -167,11 +165,9 @@ class AdversarialStage(Stage):
         real = logits(x_real)
         ref = logits(x_ref) if use_ref else None
         # Generator update first, against the current discriminator (frozen meanwhile).
-        with frozen(disc.module), torch.set_grad_enabled(train_generator):
+        with no_param_grads(disc), torch.set_grad_enabled(train_generator):
             g_loss, logs = self.generator_objective(logits, x_fake, real, x_ref, ref)
-        if train_generator:
-            gen.backward(g_loss)
-            gen.step()
+        generator_grad_norm = update(gen, g_loss) if train_generator else 0.0
 
         x_fake = x_fake.detach()
         fake = logits(x_fake)
@@ -179,17 +175,15 @@ class AdversarialStage(Stage):
         if use_ref:
             d_loss = d_loss + a.self_compare_weight * discriminator_loss(a.loss, ref, fake)
         if a.reg_weight > 0:
-            reg = (perturbation_penalty(logits, x_real, real, a.reg_sigma, generator)
-                   + perturbation_penalty(logits, x_fake, fake, a.reg_sigma, generator))
+            reg = (perturbation_penalty(logits, x_real, real, a.reg_sigma, rng)
+                   + perturbation_penalty(logits, x_fake, fake, a.reg_sigma, rng))
             if use_ref:
-                reg = reg + perturbation_penalty(logits, x_ref, ref, a.reg_sigma, generator)
+                reg = reg + perturbation_penalty(logits, x_ref, ref, a.reg_sigma, rng)
             d_loss = d_loss + a.reg_weight * reg
             logs["r1_r2"] = reg.detach()
-        disc.backward(d_loss)
-        disc.step()
+        disc_grad_norm = update(disc, d_loss)
         logs.update(loss=g_loss.detach(), g_loss=g_loss.detach(), d_loss=d_loss.detach(),
                     real_minus_fake=(real - fake).mean().detach(),
                     final_timestep=float(timesteps[-2]), steps=len(timesteps) - 1,
-                    generator_grad_norm=float(gen.get_global_grad_norm() or 0.0)
-                    if train_generator else 0.0)
+                    generator_grad_norm=generator_grad_norm, disc_grad_norm=disc_grad_norm)
         return logs

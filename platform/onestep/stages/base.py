@@ -66,7 +66,8 @@ class Stage:
         cond = Conditions(ref=torch.empty(batch, c, side, side),
                           audio=torch.empty(batch, audio_rows, feature_dim(cfg.audio)),
                           motion=torch.empty(batch, c, frames, side, side),
-                          motion_mask=torch.empty(batch, 1, frames, side, side))
+                          motion_mask=torch.empty(batch, 1, frames, side, side),
+                          guidance=torch.empty(batch, 2) if cfg.model.guidance_input else None)
         return torch.empty(batch, c, frames, side, side), torch.empty(batch), cond
 
     @staticmethod
@@ -93,11 +94,15 @@ class Stage:
         """(learning rate, training steps per optimiser step) of a trained network."""
         return self.cfg.train.lr, 1
 
-    def train_step(self, batch: dict, engines: dict, generator: torch.Generator,
+    def train_step(self, batch: dict, engines: dict, rng: torch.Generator,
                    step: int) -> dict:
+        """One training step: the stage's losses on `batch`, each trained network (`engines`,
+        by name) updated with onestep.train.engine.update; `rng` is this rank's randomness
+        (noise, timesteps), `shared_rng(step)` what all ranks must draw alike. Returns the
+        metrics to log."""
         raise NotImplementedError
 
-    def shared_generator(self, step: int) -> torch.Generator:
+    def shared_rng(self, step: int) -> torch.Generator:
         """Randomness every rank draws identically. Any choice that changes which forward
         passes run (how many student steps, which timesteps) must agree across ranks: ZeRO-3
         gathers each parameter with a collective, so diverging ranks would deadlock."""

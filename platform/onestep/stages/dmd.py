@@ -17,12 +17,13 @@ from onestep.distill.trajectory import denoise_until, predict_x0
 from onestep.flow import GuidedVelocity, add_noise, sampling_timesteps, velocity_loss
 from onestep.stages.base import Stage, student_config
 from onestep.stages.sources import inherit, load_networks, pin
+from onestep.train.engine import update
 
 T_MIN, T_MAX = 0.02, 0.98  # where the scores are compared (DMD2's range)
 
 
-def _uniform(batch: int, generator: torch.Generator, low: float, high: float) -> torch.Tensor:
-    return low + (high - low) * torch.rand(batch, generator=generator)
+def _uniform(batch: int, rng: torch.Generator, low: float, high: float) -> torch.Tensor:
+    return low + (high - low) * torch.rand(batch, generator=rng)
 
 
 class DMDStage(Stage):
@@ -53,7 +54,7 @@ class DMDStage(Stage):
     def export_config(self, step: int) -> Config:
         return student_config(self.cfg, self.cfg.dmd.student_steps)
 
-    def _student_sample(self, engine, x0_real, cond, generator, k: int) -> torch.Tensor:
+    def _student_sample(self, engine, x0_real, cond, rng, k: int) -> torch.Tensor:
         """x0 from the student at one of its timesteps, with grad through that step only.
 
         Backward simulation (DMD2): the input at the k-th timestep comes from the student's own
@@ -61,14 +62,14 @@ class DMDStage(Stage):
         """
         d = self.cfg.dmd
         timesteps = sampling_timesteps(d.student_steps, self.cfg.sample.timestep_shift)
-        noise = torch.randn(x0_real.shape, generator=generator)
+        noise = torch.randn(x0_real.shape, generator=rng)
         if d.backward_simulation:
             x = denoise_until(engine, noise, timesteps, cond, k)
         else:
             x = add_noise(x0_real, noise, timesteps[k].expand(x0_real.shape[0]))
         return predict_x0(engine, x, float(timesteps[k]), cond)
 
-    def train_step(self, batch: dict, engines: dict, generator: torch.Generator,
+    def train_step(self, batch: dict, engines: dict, rng: torch.Generator,
                    step: int) -> dict:
         d = self.cfg.dmd
         student, critic, teacher = (engines[n] for n in ("generator", "fake_score", "teacher"))
@@ -76,32 +77,28 @@ class DMDStage(Stage):
         b = x0_real.shape[0]
         logs = {}
         # Which of its timesteps the student is trained at: the same on every rank.
-        k = int(torch.randint(d.student_steps, (1,), generator=self.shared_generator(step)))
+        k = int(torch.randint(d.student_steps, (1,), generator=self.shared_rng(step)))
         if step % d.critic_steps == 0:
-            x0 = self._student_sample(student, x0_real, cond, generator, k)
-            t = _uniform(b, generator, T_MIN, T_MAX)
-            x_t = add_noise(x0.detach(), torch.randn(x0.shape, generator=generator), t)
+            x0 = self._student_sample(student, x0_real, cond, rng, k)
+            t = _uniform(b, rng, T_MIN, T_MAX)
+            x_t = add_noise(x0.detach(), torch.randn(x0.shape, generator=rng), t)
             tt = t.view(-1, 1, 1, 1, 1)
             with torch.no_grad():
                 real = GuidedVelocity(teacher, cond, d.audio_scale, d.ref_scale)(x_t, t)
                 x0_real_score = x_t - tt * real
                 x0_fake_score = x_t - tt * critic(x_t, t, cond)
             loss = dmd_loss(x0, x0_real_score, x0_fake_score)
-            student.backward(loss)
-            student.step()
-            logs.update(dmd_loss=loss.detach(), generator_grad_norm=float(
-                student.get_global_grad_norm() or 0.0), student_timestep_index=k)
+            logs.update(dmd_loss=loss.detach(), generator_grad_norm=update(student, loss),
+                        student_timestep_index=k)
             x0 = x0.detach()
         else:
             with torch.no_grad():
-                x0 = self._student_sample(student, x0_real, cond, generator, k)
+                x0 = self._student_sample(student, x0_real, cond, rng, k)
         # The critic learns the flow of the student's current samples (conditional only: the
         # fake score is never guided).
-        t = _uniform(b, generator, T_MIN, T_MAX)
-        critic_loss = velocity_loss(critic, x0, torch.randn(x0.shape, generator=generator), t,
+        t = _uniform(b, rng, T_MIN, T_MAX)
+        critic_loss = velocity_loss(critic, x0, torch.randn(x0.shape, generator=rng), t,
                                     cond)
-        critic.backward(critic_loss)
-        critic.step()
         logs.update(loss=critic_loss.detach(), critic_loss=critic_loss.detach(),
-                    critic_grad_norm=float(critic.get_global_grad_norm() or 0.0))
+                    critic_grad_norm=update(critic, critic_loss))
         return logs

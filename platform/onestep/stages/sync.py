@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from onestep.config import SYNC_FRAMES, Config
 from onestep.stages.base import Stage
 from onestep.sync.score import MFCC_PER_FRAME, build_expert, mouth_region
+from onestep.train.engine import update
 
 
 class SyncStage(Stage):
@@ -57,7 +58,7 @@ class SyncStage(Stage):
                                    + span] for d in range(-k, k + 1)], dim=1)  # (B, 2K+1, 20, 13)
         return mouths, sound.transpose(2, 3).flatten(0, 1)[:, None]
 
-    def train_step(self, batch: dict, engines: dict, generator: torch.Generator,
+    def train_step(self, batch: dict, engines: dict, rng: torch.Generator,
                    step: int) -> dict:
         engine, k = engines["sync_expert"], self.cfg.sync.train_shift
         mouths, sound = self.windows(batch)
@@ -69,10 +70,8 @@ class SyncStage(Stage):
         logits = logits.scatter(1, near, float("-inf"))
         target = own[:, k]
         loss = F.cross_entropy(logits, target)
-        engine.backward(loss)
-        engine.step()
+        grad_norm = update(engine, loss)
         with torch.no_grad():
             offset_acc = (logits.gather(1, own).argmax(1) == k).float().mean()
-        return {"loss": float(loss), "offset_acc": float(offset_acc),
-                "grad_norm": float(engine.get_global_grad_norm() or 0.0)}
+        return {"loss": float(loss), "offset_acc": float(offset_acc), "grad_norm": grad_norm}
 

@@ -13,6 +13,7 @@ from onestep.flow import flow_matching_loss
 from onestep.model import build_model
 from onestep.pretrained import adopt_architecture, load_into
 from onestep.stages.base import Stage
+from onestep.train.engine import update
 
 
 class TeacherStage(Stage):
@@ -37,12 +38,10 @@ class TeacherStage(Stage):
                 model.prompt.copy_(load_prompt(m.prompt_embedding, endpoint))
         return {"generator": model}
 
-    def train_step(self, batch: dict, engines: dict, generator: torch.Generator,
+    def train_step(self, batch: dict, engines: dict, rng: torch.Generator,
                    step: int) -> dict:
         engine = engines["generator"]
         x0, cond = self.prepare(batch)
-        loss, logs = flow_matching_loss(engine, x0, cond, self.cfg.flow, generator)
-        engine.backward(loss)
-        engine.step()
-        logs["grad_norm"] = float(engine.get_global_grad_norm() or 0.0)
+        loss, logs = flow_matching_loss(engine, x0, cond, self.cfg.flow, rng)
+        logs["grad_norm"] = update(engine, loss)
         return logs

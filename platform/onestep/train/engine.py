@@ -175,13 +175,24 @@ def local_shard(p: torch.nn.Parameter) -> torch.Tensor:
     return p.ds_tensor if hasattr(p, "ds_tensor") else p.data
 
 
+def update(engine, loss: torch.Tensor) -> float:
+    """One optimiser update of a trained network from `loss`; its gradient norm (before
+    clipping). Stages update networks only through this, so what DeepSpeed's engine needs
+    (backward through the engine, its step, where the norm lives) stays in this module."""
+    engine.backward(loss)
+    engine.step()
+    return float(engine.get_global_grad_norm() or 0.0)
+
+
 @contextlib.contextmanager
-def frozen(module: torch.nn.Module):
-    """No parameter gradients inside the block, while gradients still flow *through* the module.
+def no_param_grads(network):
+    """No parameter gradients for `network` (an engine or a module) inside the block, while
+    gradients still flow *through* it.
 
     A generator's adversarial loss backpropagates through the discriminator; its parameters must
     not collect gradients then, or ZeRO-3 would reduce them into the discriminator's next update.
     """
+    module = getattr(network, "module", network)
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)

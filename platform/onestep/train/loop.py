@@ -252,7 +252,7 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
                     hooks.report(head, Path(tmp))
             else:
                 hooks.report(head, None)
-    generator = torch.Generator().manual_seed(cfg.data.seed * 100003 + rank * 7919 + state["step"])
+    rng = torch.Generator().manual_seed(cfg.data.seed * 100003 + rank * 7919 + state["step"])
     meter, metrics, run_start, start_step = _Meter(), {}, time.perf_counter(), state["step"]
     # Blocked on data over the whole launch, epoch boundaries included; the first batch (the
     # pipeline starting) is counted apart, as it is paid once per launch.
@@ -266,7 +266,7 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
             waits.update(first_batch_wait_s=wait, since=time.perf_counter())
         else:
             waits["blocked"] += wait
-        logs = stage.train_step(batch, engines, generator, state["step"])
+        logs = stage.train_step(batch, engines, rng, state["step"])
         if stage.restarts_ema(state["step"]):
             state["ema_since"] = state["step"]
             for ema in emas.values():
