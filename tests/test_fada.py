@@ -1,7 +1,8 @@
 """FADA (stage `fada`): the maths on hand-made tensors — PeRFlow's straight windows, the
 ground-truth weight's regimes, guidance as an input — and the chain as a user runs it: the
 shipped teacher distilled by a 2-worker ZeRO-3 job reading SynthTalk from a real S3 API server,
-its export generating an MP4 at guidance scales set per request, one evaluation per step."""
+its export generating an MP4 at guidance scales set per request, one evaluation per step, then
+taken to one step by TurboTalk's adversarial stage with its guidance input intact."""
 
 import json
 
@@ -19,7 +20,7 @@ from onestep.model import build_model
 from onestep.model.dit import Conditions
 from onestep.model.guidance import eq9_coefficients
 from onestep.shards import synthtalk_tier
-from onestep.stages.fada import teacher_config
+from onestep.stages.base import without_guidance_input
 
 TEACHER = ROOT / "reports" / "pretrained" / "teacher"
 
@@ -82,7 +83,7 @@ def test_window_timesteps_put_each_window_its_own_steps():
 def test_a_student_starts_as_its_teacher_at_every_scale_and_runs_once_per_step(kind):
     cfg = load_config("tiny", tiny_overrides(**{"model.guidance_input": kind}))
     torch.manual_seed(0)
-    teacher = build_model(teacher_config(cfg)).eval()
+    teacher = build_model(without_guidance_input(cfg)).eval()
     for p in teacher.parameters():  # a trained-looking teacher: its zero-initialised head too
         p.data.normal_(0, 0.05)
     student = build_model(cfg).eval()
@@ -133,15 +134,31 @@ def test_synthtalk_tiers_and_fada_config_errors():
         load_config("tiny", ["model.kind=wan", "model.guidance_input=tokens"])
 
 
+def _scales_act(export: str, nfe: int) -> None:
+    """The export costs `nfe` evaluations per chunk at any scales, and they change its video."""
+    from onestep.checkpoint import load_generator
+    from onestep.generate import AvatarGenerator
+
+    model, cfg = load_generator(export)
+    gen = AvatarGenerator(model, cfg)
+    image = np.full((cfg.resolution, cfg.resolution, 3), 128, np.uint8)
+    audio = np.sin(np.arange(8000) / 16000 * 2 * np.pi * 180).astype(np.float32)
+    videos = []
+    for audio_scale, ref_scale in ((1.0, 1.0), (6.5, 2.0)):
+        sampling = Sampling.from_config(cfg, audio_scale=audio_scale, ref_scale=ref_scale)
+        assert sampling.nfe == nfe
+        videos.append(gen.generate(image, audio, sampling))
+    assert not np.array_equal(*videos)
+
+
 @pytest.mark.integration
-def test_fada_distils_the_teacher_into_a_student_that_takes_the_scales(ray_cluster, bucket,
-                                                                       tmp_path, capsys):
+def test_teacher_fada_adversarial_chain_gives_1_step_generators_whose_scales_act(
+        ray_cluster, bucket, tmp_path, capsys):
     import distill
     import generate
     import make_sample
 
-    from onestep.checkpoint import latest_checkpoint, load_generator
-    from onestep.generate import AvatarGenerator
+    from onestep.checkpoint import latest_checkpoint
     from onestep.prepare import prepare_synthtalk
     from onestep.storage import resolve
 
@@ -162,17 +179,24 @@ def test_fada_distils_the_teacher_into_a_student_that_takes_the_scales(ray_clust
     assert saved["model"]["guidance_input"] == "tokens"
     assert saved["sample"]["window_steps"] == [2, 1, 1, 2] and saved["sample"]["steps"] == 6
 
-    # The export runs once per step at any scales, and the scales change what it makes.
-    model, cfg = load_generator(export)
-    gen = AvatarGenerator(model, cfg)
-    image = np.full((cfg.resolution, cfg.resolution, 3), 128, np.uint8)
-    audio = np.sin(np.arange(8000) / 16000 * 2 * np.pi * 180).astype(np.float32)
-    videos = {}
-    for scales in ((1.0, 1.0), (6.5, 2.0)):
-        sampling = Sampling.from_config(cfg, audio_scale=scales[0], ref_scale=scales[1])
-        assert sampling.nfe == 6
-        videos[scales] = gen.generate(image, audio, sampling)
-    assert not np.array_equal(videos[(1.0, 1.0)], videos[(6.5, 2.0)])
+    _scales_act(export, nfe=6)  # once per step at any scales, and the scales change the video
+
+    # TurboTalk's adversarial stage from the FADA student: a 1-step generator that keeps the
+    # guidance input, its discriminator's trunk the teacher FADA distilled.
+    adv = tiny_overrides(**{
+        "data.uri": f"s3://{bucket}/synthtalk", "run.root": f"s3://{bucket}/runs",
+        "run.name": "fada-adv", "adversarial.phases": "[1]", "adversarial.clips_per_phase": 8,
+        "adversarial.disc_warmup_steps": 1, "adversarial.warmup_steps": 1})
+    distill.main(["--stage", "adversarial", "--student", export]
+                 + [a for kv in adv for a in ("--set", kv)])
+    out = capsys.readouterr().out
+    assert f"# discriminator trunk (teacher): {TEACHER}" in out
+    assert "# the student takes guidance scales (tokens): trained at audio [1.0, 4.0]" in out
+    one_step = f"s3://{bucket}/runs/fada-adv/exports/1step"
+    saved = yaml.safe_load(resolve(one_step).join("config.yaml").read_bytes())
+    assert saved["model"]["guidance_input"] == "tokens" and saved["sample"]["steps"] == 1
+    assert saved["sample"]["window_steps"] == [] and saved["sample"]["audio_scale"] == 2.0
+    _scales_act(one_step, nfe=1)
 
     make_sample.main(["--out-dir", str(tmp_path), "--set", "synth.clip_seconds=1.2"])
     generate.main(["--checkpoint", export, "--image", str(tmp_path / "face.png"), "--audio",

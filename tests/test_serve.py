@@ -211,6 +211,40 @@ def test_bearer_token(endpoint):
     assert _post(data={"steps": "1"}).status_code == 200  # auth off again
 
 
+def test_a_model_that_takes_the_scales_answers_each_requests_own_once_per_step(endpoint,
+                                                                               tmp_path):
+    """A FADA student (model.guidance_input): `audio_scale` and `ref_scale` are its inputs, so
+    every request's scales act and cost one evaluation per step."""
+    import torch
+
+    from onestep.checkpoint import save_export
+    from onestep.config import load_config
+    from onestep.model import build_model
+
+    cfg = load_config("tiny", ["model.dim=48", "model.depth=2", "model.heads=2",
+                               "model.audio_dim=32", "model.guidance_input=tokens",
+                               "sample.steps=3", "sample.window_steps=[1,1,2]"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    for p in model.parameters():  # trained-looking: the guidance layers add something
+        p.data.normal_(0, 0.05)
+    save_export(tmp_path, model.state_dict(), cfg, {"stage": "fada", "step": 0})
+    endpoint.checkpoint, default = str(tmp_path), endpoint.checkpoint
+    endpoint.deploy()
+    try:
+        model_info = requests.get(f"{URL}/v1/models", timeout=10).json()["models"][0]
+        assert model_info["guidance_input"] and model_info["nfe_per_chunk"] == 3
+        videos = []
+        for scale in ("1", "6.5"):
+            r = _post(data={"audio_scale": scale, "ref_scale": "2", "seed": "1"})
+            assert r.status_code == 200, r.text
+            videos.append(decode_video(r.content)[0])
+        assert videos[0].shape == videos[1].shape and not np.array_equal(*videos)
+    finally:
+        endpoint.checkpoint = default
+        endpoint.deploy()
+
+
 def test_docs_need_token_without_a_token_is_refused_at_build(endpoint):
     with pytest.raises(ValueError, match="docs_need_token: true needs ONESTEP_API_TOKEN"):
         endpoint.deploy(args={"docs_need_token": True})

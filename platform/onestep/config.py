@@ -402,8 +402,14 @@ class AdversarialConfig(Section):
     """Stage `adversarial` (TurboTalk §3.2–3.4): progressive step reduction with a GAN."""
 
     student: str = ""  # the DMD student (initialises the generator; the self-compare reference)
-    # The student's Euler steps, read from its export when the stage starts (0: not yet read).
+    # The student's Euler steps and, for one that samples in time windows (a FADA student),
+    # its steps per window: read from its export when the stage starts (0, []: not yet read).
     student_steps: int = 0
+    student_windows: list[int] = field(default_factory=list)
+    # A student that takes guidance scales as an input (a FADA student) trains at scales drawn
+    # per sample from these ranges, so the 1-step generator's scales still act.
+    audio_scale_range: list[float] = field(default_factory=lambda: [1.0, 4.0])
+    ref_scale_range: list[float] = field(default_factory=lambda: [1.0, 2.0])
     teacher: str = ""  # discriminator backbone; empty: the teacher the student was distilled from
     phases: list[int] = field(default_factory=lambda: [3, 2, 1])  # [1]: direct 4→1
     clips_per_phase: int = 4096  # clips per phase (train.total_clips is unused by this stage)
@@ -461,6 +467,10 @@ class AdversarialConfig(Section):
              and 0 <= self.disc_timestep[0] <= self.disc_timestep[1] <= 1,
              "adversarial.disc_timestep", "[low, high] with 0 ≤ low ≤ high ≤ 1"),
             (self.disc_steps >= 1, "adversarial.disc_steps", "≥ 1"),
+            *[(len(r) == 2 and 0 <= r[0] <= r[1], f"adversarial.{k}",
+               "[low, high] with 0 ≤ low ≤ high")
+              for k, r in (("audio_scale_range", self.audio_scale_range),
+                           ("ref_scale_range", self.ref_scale_range))],
             *[(getattr(self, k) >= 0, f"adversarial.{k}", "≥ 0 (0: off)")
               for k in ("self_compare_weight", "regression_weight", "gan_weight", "reg_weight",
                         "student_steps")],

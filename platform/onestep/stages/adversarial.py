@@ -24,6 +24,7 @@ then [3, 2, 1]) or by a longer last phase.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -31,9 +32,16 @@ import torch
 from onestep.config import Config
 from onestep.distill.losses import discriminator_loss, generator_loss, perturbation_penalty
 from onestep.distill.trajectory import dynamic_schedule, final_step_sample
-from onestep.flow import add_noise, euler_sample, mouth_weights, sampling_timesteps, weighted_mse
-from onestep.model import Discriminator
-from onestep.stages.base import Stage, student_config
+from onestep.flow import (
+    add_noise,
+    euler_sample,
+    mouth_weights,
+    sampling_timesteps,
+    weighted_mse,
+    window_timesteps,
+)
+from onestep.model import Conditions, Discriminator, build_model
+from onestep.stages.base import Stage, student_config, teacher_of, without_guidance_input
 from onestep.stages.sources import inherit, load_networks, pin
 from onestep.train.engine import no_param_grads, update
 
@@ -51,19 +59,48 @@ class AdversarialStage(Stage):
     def resolve_sources(cfg: Config) -> list[str]:
         a = cfg.adversarial
         a.student, student_cfg = pin(cfg, "adversarial.student", a.student)
-        a.teacher, _ = pin(cfg, "adversarial.teacher", a.teacher or student_cfg.dmd.teacher)
+        # By default the discriminator's trunk is the teacher the student was distilled from.
+        a.teacher, _ = pin(cfg, "adversarial.teacher", a.teacher or teacher_of(student_cfg))
         a.student_steps = student_cfg.sample.steps
+        a.student_windows = list(student_cfg.sample.window_steps)
         a.check(cfg)  # its phases must start below the student's steps
-        return ([f"student ({a.student_steps} steps): {a.student}",
+        lines = [f"student ({a.student_steps} steps): {a.student}",
                  f"discriminator trunk (teacher): {a.teacher}"]
-                + inherit(cfg, student_cfg, a.student))
+        lines += inherit(cfg, student_cfg, a.student)
+        if cfg.model.guidance_input:
+            lines.append(f"the student takes guidance scales ({cfg.model.guidance_input}): "
+                         f"trained at audio {a.audio_scale_range}, reference "
+                         f"{a.ref_scale_range}")
+        return lines
+
+    @staticmethod
+    def plan_network(cfg: Config, name: str) -> torch.nn.Module:
+        if name == "discriminator":
+            return Discriminator(build_model(without_guidance_input(cfg)))
+        return build_model(cfg)
 
     def build_networks(self) -> dict[str, torch.nn.Module]:
         a = self.cfg.adversarial
         student, reference = load_networks(self.cfg, a.student, 2)
-        (trunk,) = load_networks(self.cfg, a.teacher, 1)
+        (trunk,) = load_networks(without_guidance_input(self.cfg), a.teacher, 1)
         return {"generator": student, "discriminator": Discriminator(trunk),
                 "reference": reference}
+
+    def _guided(self, cond: Conditions, rng: torch.Generator) -> Conditions:
+        """`cond` with guidance scales drawn per sample, for a student that takes them."""
+        if not self.cfg.model.guidance_input:
+            return cond
+        a, b = self.cfg.adversarial, cond.ref.shape[0]
+        scales = [lo + (hi - lo) * torch.rand(b, generator=rng)
+                  for lo, hi in (a.audio_scale_range, a.ref_scale_range)]
+        return dataclasses.replace(cond, guidance=torch.stack(scales, -1))
+
+    def reference_timesteps(self) -> torch.Tensor:
+        """The reference samples as the student did: in its windows, if it had them."""
+        a = self.cfg.adversarial
+        if a.student_windows:
+            return window_timesteps(a.student_windows)
+        return sampling_timesteps(a.student_steps, self.cfg.sample.timestep_shift)
 
     def optimizer(self, name: str) -> tuple[float, int]:
         a = self.cfg.adversarial
@@ -141,6 +178,7 @@ class AdversarialStage(Stage):
         a = self.cfg.adversarial
         gen, disc, reference = (engines[n] for n in ("generator", "discriminator", "reference"))
         x_real, cond = self.prepare(batch)
+        cond = self._guided(cond, rng)
         b = x_real.shape[0]
         timesteps = self.schedule(step, float(torch.rand(1, generator=self.shared_rng(step))))
         noise = torch.randn(x_real.shape, generator=rng)
@@ -150,9 +188,8 @@ class AdversarialStage(Stage):
         use_ref, x_ref = a.self_compare_weight > 0, None
         if use_ref or a.regression_weight > 0:  # the reference's sample of the same noise
             with torch.no_grad():
-                ref_steps = sampling_timesteps(self.cfg.adversarial.student_steps,
-                                               self.cfg.sample.timestep_shift)
-                x_ref = euler_sample(lambda x, t: reference(x, t, cond), noise, ref_steps)
+                x_ref = euler_sample(lambda x, t: reference(x, t, cond), noise,
+                                     self.reference_timesteps())
 
         # The discriminator sees every input noised to one shared random timestep.
         lo, hi = a.disc_timestep

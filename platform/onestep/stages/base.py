@@ -77,10 +77,7 @@ class Stage:
 
     def teacher_uri(self) -> str:
         """The checkpoint `teacher_source` names, pinned by `resolve_sources` ("" if none)."""
-        if not self.teacher_source:
-            return ""
-        section, key = self.teacher_source.split(".")
-        return getattr(getattr(self.cfg, section), key)
+        return teacher_of(self.cfg)
 
     def build_networks(self) -> dict[str, torch.nn.Module]:
         raise NotImplementedError
@@ -121,8 +118,31 @@ class Stage:
         return self.cfg
 
 
-def student_config(cfg: Config, steps: int) -> Config:
-    """A distilled student samples with `steps` Euler steps and no CFG (baked in by DMD)."""
+def teacher_of(cfg: Config) -> str:
+    """The teacher a run of `cfg` (an export's config, say) was distilled from ("" if none):
+    the value of its stage's `teacher_source`."""
+    from onestep.stages import stage_class
+
+    key = stage_class(cfg.train.stage).teacher_source
+    if not key:
+        return ""
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def without_guidance_input(cfg: Config) -> Config:
+    """`cfg`'s network as a teacher has it: without the guidance input its students learn."""
     out = copy.deepcopy(cfg)
-    out.sample.steps, out.sample.audio_scale, out.sample.ref_scale = steps, 1.0, 1.0
+    out.model.guidance_input = ""
+    return out
+
+
+def student_config(cfg: Config, steps: int) -> Config:
+    """A distilled student samples with `steps` uniform Euler steps and no CFG: DMD baked the
+    teacher's guidance in, unless the student takes the scales as an input (a student of a
+    FADA student), which then keeps the run's scales as its defaults."""
+    out = copy.deepcopy(cfg)
+    out.sample.steps, out.sample.window_steps = steps, []
+    if not cfg.model.guidance_input:
+        out.sample.audio_scale, out.sample.ref_scale = 1.0, 1.0
     return out

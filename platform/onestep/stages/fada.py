@@ -27,16 +27,9 @@ from onestep.config import TIERS, Config
 from onestep.distill.windows import gt_weight, per_sample_mse, solve, straight_flow, window_bounds
 from onestep.flow import GuidedVelocity, add_noise, condition_dropout, mouth_weights
 from onestep.model import build_model
-from onestep.stages.base import Stage
+from onestep.stages.base import Stage, without_guidance_input
 from onestep.stages.sources import inherit, load_networks, pin
 from onestep.train.engine import update
-
-
-def teacher_config(cfg: Config) -> Config:
-    """The frozen teacher's network: the student's without the guidance input."""
-    out = copy.deepcopy(cfg)
-    out.model.guidance_input = ""
-    return out
 
 
 class FADAStage(Stage):
@@ -64,11 +57,11 @@ class FADAStage(Stage):
 
     @staticmethod
     def plan_network(cfg: Config, name: str) -> torch.nn.Module:
-        return build_model(teacher_config(cfg) if name == "teacher" else cfg)
+        return build_model(without_guidance_input(cfg) if name == "teacher" else cfg)
 
     def build_networks(self) -> dict[str, torch.nn.Module]:
         f = self.cfg.fada
-        (teacher,) = load_networks(teacher_config(self.cfg), f.teacher, 1)
+        (teacher,) = load_networks(without_guidance_input(self.cfg), f.teacher, 1)
         student = build_model(self.cfg)
         # The student is the teacher plus its guidance input, which starts adding nothing.
         missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
