@@ -30,16 +30,13 @@ markdown lists each comparison's difference at every seed it was run at.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+import _ledger
 import numpy as np
-
+from _ledger import sha256
 from _report import eval_table, plot_sync_frechet
 
 from onestep import cli
@@ -48,8 +45,6 @@ from onestep.evaluation.mouth_reader import load_or_train
 from onestep.shards import read_manifest
 from onestep.storage import resolve
 from onestep.train.ray_job import export_location, run_location
-
-ROOT = Path(__file__).resolve().parent.parent
 
 DIRECT = "adversarial.phases=[1]"
 TURBOTALK = "adversarial.regression_weight=0"  # TurboTalk's recipe has no regression anchor
@@ -101,10 +96,6 @@ def variant_sets(overrides: list[str], phase_clips: list[int]) -> list[str]:
             f"adversarial.last_phase_clips={phase_clips[-1]}", *overrides]
 
 
-def sha256(uri: str, endpoint: str) -> str:
-    return hashlib.sha256(resolve(uri, endpoint).read_bytes()).hexdigest()
-
-
 def setup_of(args: argparse.Namespace, cfg, endpoint: str) -> dict:
     """What makes two rows comparable. Weights by content, so a copy elsewhere still matches."""
     student = resolve_checkpoint(args.student, endpoint)
@@ -119,35 +110,10 @@ def setup_of(args: argparse.Namespace, cfg, endpoint: str) -> dict:
             "settings": sorted(o for o in args.overrides if o.split("=")[0] not in LOCAL_KEYS)}
 
 
-class Ledger:
-    """<out>.json: the setup, then every evaluated row; rewritten atomically after each row."""
+class Ledger(_ledger.Ledger):
+    """<out>.json with, after every row, the plot and the markdown of the tables so far."""
 
-    def __init__(self, path: Path, setup: dict, command: str):
-        self.path = path
-        if path.exists():
-            self.data = json.loads(path.read_text())
-            theirs = self.data["setup"]
-            diff = [k for k in sorted(set(setup) | set(theirs)) if setup.get(k) != theirs.get(k)]
-            if diff:
-                raise SystemExit(
-                    f"error: {path} holds rows made with another setup (differs in: "
-                    f"{', '.join(diff)}); they could not be compared with this call's. Pass "
-                    "another --out, or the inputs recorded there (see its 'setup').")
-        else:
-            self.data = {"setup": setup, "references": {}, "rows": {}}
-        self.data["command"] = command
-
-    def has(self, group: str, key: str) -> bool:
-        return key in self.data[group]
-
-    def record(self, group: str, key: str, entry: dict) -> None:
-        """Add one evaluated model, with when and from which code (rows may come from several
-        commits: the setup pins the inputs, not the code)."""
-        self.data[group][key] = {**entry, "commit": _commit(),
-                                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        tmp.replace(self.path)
+    def written(self) -> None:
         plot_sync_frechet(models(self.data), self.path.with_suffix(".png"))
         write_markdown(self.data, self.path.with_suffix(".md"))
 
@@ -264,9 +230,9 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(out.with_suffix(".json"), setup_of(args, cfg, endpoint),
-                    "python benchmarks/ablations.py " + shlex.join(_without_row_choice(
-                        sys.argv[1:])))
-    evaluate = Evaluator(args, out, endpoint)
+                    "python benchmarks/ablations.py " + shlex.join(_ledger.without_choices(
+                        sys.argv[1:], ("--only", "--seed"))))
+    evaluate = _ledger.Evaluator(out, args.data, args.eval_clips, args.reader, endpoint)
 
     teacher = cfg.adversarial.teacher or read_config(
         resolve_checkpoint(args.student, endpoint), endpoint).dmd.teacher
@@ -291,61 +257,12 @@ def main() -> None:
         if not export_location(cfg, "1step").join("config.yaml").exists():
             resume = bool(checkpoint_names(run_location(cfg)))
             print(f"# {name}{' (resumed)' if resume else ''}\n{train}", flush=True)
-            _run("distill.py", [*cmd, *(["--resume"] if resume else [])], f"the run for {name!r}")
+            _ledger.run_job("distill.py", [*cmd, *(["--resume"] if resume else [])],
+                            f"the run for {name!r}")
         ledger.record("rows", key, {"name": name, "train": train,
                                     **evaluate(key, name, export_location(cfg, "1step").uri)})
         print(f"# recorded {name!r} in {ledger.path}", flush=True)
     print("\n".join(markdown(ledger.data)))
-
-
-class Evaluator:
-    """One `jobs/evaluate.py` call per model, written to <out>-rows/<key>.{json,md,png} (the
-    contact sheet shows that model's first held-out clip)."""
-
-    def __init__(self, args: argparse.Namespace, out: Path, endpoint: str):
-        self.args, self.endpoint = args, endpoint
-        self.folder = out.parent / f"{out.name}-rows"
-
-    def __call__(self, key: str, name: str, uri: str, steps: int | None = None) -> dict:
-        a = self.args
-        cmd = ["--checkpoint", f"{name}={uri}", "--data", a.data,
-               "--clips", str(a.eval_clips), "--reader", a.reader,
-               "--out", str(self.folder / key), *(["--steps", str(steps)] if steps else []),
-               *(["--s3-endpoint-url", self.endpoint] if self.endpoint else [])]
-        command = shlex.join(["python", "jobs/evaluate.py", *cmd])
-        print(f"# evaluation of {name!r}\n{command}", flush=True)
-        _run("evaluate.py", cmd, f"the evaluation of {name!r}")
-        results = json.loads((self.folder / f"{key}.json").read_text())["results"]
-        return {"metrics": results[name], "evaluate": command}
-
-
-def _without_row_choice(argv: list[str]) -> list[str]:
-    """The command line less its --only and --seed choices: what fills in every missing row of
-    the table (each row's own command records its seed)."""
-    out, skip = [], False
-    for a in argv:
-        if not skip and a not in ("--only", "--seed") and not a.startswith(("--only=", "--seed=")):
-            out.append(a)
-        skip = a in ("--only", "--seed")
-    return out
-
-
-def _commit() -> str:
-    """This checkout's commit, marked `+changes` if its code (not its reports) has uncommitted
-    changes."""
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
-                              check=False).stdout
-    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no", "--",
-                                           "platform", "jobs", "benchmarks") else "")
-
-
-def _run(job: str, args: list[str], what: str) -> None:
-    """A job script of this checkout, in the caller's directory (relative paths stay theirs)."""
-    code = subprocess.run([sys.executable, str(ROOT / "jobs" / job), *args], check=False).returncode
-    if code:
-        sys.exit(f"error: {what} exited with {code}; run this script again to continue")
 
 
 if __name__ == "__main__":

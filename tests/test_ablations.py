@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import ablations  # noqa: E402
+from _ledger import without_choices  # noqa: E402
 
 METRICS = {"sync": 0.6, "abs_offset_frames": 0.1, "frechet": 0.3, "psnr": 21.0, "ssim": 0.7,
            "identity": 0.97, "flicker": 11.0, "nfe_per_chunk": 1, "compute_s_per_video_s": 0.08}
@@ -92,4 +93,26 @@ def test_rows_rerun_at_other_seeds_show_whether_a_difference_outlasts_reseeding(
 def test_the_recorded_command_fills_every_row_of_the_table():
     argv = ["--student", "s", "--only", "onestep", "--seed", "2", "--only=tt-gan", "--seed=3",
             "--out", "o"]
-    assert ablations._without_row_choice(argv) == ["--student", "s", "--out", "o"]
+    assert without_choices(argv, ("--only", "--seed")) == ["--student", "s", "--out", "o"]
+
+
+def test_the_fada_report_fills_in_rows_and_guidance_curves(tmp_path):
+    import fada
+
+    path = tmp_path / "fada.json"
+    ledger = fada.Ledger(path, {"clips": 640, "eval_clips": 16, "settings": []}, "python f")
+    ledger.record("references", "teacher", {"name": "teacher (multi-CFG)", "evaluate": "e0",
+                                            "metrics": METRICS})
+    ledger.record("rows", "cfg-tokens", {"name": fada.ROWS["cfg-tokens"][1], "train": "t1",
+                                         "evaluate": "e1", "metrics": METRICS})
+    ledger.data["curves"] = {}
+    for model, audio, sync in (("teacher", 1.0, 0.5), ("teacher", 6.5, 0.7),
+                               ("cfg-tokens", 1.0, 0.55)):
+        ledger.record("curves", fada.curve_key(model, audio, 1.0) + "@audio",
+                      {"model": model, "varied": "audio", "audio": audio, "ref": 1.0,
+                       "evaluate": "e", "metrics": {**METRICS, "sync": sync}})
+    md = path.with_suffix(".md").read_text()
+    assert "| + guidance layer with tokens (FADA-Fast) | 0.600 |" in md
+    assert "Not run yet: PeRFlow, high tier only; + moderate and low clips" in md
+    assert "| FADA-Fast | 1 | 1 | 0.550 |" in md and "| teacher | 6.5 | 1 | 0.700 |" in md
+    assert (tmp_path / "fada-scales.png").stat().st_size > 10_000
