@@ -93,7 +93,7 @@ def test_encode_job_resumes_and_its_windows_equal_the_pixel_path(ray_cluster, bu
     # Training reads them: latent windows of the training shapes, no decoding.
     train = tiny_config(**{"data.uri": out, "encode.dtype": "float32"})
     batch = next(iter(build_dataset(train, 1).iter_torch_batches(batch_size=2)))
-    assert set(batch) == {"latent", "ref_latent", "audio", "use_motion"}
+    assert set(batch) == {"latent", "ref_latent", "audio", "use_motion", "tier"}
     assert tuple(batch["latent"].shape[1:]) == (12, 8, 16, 16)
     assert tuple(batch["ref_latent"].shape[1:]) == (12, 16, 16)
     assert tuple(batch["audio"].shape[1:]) == (16, 40)
