@@ -194,6 +194,9 @@ def test_any_dotted_keys_are_swept_as_their_types():
     assert describe({"dmd.lr": 3e-5, "dmd.critic_steps": 5}) == "lr=3e-05, critic_steps=5"
     with pytest.raises(ConfigError, match=r"sweep parameters \['dmd.critic_lr'\]"):
         trial_config(cfg, {"dmd.critic_lr": 1.0}, "runs/s", "t2")
+    fada = sweep_ready(load_config("tiny", ["train.stage=fada", "validation.every_clips=64",
+                                            "sweep.space={fada.gt_weight_peak: [0.2, 0.3]}"]))
+    assert num_trials(fada) == 2 and fada.validation.every_clips == 64
 
 
 def test_configs_saved_before_sweep_space_still_load():
