@@ -147,7 +147,7 @@ def _scales_act(export: str, nfe: int) -> None:
     for audio_scale, ref_scale in ((1.0, 1.0), (6.5, 2.0)):
         sampling = Sampling.from_config(cfg, audio_scale=audio_scale, ref_scale=ref_scale)
         assert sampling.nfe == nfe
-        videos.append(gen.generate(image, audio, sampling))
+        videos.append(gen.generate(image, audio, sampling)[0])
     assert not np.array_equal(*videos)
 
 

@@ -31,19 +31,21 @@ def add_stage_args(parser: argparse.ArgumentParser, default_stage: str | None = 
                         help="recipe stage (default: " + (default_stage or "the config's "
                         "train.stage") + ")")
     parser.add_argument("--teacher", default=None,
-                        help="teacher checkpoint or run (sets dmd.teacher, adversarial.teacher, "
-                        "fada.teacher)")
+                        help="teacher checkpoint or run (sets the <stage>.teacher of every "
+                        "distillation stage)")
     parser.add_argument("--student", default=None,
-                        help="DMD student checkpoint or run (sets adversarial.student)")
+                        help="the student checkpoint or run a stage starts from (sets "
+                        "adversarial.student, osa_lcm.student)")
 
 
 def stage_overrides(args: argparse.Namespace) -> list[str]:
     """The overrides add_stage_args' arguments stand for."""
     extra = [f"train.stage={args.stage}"] if args.stage else []
     if args.teacher:
-        extra += [f"{stage}.teacher={args.teacher}" for stage in ("dmd", "adversarial", "fada")]
+        extra += [f"{stage}.teacher={args.teacher}"
+                  for stage in ("dmd", "adversarial", "fada", "osa_lcm")]
     if args.student:
-        extra += [f"adversarial.student={args.student}"]
+        extra += [f"{stage}.student={args.student}" for stage in ("adversarial", "osa_lcm")]
     return extra
 
 

@@ -297,6 +297,9 @@ class SampleConfig(Section):
     # Euler steps per equal time window, from noise (a FADA student straightened its flow
     # window by window, PeRFlow); they sum to `steps`. Empty: `steps` uniform steps, shifted.
     window_steps: list[int] = field(default_factory=list)
+    # Combined rolling sampling (OSA-LCM): the first chunk from Gaussian noise, every later one
+    # from the previous chunk's latent noised to this level, `steps` steps from there. 0: off.
+    rolling_noise: float = 0.0
 
     def check(self, cfg: Config) -> None:
         _require((not self.window_steps or (min(self.window_steps) >= 1
@@ -532,6 +535,63 @@ class FADAConfig(Section):
 
 
 @dataclass
+class OSALCMConfig(Section):
+    """Stage `osa_lcm` (OSA-LCM §4): adversarial latent consistency distillation from a frozen
+    teacher (phase `adv_lcm`), then the editing fine-tune (phase `eft`). The paper's loss
+    weights and thresholds are lost from our copy of its text; these defaults are LCM's where it
+    has one (Huber c, target decay) and ours otherwise."""
+
+    teacher: str = ""  # teacher checkpoint or run; required (the ODE and the discriminator)
+    phase: str = "adv_lcm"  # adv_lcm | eft
+    student: str = ""  # eft: the Adv-LCM export it fine-tunes (adv_lcm starts from the teacher)
+    steps: int = 1  # the exported student's sampling steps
+    discretisation_steps: int = 50  # the teacher ODE's grid from t = 1 to 0
+    skip: int = 5  # grid points from t_{n+k} to t_n (the skipping interval k)
+    huber_c: float = 0.001  # pseudo-Huber threshold (LCM's)
+    audio_scale: float = 2.0  # the teacher's multi-CFG on its ODE step (FADA Eq. 9)
+    ref_scale: float = 1.0
+    target_decay: float = 0.95  # the target network: EMA of the student (LCM's)
+    lr: float = 1.0e-5
+    disc_lr: float = 1.0e-4
+    adv_weight: float = 0.1  # the generator's adversarial loss (Eq. 5); 0: plain LCM
+    motion_weight: float = 1.0  # the motion loss (Eq. 7); 0: off
+    disc_layers: list[int] = field(default_factory=lambda: [1, 3])  # teacher blocks read
+    disc_width: int = 64  # channels of the discriminator's 3D-convolution heads
+    # The discriminator sees real and generated data noised to t ~ U(0, bound); the bound grows
+    # from the first value to the second over `disc_noise_iterations` discriminator updates
+    # (the progressive forward process, Eq. 6); 0 iterations: the second from the start.
+    disc_noise: list[float] = field(default_factory=lambda: [0.05, 0.3])
+    disc_noise_iterations: int = 200
+    # Phase eft (§4.2): the next fragment is an edit of the previous one noised to t ~ U[low,
+    # high] (SDEdit). A training window holds both: data.frames must be 2·F − M for chunks of
+    # F = `fragment_frames` frames overlapping by M = data.motion_frames. The export samples
+    # chunks of F frames with combined rolling sampling at `rolling_noise`.
+    eft_timestep: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    fragment_frames: int = 8
+    rolling_noise: float = 0.7
+
+    def check(self, cfg: Config) -> None:
+        _require(
+            (self.phase in ("adv_lcm", "eft"), "osa_lcm.phase", "'adv_lcm' or 'eft'"),
+            (self.phase != "eft" or bool(self.student) or cfg.train.stage != "osa_lcm",
+             "osa_lcm.student", "the Adv-LCM export that phase eft fine-tunes (--student)"),
+            (1 <= self.skip < self.discretisation_steps, "osa_lcm.skip",
+             "in [1, osa_lcm.discretisation_steps)"),
+            (len(self.disc_noise) == 2 and 0 <= self.disc_noise[0] <= self.disc_noise[1] <= 1,
+             "osa_lcm.disc_noise", "[start, end] with 0 ≤ start ≤ end ≤ 1"),
+            (bool(self.disc_layers), "osa_lcm.disc_layers", "a non-empty list of block indices"),
+            (0 < self.target_decay < 1, "osa_lcm.target_decay", "in (0, 1)"),
+            (len(self.eft_timestep) == 2
+             and 0 < self.eft_timestep[0] <= self.eft_timestep[1] <= 1, "osa_lcm.eft_timestep",
+             "[low, high] with 0 < low ≤ high ≤ 1"),
+            (self.phase != "eft" or cfg.train.stage != "osa_lcm"
+             or cfg.data.frames == 2 * self.fragment_frames - cfg.data.motion_frames,
+             "data.frames", f"2 × osa_lcm.fragment_frames − data.motion_frames = "
+             f"{2 * self.fragment_frames - cfg.data.motion_frames} for phase eft (a window "
+             "holds the previous fragment and the next)"))
+
+
+@dataclass
 class ValidationConfig(Section):
     """Held-out scoring while a stage trains: lip-sync and Fréchet distance of the network the
     stage exports, on the data's test split (the mouth reader where there are labels, the
@@ -662,6 +722,7 @@ class Config:
     dmd: DMDConfig = field(default_factory=DMDConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     fada: FADAConfig = field(default_factory=FADAConfig)
+    osa_lcm: OSALCMConfig = field(default_factory=OSALCMConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
@@ -724,15 +785,21 @@ POSITIVE = (
     "adversarial.lr", "adversarial.disc_lr", "model.text_dim", "model.prompt_tokens",
     "ingest.detect_fps", "ingest.detect_width", "ingest.crop_scale", "ingest.max_jump",
     "sync.size", "sync.width", "sync.embed_dim", "sync.max_offset", "sync.temperature",
-    "fada.windows", "fada.solver_steps", "fada.lr")
+    "fada.windows", "fada.solver_steps", "fada.lr", "osa_lcm.steps",
+    "osa_lcm.discretisation_steps", "osa_lcm.huber_c", "osa_lcm.lr", "osa_lcm.disc_lr",
+    "osa_lcm.disc_width")
 NON_NEGATIVE = (
     "model.audio_context", "sample.audio_scale", "sample.ref_scale", "train.warmup_clips",
     "train.weight_decay", "train.grad_clip", "train.max_failures", "train.min_workers",
     "dmd.audio_scale", "dmd.ref_scale", "adversarial.warmup_steps", "adversarial.reg_sigma",
     "model.ffn_dim", "model.image_dim", "ingest.smooth_seconds", "sync.train_shift",
-    "ingest.max_sync_offset", "fada.gt_weight_peak", "fada.gt_rise")
+    "ingest.max_sync_offset", "fada.gt_weight_peak", "fada.gt_rise", "osa_lcm.audio_scale",
+    "osa_lcm.fragment_frames",
+    "osa_lcm.ref_scale", "osa_lcm.adv_weight", "osa_lcm.motion_weight",
+    "osa_lcm.disc_noise_iterations")
 FRACTIONS = (
-    "synth.test_identity_fraction", "synth.degraded_fraction", "data.motion_prob",
+    "synth.test_identity_fraction", "synth.degraded_fraction", "sample.rolling_noise",
+    "osa_lcm.rolling_noise", "data.motion_prob",
     "flow.audio_drop", "flow.all_drop", "train.min_lr_ratio", "train.ema_decay",
     "ingest.min_face", "ingest.scene_threshold", "ingest.test_fraction")
 

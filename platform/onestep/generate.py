@@ -28,6 +28,7 @@ from onestep.data import to_unit
 from onestep.encoders import ImageEncoder
 from onestep.flow import (
     GuidedVelocity,
+    add_noise,
     cfg_branches,
     euler_sample,
     sampling_timesteps,
@@ -46,6 +47,7 @@ class Sampling:
     seed: int
     window_steps: tuple[int, ...] = ()  # the model's steps per time window (sample.window_steps)
     takes_guidance: bool = False  # the model takes the scales as an input (FADA §3.3)
+    rolling_noise: float = 0.0  # later chunks start from the previous one noised to this level
 
     @classmethod
     def from_config(cls, cfg: Config, **overrides) -> Sampling:
@@ -53,7 +55,7 @@ class Sampling:
         command line overrides. Other step counts than the model's windows sum to are uniform."""
         s = cfg.sample
         base = cls(s.steps, s.audio_scale, s.ref_scale, s.timestep_shift, s.seed,
-                   tuple(s.window_steps), bool(cfg.model.guidance_input))
+                   tuple(s.window_steps), bool(cfg.model.guidance_input), s.rolling_noise)
         for k, v in overrides.items():
             if v is not None:
                 setattr(base, k, v)
@@ -68,7 +70,10 @@ class Sampling:
         return (self.steps, self.audio_scale, self.ref_scale, self.timestep_shift,
                 self.window_steps, self.takes_guidance)
 
-    def timesteps(self, device=None) -> torch.Tensor:
+    def timesteps(self, device=None, start: float = 1.0) -> torch.Tensor:
+        """From `start` (1: noise; a rolling chunk's noise level) to 0."""
+        if start < 1.0:  # an edit of the noised previous chunk: uniform steps from there
+            return torch.linspace(start, 0.0, self.steps + 1, device=device)
         if self.window_steps:
             return window_timesteps(list(self.window_steps), device)
         return sampling_timesteps(self.steps, self.timestep_shift, device)
@@ -111,8 +116,9 @@ class ChunkJob:
     """One request's next chunk, ready to denoise together with other requests' chunks."""
 
     cond: Conditions
-    noise: torch.Tensor  # (1, C, F, h, w), drawn from the request's own seeded generator
+    noise: torch.Tensor  # (1, C, F, h, w): x at `start`, from the request's own seeded generator
     sampling: Sampling
+    start: float = 1.0  # the noise level it starts from (below 1: rolling sampling)
 
 
 class Render:
@@ -163,6 +169,10 @@ class Render:
                                motion_latent=self._motion_latent(), image=self.image)
         shape = (1, self.gen.codec.latent_channels, n, *cond.ref.shape[-2:])
         noise = torch.randn(shape, generator=self.rng).to(self.gen.device)
+        level = self.sampling.rolling_noise
+        if level > 0 and self.previous is not None:  # combined rolling sampling (OSA-LCM)
+            start = add_noise(self.previous, noise, torch.tensor([level], device=noise.device))
+            return ChunkJob(cond, start, self.sampling, level)
         return ChunkJob(cond, noise, self.sampling)
 
     def _motion_latent(self) -> torch.Tensor | None:
@@ -215,14 +225,15 @@ class AvatarGenerator:
         out: list[torch.Tensor | None] = [None] * len(jobs)
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(jobs):
-            groups.setdefault(job.sampling.solver(), []).append(i)
+            groups.setdefault((*job.sampling.solver(), job.start), []).append(i)
         for idx in groups.values():
             sampling = jobs[idx[0]].sampling
             velocity = GuidedVelocity(self.model, Conditions.cat([jobs[i].cond for i in idx]),
                                       sampling.audio_scale, sampling.ref_scale,
                                       sampling.takes_guidance)
             noise = torch.cat([jobs[i].noise for i in idx])
-            latents = euler_sample(velocity, noise, sampling.timesteps(self.device))
+            latents = euler_sample(velocity, noise,
+                                   sampling.timesteps(self.device, jobs[idx[0]].start))
             for i, latent in zip(idx, latents.split(1)):
                 out[i] = latent
         return out

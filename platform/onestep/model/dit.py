@@ -198,6 +198,22 @@ class VideoDiT(nn.Module):
                  ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int]]:
         """The transformer trunk: tokens (B, N, D) after the last block, the timestep embedding
         and the token grid. The velocity head reads them; so does the discriminator's head."""
+        tokens, t_emb, grid, _, _ = self._run_blocks(x, t, cond)
+        return tokens, t_emb, grid
+
+    def block_outputs(self, x: torch.Tensor, t: torch.Tensor, cond: Conditions,
+                      layers: tuple[int, ...]
+                      ) -> tuple[list[torch.Tensor], torch.Tensor, tuple[int, int, int]]:
+        """The tokens (B, N, D) after each block in `layers`, the audio tokens (B, F', T, D)
+        and the token grid: what OSA-LCM's discriminator heads read (blocks after the last
+        one asked for are not run)."""
+        _, _, grid, kept, audio = self._run_blocks(x, t, cond, layers)
+        return kept, audio, grid
+
+    def _run_blocks(self, x: torch.Tensor, t: torch.Tensor, cond: Conditions,
+              layers: tuple[int, ...] = ()):
+        """(last tokens, timestep embedding, grid, tokens after each block of `layers`, audio
+        tokens); with `layers`, the blocks after the last of them are skipped."""
         b, _, n_frames, h, w = x.shape
         pf, ph, pw = self.patch
         grid = (n_frames // pf, h // ph, w // pw)
@@ -226,9 +242,12 @@ class VideoDiT(nn.Module):
             if not self.guidance.attends:
                 t_emb, guidance = t_emb + guidance, None
         angles = rope_angles(grid, self.dim // self.heads).to(x.device)
-        for blk in self.blocks:
+        kept = []
+        for i, blk in enumerate(self.blocks[:max(layers) + 1] if layers else self.blocks):
             tokens = blk(tokens, t_emb, identity, audio, angles, grid[0], guidance)
-        return tokens, t_emb, grid
+            if i in layers:
+                kept.append(tokens)
+        return tokens, t_emb, grid, kept, audio
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
         """Velocity prediction. x (B, C, F, h, w), t (B,) in [0, 1] (1 = pure noise)."""

@@ -4,11 +4,12 @@ onestep.train.loop runs any of them under Ray Train + DeepSpeed (or in one plain
 from onestep.stages.adversarial import AdversarialStage
 from onestep.stages.dmd import DMDStage
 from onestep.stages.fada import FADAStage
+from onestep.stages.osa_lcm import OSALCMStage
 from onestep.stages.sync import SyncStage
 from onestep.stages.teacher import TeacherStage
 
 STAGES = {"teacher": TeacherStage, "dmd": DMDStage, "adversarial": AdversarialStage,
-          "fada": FADAStage, "sync": SyncStage}
+          "fada": FADAStage, "osa_lcm": OSALCMStage, "sync": SyncStage}
 
 
 def stage_class(name: str):

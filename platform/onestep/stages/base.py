@@ -31,6 +31,9 @@ class Stage:
     # Trained networks whose activations are alive together in one backward pass (the memory
     # plan's peak); by default each trains in a backward pass of its own.
     backward_together: tuple[str, ...] = ()
+    # Frozen networks that follow a trained one as its EMA after every step (a consistency
+    # model's target network), by `target_of`; checkpointed with the EMAs.
+    targets: tuple[str, ...] = ()
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -59,7 +62,7 @@ class Stage:
         shapes only (the memory plan traces it on the meta device)."""
         from onestep.audio_features import feature_dim
 
-        c = (model.trunk if isinstance(model, Discriminator) else model).c
+        c = getattr(model, "trunk", model).c  # a discriminator reads its trunk's latents
         frames = 1 + (cfg.data.frames - 1) // cfg.codec.temporal_factor
         side = cfg.resolution // cfg.codec.factor
         audio_rows = frames * cfg.codec.temporal_factor * (cfg.audio.feature_rate // cfg.synth.fps)
@@ -86,6 +89,10 @@ class Stage:
     def total_clips(cfg: Config) -> int:
         """How many clips (training windows) the stage trains on in all."""
         return cfg.train.total_clips
+
+    def target_of(self, name: str) -> tuple[str, float]:
+        """(the trained network target `name` follows, its EMA decay)."""
+        raise NotImplementedError
 
     def optimizer(self, name: str) -> tuple[float, int]:
         """(learning rate, training steps per optimiser step) of a trained network."""

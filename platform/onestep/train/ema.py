@@ -72,6 +72,13 @@ class ShardedEMA:
             self.shadow[i].zero_()
             self.shadow[i][:piece.numel()].copy_(piece)
 
+    @torch.no_grad()
+    def copy_into(self, module: torch.nn.Module) -> None:
+        """Write the average into `module`'s parameters: a network of the same architecture,
+        sharded alike (a consistency model's target network follows its student so)."""
+        for s, p in zip(self.shadow, module.parameters()):
+            local_shard(p).copy_(s)
+
     def load_shard(self, path: str) -> None:
         state = load_file(path)
         for i, n in enumerate(self.names):

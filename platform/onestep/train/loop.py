@@ -126,12 +126,21 @@ def _restore(directory: Path, stage, engines: dict, emas: dict) -> dict:
             log.info("%s was saved by %d workers; resharding it for %d", directory, saved_by,
                      world_size)
         load_resized(directory, engines, list(stage.trained), saved_by)
-        exported = load_file(str(directory / WEIGHTS))  # the exported network's whole EMA
+        # The exported network's whole EMA. A target network's own, faster average is not
+        # resharded: it restarts from this one.
+        exported = load_file(str(directory / WEIGHTS))
         for ema in emas.values():
             ema.load_full(exported)
         state["world_size"] = world_size
     _set_lrs(stage, engines, state)
+    _sync_targets(stage, engines, emas)
     return state
+
+
+def _sync_targets(stage, engines: dict, emas: dict) -> None:
+    """Each target network takes the average of the network it follows."""
+    for name in stage.targets:
+        emas[name].copy_into(engines[name].module)
 
 
 def _set_lrs(stage, engines: dict, state: dict) -> None:
@@ -184,6 +193,9 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
     for name in stage.frozen:
         engines[name] = make_engine(networks[name], cfg, trainable=False)
     emas = {stage.export: ShardedEMA(engines[stage.export].module, cfg.train.ema_decay)}
+    for name in stage.targets:
+        source, decay = stage.target_of(name)
+        emas[name] = ShardedEMA(engines[source].module, decay)
     exported = engines[stage.export].module
     # What ZeRO leaves on this rank: ≈ 1/world_size of the parameters under stage 3.
     params_local_fraction = (sum(local_shard(p).numel() for p in exported.parameters())
@@ -273,6 +285,7 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
                 ema.reset()
         for ema in emas.values():
             ema.update(state["step"] - state.get("ema_since", 0))
+        _sync_targets(stage, engines, emas)
         state["step"] += 1
         state["clips_seen"] += batch_size
         meter.add(logs, wait)

@@ -1,0 +1,184 @@
+"""Stage `osa_lcm`: OSA-LCM's adversarial latent consistency distillation (§4.1).
+
+The student, initialised from the teacher, learns to map any point of the teacher's (guided)
+ODE to the data end in one evaluation: its x0 prediction at t_{n+k} must match the target
+network's (an EMA of the student) at the point the teacher's Euler step reaches at t_n (Eq. 3,
+pseudo-Huber). An avatar discriminator (the frozen teacher's features, trainable 3D-convolution
+heads that see the audio; onestep.model.avatar_discriminator) judges one-step predictions
+against real clips, both at a small noise level whose upper bound grows with its updates
+(Eq. 4–6), and a motion loss on frame differences keeps the head's trajectory (Eq. 7).
+Generator and discriminator update on alternate steps.
+
+Phase `eft` (§4.2), the editing fine-tune of an Adv-LCM export: a training window holds two
+consecutive generation chunks (overlapping by the motion frames), and the student learns to
+turn the first, noised to an SDEdit level, into the second in one step, conditioned on the
+second's audio and motion frames. At inference that is combined rolling sampling
+(`sample.rolling_noise`): every chunk after the first starts from the previous one, noised.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from onestep.conditioning import make_conditions
+from onestep.config import Config
+from onestep.distill.consistency import (
+    consistency_loss,
+    consistency_pair,
+    discretisation,
+    huber,
+    motion_loss,
+    progressive_noise_bound,
+    x0_prediction,
+)
+from onestep.distill.losses import discriminator_loss
+from onestep.flow import GuidedVelocity, add_noise
+from onestep.model import build_model
+from onestep.model.avatar_discriminator import AvatarDiscriminator
+from onestep.stages.base import Stage, student_config
+from onestep.stages.sources import inherit, load_networks, pin
+from onestep.train.engine import no_param_grads, update
+
+
+class OSALCMStage(Stage):
+    name = "osa_lcm"
+    trained = ("generator", "discriminator")
+    frozen = ("teacher", "target")
+    targets = ("target",)
+    backward_together = ("generator", "discriminator")  # the adversarial loss goes through D
+    headline = ("consistency", "edit", "g_adv", "d_loss")
+    sources = ("osa_lcm.teacher", "osa_lcm.student")
+    teacher_source = "osa_lcm.teacher"
+
+    @staticmethod
+    def resolve_sources(cfg: Config) -> list[str]:
+        o = cfg.osa_lcm
+        o.teacher, source = pin(cfg, "osa_lcm.teacher", o.teacher)
+        if source.model.guidance_input:
+            raise ValueError(f"osa_lcm.teacher: {o.teacher} takes guidance scales as an input "
+                             "(a distilled student); OSA-LCM distils a teacher that runs CFG")
+        lines = [f"teacher: {o.teacher}"] + inherit(cfg, source, o.teacher)
+        if o.phase == "eft":
+            o.student, student = pin(cfg, "osa_lcm.student", o.student)
+            if student.train.stage != "osa_lcm":
+                raise ValueError(f"osa_lcm.student: {o.student} is an export of stage "
+                                 f"{student.train.stage!r}; phase eft fine-tunes an Adv-LCM "
+                                 "(stage osa_lcm)")
+            lines.append(f"editing fine-tune of: {o.student}")
+        return lines
+
+    @staticmethod
+    def plan_network(cfg: Config, name: str) -> torch.nn.Module:
+        model = build_model(cfg)
+        if name == "discriminator":
+            return AvatarDiscriminator(model, tuple(cfg.osa_lcm.disc_layers),
+                                       cfg.osa_lcm.disc_width)
+        return model
+
+    def build_networks(self) -> dict[str, torch.nn.Module]:
+        o = self.cfg.osa_lcm
+        teacher, trunk = load_networks(self.cfg, o.teacher, 2)
+        student, target = load_networks(self.cfg, o.student if o.phase == "eft" else o.teacher, 2)
+        return {"generator": student, "target": target, "teacher": teacher,
+                "discriminator": AvatarDiscriminator(trunk, tuple(o.disc_layers), o.disc_width)}
+
+    def target_of(self, name: str) -> tuple[str, float]:
+        return "generator", self.cfg.osa_lcm.target_decay
+
+    def optimizer(self, name: str) -> tuple[float, int]:
+        o = self.cfg.osa_lcm  # each updates on every other step
+        return (o.lr if name == "generator" else o.disc_lr), 2
+
+    def milestone(self, step: int, total_steps: int) -> str | None:
+        return f"{self.cfg.osa_lcm.steps}step" if step == total_steps else None
+
+    def export_config(self, step: int) -> Config:
+        """Sampled in `osa_lcm.steps` steps without CFG: the teacher's guidance is in the ODE
+        the student learnt; after the editing fine-tune in chunks of its fragments, rolling."""
+        o = self.cfg.osa_lcm
+        out = student_config(self.cfg, o.steps)
+        if o.phase == "eft":
+            out.data.frames, out.sample.rolling_noise = o.fragment_frames, o.rolling_noise
+        return out
+
+    def _fragments(self, batch: dict):
+        """A window → (previous fragment, next fragment, the next one's conditions)."""
+        o, codec = self.cfg.osa_lcm, self.codec
+        x, cond = self.prepare(batch)
+        frames = codec.latent_frames(o.fragment_frames)
+        motion = codec.latent_frames(self.cfg.data.motion_frames) if self.cfg.data.motion_frames \
+            else 0
+        offset, per = frames - motion, cond.audio.shape[1] // x.shape[2]
+        x_next = x[:, :, offset:offset + frames]
+        cond = make_conditions(cond.ref, cond.audio[:, offset * per:(offset + frames) * per],
+                               frames, motion, motion_latent=x_next,
+                               use_motion=batch["use_motion"], image=cond.image)
+        return x[:, :, :frames], x_next, cond
+
+    def _consistency_point(self, x0: torch.Tensor, rng: torch.Generator):
+        """(noise, t_{n+k}, t_n) per sample on the discretised ODE."""
+        o, b = self.cfg.osa_lcm, x0.shape[0]
+        index = torch.randint(o.discretisation_steps - o.skip + 1, (b,), generator=rng)
+        t_from, t_to = consistency_pair(discretisation(o.discretisation_steps), index, o.skip)
+        return torch.randn(x0.shape, generator=rng), t_from, t_to
+
+    def _disc_noise(self, b: int, step: int, rng: torch.Generator) -> tuple[torch.Tensor, float]:
+        """The discriminator's noise levels: up to the progressive bound on its own updates
+        (Eq. 6), over the whole range when it judges for the generator."""
+        o = self.cfg.osa_lcm
+        bound = (progressive_noise_bound(step // 2, *o.disc_noise, o.disc_noise_iterations)
+                 if step % 2 else o.disc_noise[1])
+        return bound * torch.rand(b, generator=rng), bound
+
+    def train_step(self, batch: dict, engines: dict, rng: torch.Generator,
+                   step: int) -> dict:
+        o = self.cfg.osa_lcm
+        student, target, teacher, disc = (engines[n] for n in (
+            "generator", "target", "teacher", "discriminator"))
+        if o.phase == "eft":
+            x_prev, x0, cond = self._fragments(batch)
+            lo, hi = o.eft_timestep
+            t_from = lo + (hi - lo) * torch.rand(x0.shape[0], generator=rng)
+            x_from = add_noise(x_prev, torch.randn(x0.shape, generator=rng), t_from)
+        else:
+            x0, cond = self.prepare(batch)
+            noise, t_from, t_to = self._consistency_point(x0, rng)
+            x_from = add_noise(x0, noise, t_from)
+        b = x0.shape[0]
+        t_d, bound = self._disc_noise(b, step, rng)
+        velocity = lambda x, t: student(x, t, cond)  # noqa: E731
+
+        def judged(x: torch.Tensor) -> torch.Tensor:
+            return disc(add_noise(x, torch.randn(x.shape, generator=rng), t_d), t_d, cond)
+
+        if step % 2 == 0:  # the generator's turn
+            if o.phase == "eft":  # one step from the noised previous fragment to the next
+                pred = x0_prediction(velocity, x_from, t_from)
+                loss = huber(pred, x0, o.huber_c)
+                logs = {"edit": loss.mean().detach()}
+            else:
+                loss, pred = consistency_loss(
+                    velocity, lambda x, t: target(x, t, cond),
+                    GuidedVelocity(teacher, cond, o.audio_scale, o.ref_scale), x0, noise,
+                    t_from, t_to, o.huber_c)
+                logs = {"consistency": loss.mean().detach()}
+            loss = loss.mean()
+            if o.adv_weight > 0:
+                with no_param_grads(disc):  # non-saturating (Eq. 5)
+                    g_adv = F.softplus(-judged(pred)).mean()
+                loss = loss + o.adv_weight * g_adv
+                logs["g_adv"] = g_adv.detach()
+            if o.motion_weight > 0:
+                motion = motion_loss(pred, x0)
+                loss = loss + o.motion_weight * motion
+                logs["motion"] = motion.detach()
+            logs.update(g_loss=loss.detach(), generator_grad_norm=update(student, loss))
+            return logs
+        with torch.no_grad():  # the discriminator's turn, on a fresh one-step prediction
+            fake = x0_prediction(velocity, x_from, t_from)
+        real_logits, fake_logits = judged(x0), judged(fake)
+        d_loss = discriminator_loss("gan", real_logits, fake_logits)
+        return {"d_loss": d_loss.detach(), "disc_noise_bound": bound,
+                "real_minus_fake": (real_logits - fake_logits).mean().detach(),
+                "disc_grad_norm": update(disc, d_loss)}

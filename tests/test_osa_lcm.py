@@ -1,0 +1,87 @@
+"""OSA-LCM (stage `osa_lcm`): rolling sampling on a small network, and the chain as a user runs
+it — the shipped teacher distilled by Adv-LCM, then the editing fine-tune, each a 2-worker
+ZeRO-3 job reading SynthTalk from a real S3 API server — whose export generates a long video
+with combined rolling sampling at one evaluation per chunk. The objectives' maths is tested in
+test_consistency.py."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, tiny_overrides
+from onestep.config import ConfigError, load_config
+from onestep.generate import AvatarGenerator, Sampling
+from onestep.model import build_model
+
+TEACHER = ROOT / "reports" / "pretrained" / "teacher"
+
+
+def _generator(**sets) -> AvatarGenerator:
+    cfg = load_config("tiny", tiny_overrides(**{"sample.steps": 1, "sample.audio_scale": 1.0,
+                                                **sets}))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    return AvatarGenerator(model, cfg)
+
+
+def test_rolling_sampling_starts_like_plain_sampling_then_edits_the_previous_chunk():
+    gen = _generator()
+    image = np.full((32, 32, 3), 100, np.uint8)
+    audio = np.sin(np.arange(40000) / 16000 * 2 * np.pi * 150).astype(np.float32)  # 2.5 s
+    plain, _ = gen.generate(image, audio, Sampling.from_config(gen.cfg))
+    rolling, stats = gen.generate(image, audio, Sampling.from_config(gen.cfg, rolling_noise=0.7))
+    assert len(plain) == len(rolling) == 63 and stats.nfe_per_chunk == 1  # the audio's length
+    chunk = gen.cfg.data.frames
+    assert np.array_equal(plain[:chunk], rolling[:chunk])  # the first chunk: from Gaussian
+    assert not np.array_equal(plain[chunk:], rolling[chunk:])  # later ones: from the past
+
+
+def test_eft_windows_must_hold_two_chunks():
+    with pytest.raises(ConfigError, match=r"data.frames: expected 2 × osa_lcm.fragment_frames "
+                                          r"− data.motion_frames = 14 for phase eft"):
+        load_config("tiny", ["train.stage=osa_lcm", "osa_lcm.phase=eft", "osa_lcm.student=x"])
+    with pytest.raises(ConfigError, match="osa_lcm.student: expected the Adv-LCM export"):
+        load_config("tiny", ["train.stage=osa_lcm", "osa_lcm.phase=eft", "data.frames=14"])
+
+
+@pytest.mark.integration
+def test_teacher_adv_lcm_eft_chain_generates_a_long_video_rolling(ray_cluster, bucket, capsys):
+    import distill
+
+    from onestep.checkpoint import latest_checkpoint, load_generator
+    from onestep.prepare import prepare_synthtalk
+    from onestep.storage import resolve
+
+    where = {"data.uri": f"s3://{bucket}/synthtalk", "run.root": f"s3://{bucket}/runs",
+             "osa_lcm.discretisation_steps": 10, "osa_lcm.skip": 2,
+             "osa_lcm.disc_noise_iterations": 2}
+    sets = tiny_overrides(**where, **{"run.name": "adv-lcm"})
+    prepare_synthtalk(load_config("tiny", sets).synth, resolve(f"s3://{bucket}/synthtalk"))
+    distill.main(["--stage", "osa_lcm", "--teacher", str(TEACHER)]
+                 + [a for kv in sets for a in ("--set", kv)])
+    adv_lcm = f"s3://{bucket}/runs/adv-lcm/exports/1step"
+    state = json.loads(resolve(latest_checkpoint(f"s3://{bucket}/runs/adv-lcm"))
+                       .join("state.json").read_bytes())
+    assert state["step"] == 2 and state["world_size"] == 2
+    # The target network's average is part of the training state, beside the export's.
+    ema = resolve(latest_checkpoint(f"s3://{bucket}/runs/adv-lcm")).join("ema").listdir()
+    assert {"generator-rank0.safetensors", "target-rank1.safetensors"} <= set(ema)
+
+    eft = tiny_overrides(**where, **{"run.name": "eft", "osa_lcm.phase": "eft",
+                                     "data.frames": 14})
+    distill.main(["--stage", "osa_lcm", "--teacher", str(TEACHER), "--set",
+                  f"osa_lcm.student={adv_lcm}"] + [a for kv in eft for a in ("--set", kv)])
+    assert f"# editing fine-tune of: {adv_lcm}" in capsys.readouterr().out
+    export = f"s3://{bucket}/runs/eft/exports/1step"
+    saved = yaml.safe_load(resolve(export).join("config.yaml").read_bytes())
+    assert saved["data"]["frames"] == 8 and saved["sample"]["rolling_noise"] == 0.7
+    model, cfg = load_generator(export)
+    frames, stats = AvatarGenerator(model, cfg).generate(
+        np.full((cfg.resolution, cfg.resolution, 3), 128, np.uint8),
+        np.zeros(16000 * 4, np.float32), Sampling.from_config(cfg))
+    assert len(frames) == 100 and stats.nfe_per_chunk == 1 and stats.chunks == 17
