@@ -41,6 +41,31 @@ def test_rolling_sampling_starts_like_plain_sampling_then_edits_the_previous_chu
     assert not np.array_equal(plain[chunk:], rolling[chunk:])  # later ones: from the past
 
 
+def test_the_avatar_discriminator_trains_its_heads_only_and_passes_gradients_through():
+    from onestep.model.avatar_discriminator import AvatarDiscriminator
+    from onestep.model.dit import Conditions
+
+    cfg = load_config("tiny", tiny_overrides())
+    torch.manual_seed(0)
+    disc = AvatarDiscriminator(build_model(cfg), (0, 1), width=8)
+    trained = {n.split(".")[0] for n, p in disc.named_parameters() if p.requires_grad}
+    assert trained == {"heads"}  # the teacher's blocks stay as they are
+    g = torch.Generator().manual_seed(0)
+    cond = Conditions(ref=torch.randn(2, 12, 16, 16, generator=g),
+                      audio=torch.randn(2, 16, 40, generator=g),
+                      motion=torch.zeros(2, 12, 8, 16, 16), motion_mask=torch.zeros(2, 1, 8, 16, 16))
+    x = torch.randn(2, 12, 8, 16, 16, generator=g, requires_grad=True)
+    t = torch.tensor([0.1, 0.2])
+    assert torch.equal(disc(x, t, cond), torch.zeros(2))  # zero-initialised heads: constant
+    for head in disc.heads:
+        torch.nn.init.normal_(head.out.weight, std=0.1)
+    disc(x, t, cond).sum().backward()
+    assert float(x.grad.abs().sum()) > 0  # the generator's adversarial loss reaches its sample
+    with pytest.raises(ValueError, match=r"osa_lcm.disc_layers: expected block indices in "
+                                         r"\[0, 2\), got \[2\]"):
+        AvatarDiscriminator(build_model(cfg), (2,))
+
+
 def test_eft_windows_must_hold_two_chunks():
     with pytest.raises(ConfigError, match=r"data.frames: expected 2 × osa_lcm.fragment_frames "
                                           r"− data.motion_frames = 14 for phase eft"):
