@@ -16,7 +16,7 @@ from onestep.distill.losses import dmd_loss
 from onestep.distill.trajectory import denoise_until, predict_x0
 from onestep.flow import GuidedVelocity, add_noise, sampling_timesteps, velocity_loss
 from onestep.stages.base import Stage, student_config
-from onestep.stages.sources import inherit, load_networks, pin
+from onestep.stages.sources import inherit, load_networks, pin_teacher
 from onestep.train.engine import update
 
 T_MIN, T_MAX = 0.02, 0.98  # where the scores are compared (DMD2's range)
@@ -36,7 +36,7 @@ class DMDStage(Stage):
 
     @staticmethod
     def resolve_sources(cfg: Config) -> list[str]:
-        cfg.dmd.teacher, teacher_cfg = pin(cfg, "dmd.teacher", cfg.dmd.teacher)
+        cfg.dmd.teacher, teacher_cfg = pin_teacher(cfg, "dmd.teacher", cfg.dmd.teacher)
         return [f"teacher: {cfg.dmd.teacher}"] + inherit(cfg, teacher_cfg, cfg.dmd.teacher)
 
     def build_networks(self) -> dict[str, torch.nn.Module]:

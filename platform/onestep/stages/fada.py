@@ -28,7 +28,7 @@ from onestep.distill.windows import gt_weight, per_sample_mse, solve, straight_f
 from onestep.flow import GuidedVelocity, add_noise, condition_dropout, mouth_weights
 from onestep.model import build_model
 from onestep.stages.base import Stage, without_guidance_input
-from onestep.stages.sources import inherit, load_networks, pin
+from onestep.stages.sources import inherit, load_networks, pin_teacher
 from onestep.train.engine import update
 
 
@@ -43,11 +43,8 @@ class FADAStage(Stage):
     @staticmethod
     def resolve_sources(cfg: Config) -> list[str]:
         f = cfg.fada
-        f.teacher, source = pin(cfg, "fada.teacher", f.teacher)
+        f.teacher, source = pin_teacher(cfg, "fada.teacher", f.teacher)
         lines = [f"teacher: {f.teacher}"] + inherit(cfg, source, f.teacher)
-        if source.model.guidance_input:
-            raise ValueError(f"fada.teacher: {f.teacher} takes guidance scales as an input "
-                             "(a distilled student); FADA distils a teacher that runs CFG")
         cfg.model.guidance_input = "" if f.cfg_mode == "none" else f.cfg_mode
         cfg.model.check(cfg)  # e.g. a Wan network has no guidance input
         return lines + [f"student: {sum(f.steps_per_window)} steps in {f.windows} windows "

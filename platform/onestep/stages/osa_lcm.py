@@ -37,7 +37,7 @@ from onestep.flow import GuidedVelocity, add_noise
 from onestep.model import build_model
 from onestep.model.avatar_discriminator import AvatarDiscriminator
 from onestep.stages.base import Stage, student_config
-from onestep.stages.sources import inherit, load_networks, pin
+from onestep.stages.sources import inherit, load_networks, pin, pin_teacher
 from onestep.train.engine import no_param_grads, update
 
 
@@ -54,10 +54,7 @@ class OSALCMStage(Stage):
     @staticmethod
     def resolve_sources(cfg: Config) -> list[str]:
         o = cfg.osa_lcm
-        o.teacher, source = pin(cfg, "osa_lcm.teacher", o.teacher)
-        if source.model.guidance_input:
-            raise ValueError(f"osa_lcm.teacher: {o.teacher} takes guidance scales as an input "
-                             "(a distilled student); OSA-LCM distils a teacher that runs CFG")
+        o.teacher, source = pin_teacher(cfg, "osa_lcm.teacher", o.teacher)
         lines = [f"teacher: {o.teacher}"] + inherit(cfg, source, o.teacher)
         if o.phase == "eft":
             o.student, student = pin(cfg, "osa_lcm.student", o.student)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from onestep.checkpoint import (CheckpointError, check_export, inherit_architecture, load_export,
-                                load_weights_into, resolve_checkpoint)
+from onestep.checkpoint import (
+    CheckpointError,
+    check_export,
+    inherit_architecture,
+    load_export,
+    load_weights_into,
+    resolve_checkpoint,
+)
 from onestep.config import Config
 from onestep.model import build_model
 
@@ -24,6 +30,16 @@ def pin(cfg: Config, key: str, uri: str) -> tuple[str, Config]:
     except CheckpointError as e:
         raise CheckpointError(f"{key}: {e}") from None
     return ckpt, check_export(ckpt, endpoint)
+
+
+def pin_teacher(cfg: Config, key: str, uri: str) -> tuple[str, Config]:
+    """`pin` for the teacher a stage distils: a network that runs CFG, not a student that
+    takes the guidance scales as an input (its guided velocity is not what CFG computes)."""
+    ckpt, source = pin(cfg, key, uri)
+    if source.model.guidance_input:
+        raise ValueError(f"{key}: {ckpt} takes guidance scales as an input (a distilled "
+                         f"student); stage {cfg.train.stage} distils a teacher that runs CFG")
+    return ckpt, source
 
 
 def inherit(cfg: Config, source: Config, uri: str) -> list[str]:
