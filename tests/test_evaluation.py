@@ -113,3 +113,13 @@ def test_the_table_judges_each_model_against_the_first():
     assert header.endswith("| lip-sync ÷ teacher's | speed-up vs teacher |")
     assert teacher.endswith("| 1.00× | 1.0× |") and student.endswith("| 0.80× | 40.0× |")
     assert "speed-up" not in markdown_table({"alone": row})
+
+
+def test_boundary_jump_sees_where_chunks_hand_over():
+    # 8-frame chunks overlapping by 2: new chunks start at frames 8, 14, 20, ...
+    ramp = np.arange(26, dtype=np.float64)[:, None, None, None] * np.ones((26, 4, 4, 3))
+    assert M.boundary_jump(ramp, 8, 2) == pytest.approx(1.0)  # smooth motion: no seam
+    jumpy = ramp.copy()
+    for start in (8, 14, 20):
+        jumpy[start:] += 5.0  # each chunk starts 5 levels off where the last one ended
+    assert M.boundary_jump(jumpy, 8, 2) == pytest.approx(6.0)  # 1 + 5 across, 1 inside

@@ -75,3 +75,23 @@ def flicker(frames: np.ndarray) -> float:
     if len(frames) < 2:
         return 0.0
     return float(np.abs(np.diff(frames.astype(np.float64), axis=0)).mean())
+
+
+def boundary_jump(frames: np.ndarray, chunk_frames: int, motion_frames: int) -> float:
+    """How much more a video changes where one generated chunk hands over to the next than
+    between frames inside a chunk: the mean absolute change across each boundary over the mean
+    within chunks (1: seamless; OSA-LCM's chunk-boundary problem shows as > 1).
+
+    A generator emits a chunk's first `chunk_frames` frames, then `chunk_frames −
+    motion_frames` new frames per chunk (the rest continue the previous chunk), so boundaries
+    fall after frame chunk_frames − 1, then every chunk_frames − motion_frames frames."""
+    if len(frames) < 2:
+        return 1.0
+    change = np.abs(np.diff(frames.astype(np.float64), axis=0)).mean(axis=tuple(
+        range(1, frames.ndim)))  # change[i]: frame i → i + 1
+    step = chunk_frames - motion_frames
+    at = np.arange(chunk_frames - 1, len(change), step)
+    inside = np.setdiff1d(np.arange(len(change)), at)
+    if not len(at) or not len(inside) or change[inside].mean() == 0:
+        return 1.0
+    return float(change[at].mean() / change[inside].mean())
