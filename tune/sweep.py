@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     cli.setup_logging()
     cfg = cli.config_from_args(args, cli.stage_overrides(args))
     command = "python tune/sweep.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    started_ray = False
     try:
         if args.resume or args.report_only:
             cfg = load_base(cfg)  # exactly what the sweep started with
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"# {line}", flush=True)
             cfg = worker_config(cfg.validate())  # trials run elsewhere: absolute paths
         if not args.report_only:
+            started_ray = not ray.is_initialized()
             cli.init_ray(cfg, trial_cpus=1)
             prepare_validation(cfg)
             results = run_sweep(cfg, resume=args.resume)
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     except (CheckpointError, ConfigError, StorageError, SweepStateError, ValueError) as e:
         sys.exit(f"error: {e}")
     finally:
-        ray.shutdown()  # a local Ray this script started must not outlive it (Ctrl-C too)
+        if started_ray:  # a local Ray this call started must not outlive it (Ctrl-C too)
+            ray.shutdown()
     print(Path(args.out).with_suffix(".md").read_text())
     left = report.pending(rows, cfg)
     if left:
