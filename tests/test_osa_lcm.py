@@ -67,9 +67,12 @@ def test_the_avatar_discriminator_trains_its_heads_only_and_passes_gradients_thr
 
 
 def test_eft_windows_must_hold_two_chunks():
+    from onestep.stages.osa_lcm import OSALCMStage
+
     with pytest.raises(ConfigError, match=r"data.frames: expected 2 × osa_lcm.fragment_frames "
                                           r"− data.motion_frames = 14 for phase eft"):
-        load_config("tiny", ["train.stage=osa_lcm", "osa_lcm.phase=eft", "osa_lcm.student=x"])
+        OSALCMStage.resolve_sources(load_config("tiny", [
+            "train.stage=osa_lcm", "osa_lcm.phase=eft", "osa_lcm.student=x"]))
     with pytest.raises(ConfigError, match="osa_lcm.student: expected the Adv-LCM export"):
         load_config("tiny", ["train.stage=osa_lcm", "osa_lcm.phase=eft", "data.frames=14"])
 

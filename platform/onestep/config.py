@@ -583,12 +583,15 @@ class OSALCMConfig(Section):
             (0 < self.target_decay < 1, "osa_lcm.target_decay", "in (0, 1)"),
             (len(self.eft_timestep) == 2
              and 0 < self.eft_timestep[0] <= self.eft_timestep[1] <= 1, "osa_lcm.eft_timestep",
-             "[low, high] with 0 < low ≤ high ≤ 1"),
-            (self.phase != "eft" or cfg.train.stage != "osa_lcm"
-             or cfg.data.frames == 2 * self.fragment_frames - cfg.data.motion_frames,
-             "data.frames", f"2 × osa_lcm.fragment_frames − data.motion_frames = "
-             f"{2 * self.fragment_frames - cfg.data.motion_frames} for phase eft (a window "
-             "holds the previous fragment and the next)"))
+             "[low, high] with 0 < low ≤ high ≤ 1"))
+
+    def check_eft_window(self, cfg: Config) -> None:
+        """Training phase eft: a window holds the previous fragment and the next (its export
+        samples single fragments, so this is no rule of the config itself)."""
+        _require((cfg.data.frames == 2 * self.fragment_frames - cfg.data.motion_frames,
+                  "data.frames", f"2 × osa_lcm.fragment_frames − data.motion_frames = "
+                  f"{2 * self.fragment_frames - cfg.data.motion_frames} for phase eft (a window "
+                  "holds the previous fragment and the next)"))
 
 
 @dataclass

@@ -62,7 +62,10 @@ class Stage:
         shapes only (the memory plan traces it on the meta device)."""
         from onestep.audio_features import feature_dim
 
-        c = getattr(model, "trunk", model).c  # a discriminator reads its trunk's latents
+        from onestep.model.avatar_discriminator import AvatarDiscriminator
+
+        trunk = isinstance(model, (Discriminator, AvatarDiscriminator))
+        c = (model.trunk if trunk else model).c  # a discriminator reads its trunk's latents
         frames = 1 + (cfg.data.frames - 1) // cfg.codec.temporal_factor
         side = cfg.resolution // cfg.codec.factor
         audio_rows = frames * cfg.codec.temporal_factor * (cfg.audio.feature_rate // cfg.synth.fps)

@@ -54,6 +54,8 @@ class OSALCMStage(Stage):
     @staticmethod
     def resolve_sources(cfg: Config) -> list[str]:
         o = cfg.osa_lcm
+        if o.phase == "eft":
+            o.check_eft_window(cfg)
         o.teacher, source = pin_teacher(cfg, "osa_lcm.teacher", o.teacher)
         lines = [f"teacher: {o.teacher}"] + inherit(cfg, source, o.teacher)
         if o.phase == "eft":
