@@ -49,14 +49,12 @@ def huber(x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
     return err.flatten(1).mean(1)
 
 
-def consistency_loss(student: Velocity, target: Velocity, teacher: Velocity, x0: torch.Tensor,
-                     noise: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor,
+def consistency_loss(student: Velocity, target: Velocity, teacher: Velocity,
+                     x_from: torch.Tensor, t_from: torch.Tensor, t_to: torch.Tensor,
                      c: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latent consistency distillation (Eq. 3): the student's x0 prediction at t_{n+k} against
-    the target network's at the teacher's estimate of t_n. Returns (per-sample loss, the
-    student's x0 prediction)."""
-    x_from = (1 - t_from).view(-1, *([1] * (x0.dim() - 1))) * x0 + t_from.view(
-        -1, *([1] * (x0.dim() - 1))) * noise
+    """Latent consistency distillation (Eq. 3): the student's x0 prediction at x_from (a clip
+    noised to t_{n+k}) against the target network's at the teacher's estimate of t_n. Returns
+    (per-sample loss, the student's x0 prediction)."""
     with torch.no_grad():
         x_to = teacher_step(teacher, x_from, t_from, t_to)
         aim = x0_prediction(target, x_to, t_to)

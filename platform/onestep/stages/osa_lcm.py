@@ -159,7 +159,7 @@ class OSALCMStage(Stage):
             else:
                 loss, pred = consistency_loss(
                     velocity, lambda x, t: target(x, t, cond),
-                    GuidedVelocity(teacher, cond, o.audio_scale, o.ref_scale), x0, noise,
+                    GuidedVelocity(teacher, cond, o.audio_scale, o.ref_scale), x_from,
                     t_from, t_to, o.huber_c)
                 logs = {"consistency": loss.mean().detach()}
             loss = loss.mean()
