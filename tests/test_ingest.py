@@ -10,6 +10,7 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pyarrow.parquet as pq
+from pyarrow.fs import FileSelector, FileType
 import pytest
 
 from onestep.media import decode_video, encode_mp4
@@ -59,7 +60,9 @@ def test_ingest_follows_the_face_counts_every_drop_and_tiers_clips(ray_cluster, 
     folder, truth = footage
     _upload(folder, bucket, s3_endpoint, "raw")
     out = f"s3://{bucket}/clips"
-    prepare_data.main(["--out", out, "--ingest", f"s3://{bucket}/raw", *_sets()])
+    # Parts of 8 s: talk.mp4 (15.5 s) is two tasks, the other files one each.
+    args = ["--out", out, "--ingest", f"s3://{bucket}/raw", *_sets("ingest.part_seconds=8")]
+    prepare_data.main(args)
     manifest = read_manifest(resolve(out))
     assert manifest["source"] == {"kind": "videos", "input": f"s3://{bucket}/raw", "videos": 5}
     # Scene 1 (5.5 s) gives two clips of 2.4 s, the soft face one: tiers as constructed.
@@ -75,8 +78,8 @@ def test_ingest_follows_the_face_counts_every_drop_and_tiers_clips(ray_cluster, 
     assert "dropped: " in caplog.text and "skipped silent.mkv: no audio track" in caplog.text
 
     loc = resolve(out)
-    table = pq.read_table(loc.fs.open_input_file(loc.join(manifest["shards"][0]["name"]).path))
-    rows = table.to_pylist()
+    rows = [row for shard in manifest["shards"] for row in pq.read_table(
+        loc.fs.open_input_file(loc.join(shard["name"]).path)).to_pylist()]
     assert [r["tier"] for r in rows] == ["high", "high", "low"]
     for row in rows:
         start = json.loads(row["source"])["start"]
@@ -98,13 +101,43 @@ def test_ingest_follows_the_face_counts_every_drop_and_tiers_clips(ray_cluster, 
     cfg = load_config("tiny", ["data.tiers=[low, moderate]", f"data.uri={out}"])
     assert sum(readable_shards(loc, manifest, "skip", cfg.data).values()) == 1
 
-    # Again: every video has its record, nothing is redone; the manifest is the same.
+    # Again, as if stopped while talk.mp4's second part ran: every other video has its record
+    # and is not redone, nor is talk.mp4's first part; the manifest is the same.
+    records = loc.join("videos")
+    key = next(i.path for i in loc.fs.get_file_info(FileSelector(records.path))
+               if i.type == FileType.Directory)
+    loc.fs.delete_file(f"{key}.json")
+    loc.fs.delete_file(f"{key}/part-002-of-002-every-8s.json")
     caplog.clear()
-    prepare_data.main(["--out", out, "--ingest", f"s3://{bucket}/raw", *_sets()])
-    assert "(5 done before)" in caplog.text
+    prepare_data.main(args)
+    assert "(4 done before; 1 of 2 parts of the others)" in caplog.text
     again = read_manifest(resolve(out))
     assert {k: v for k, v in again.items() if k != "created"} == {
         k: v for k, v in manifest.items() if k != "created"}
+
+
+def test_a_part_read_from_its_start_is_what_reading_through_gives(footage):
+    """A part late in a video seeks to its start: its frames and sound are those a read from
+    the beginning gives at the same times (variable frame rate, audio starting 0.2 s late)."""
+    from onestep.ingest.stream import AudioReader, frames, probe
+
+    folder, _ = footage
+    path = folder / "talk.mp4"
+    info = probe(path)
+    through = [(t, f) for t, f in frames(path, info.start, 64, 36, step=0.5) if 8 <= t < 11]
+    seeked = list(frames(path, info.start, 64, 36, step=0.5, since=8, until=11))
+    assert [t for t, _ in seeked] == [t for t, _ in through] and len(seeked) == 6
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(seeked, through))
+    whole = AudioReader(path, 16000, info.start, info.audio_start)
+    whole.read(0, 8.3)
+    part = AudioReader(path, 16000, info.start, info.audio_start, since=8.3)
+    a, b = whole.read(8.3, 10.7), part.read(8.3, 10.7)
+    # The same samples up to the resampler's phase (AAC frames fall between 16 kHz samples):
+    # a fraction of a sample, where one sample off would be many times the difference.
+    off = {shift: np.abs(np.roll(b, shift) - a)[16:-16].mean() for shift in (-1, 0, 1)}
+    assert np.abs(a).mean() > 0.02 and off[0] < 0.1 * min(off[-1], off[1], np.abs(a).mean())
+    whole.close()
+    part.close()
 
 
 def test_nothing_usable_is_one_line_naming_each_file(ray_cluster, tmp_path):
@@ -141,8 +174,8 @@ def test_a_lip_sync_expert_scores_every_clip_and_drops_those_out_of_sync(tmp_pat
         cfg = load_config("tiny", ["synth.resolution=64", f"sync.weights={SHIPPED}",
                                    f"ingest.max_sync_offset={bound}"])
         records.append(ingest_video(resolve(str(tmp_path / "talk.mp4")), "talk.mp4", out, cfg))
-        if records[-1]["clips"]:
-            tables.append(pq.read_table(tmp_path / f"out-{bound}" / records[-1]["shard"]))
+        tables += [pq.read_table(tmp_path / f"out-{bound}" / shard["name"])
+                   for shard in records[-1]["shards"]]
     rows = tables[0].to_pylist()
     assert len(rows) == 3 and "out_of_sync" not in records[0]["dropped"]
     assert all(np.isfinite(r["sync_confidence"]) and abs(r["sync_offset"]) <= 15 for r in rows)
@@ -172,7 +205,7 @@ def test_evaluate_on_ingested_footage_scores_lip_sync_with_the_expert(footage, t
     out = resolve(str(tmp_path / "clips"))
     cfg = load_config("tiny", ["ingest.test_fraction=1"])  # the shipped teacher's 32×32
     record = ingest_video(resolve(str(folder / "talk.mp4")), "talk.mp4", out, cfg)
-    write_manifest(out, [{"name": record["shard"], "rows": record["clips"]}],
+    write_manifest(out, record["shards"],
                    {"kind": "videos", "input": str(folder), "videos": 1})
     teacher = Path(__file__).resolve().parents[1] / "reports" / "pretrained" / "teacher"
     args = ["--checkpoint", f"teacher={teacher}", "--data", out.uri, "--clips", "2",

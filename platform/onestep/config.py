@@ -79,6 +79,10 @@ class IngestConfig(Section):
     # A face moving more than this × its side between two detections is another track.
     max_jump: float = 0.5
     test_fraction: float = 0.1  # videos held out for evaluation (by a hash of their path)
+    # A video longer than this is ingested as parts of about this length, one Ray task each (0:
+    # one task per video). A face span running over a part's edge is cut there: each edge costs
+    # at most one clip's length of footage.
+    part_seconds: float = 300.0
     # Quality tiers (FADA's mixed supervision): [high, moderate] thresholds per metric. A clip is
     # `high` when every metric reaches its high threshold, `moderate` when every one reaches its
     # moderate one, else `low`. Sharpness: variance of the Laplacian of the face crop (grey,
@@ -95,7 +99,10 @@ class IngestConfig(Section):
     max_sync_offset: int = 3
 
     def check(self, cfg: Config) -> None:
-        _require(*[(len(t) == 2 and t[0] >= t[1] >= 0, f"ingest.{k}",
+        _require((self.part_seconds == 0 or self.part_seconds >= 2 * cfg.synth.clip_seconds,
+                  "ingest.part_seconds", "0 (whole videos) or at least two clips' length "
+                  f"(2 × synth.clip_seconds = {2 * cfg.synth.clip_seconds:g})"),
+                 *[(len(t) == 2 and t[0] >= t[1] >= 0, f"ingest.{k}",
                     "[high, moderate] thresholds with high ≥ moderate ≥ 0")
                    for k, t in (("sharpness_tiers", self.sharpness_tiers),
                                 ("face_px_tiers", self.face_px_tiers),

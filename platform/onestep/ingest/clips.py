@@ -83,11 +83,11 @@ def cut_clips(path: Path, info: VideoInfo, analysis: Analysis, cfg: Config, name
     width = max(2, round(info.width * scale / 2) * 2)
     height = max(2, round(info.height * scale / 2) * 2)
     scale = width / info.width
-    decoded = frames(path, info.start, width, height)
+    decoded = frames(path, info.start, width, height, since=analysis.start)
     current, upcoming = None, next(decoded, None)
-    audio = AudioReader(path, s.sample_rate, info.start, info.audio_start)
+    audio = AudioReader(path, s.sample_rate, info.start, info.audio_start, since=analysis.start)
     try:
-        for index, plan in enumerate(plans):
+        for plan in plans:
             pictures, track, crops, sharp = [], [], [], []
             for j in range(per_clip):
                 t = plan.start + j / s.fps
@@ -128,7 +128,7 @@ def cut_clips(path: Path, info: VideoInfo, analysis: Analysis, cfg: Config, name
             tier = quality.tier(metrics, ing)
             tally.tiers[tier] += 1
             crops = np.array(crops, np.float32)
-            yield {"clip_id": f"{name}-{index:05d}",
+            yield {"clip_id": f"{name}@{plan.start:.2f}",  # unique across a video's parts
                    "mp4": encode_mp4(np.stack(pictures), s.fps, sound, s.sample_rate),
                    "audio_pcm16": pcm16_bytes(sound), "sample_rate": s.sample_rate,
                    "fps": s.fps, "num_frames": per_clip, "height": s.resolution,

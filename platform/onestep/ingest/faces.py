@@ -17,6 +17,7 @@ undetected and are dropped as `no_face`, which costs data, never quality.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,9 @@ class Span:
 class Analysis:
     spans: list[Span]
     dropped: dict[str, float] = field(default_factory=dict)  # seconds per reason
-    duration: float = 0.0
+    # The analysed stretch [start, end), seconds: its end is what was read, not the header's.
+    start: float = 0.0
+    end: float = 0.0
 
 
 def _status(boxes: list, short_side: float, cfg: IngestConfig) -> str:
@@ -101,9 +104,10 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
                      for k in range(values.shape[1])], axis=1)
 
 
-def analyse(path: Path, info: VideoInfo, cfg: IngestConfig,
-            detector: FaceDetector | None = None) -> Analysis:
-    """Scene cuts, faces and crop tracks of the video at `path` (read once, small)."""
+def analyse(path: Path, info: VideoInfo, cfg: IngestConfig, detector: FaceDetector | None = None,
+            since: float = 0.0, until: float = math.inf) -> Analysis:
+    """Scene cuts, faces and crop tracks of the video at `path` (read once, small), over
+    [since, until) seconds of it: a span still going at `until` ends there."""
     detector = detector or FaceDetector()
     width = min(cfg.detect_width, info.width)
     height = max(2, round(info.height * width / info.width / 2) * 2)
@@ -112,7 +116,7 @@ def analyse(path: Path, info: VideoInfo, cfg: IngestConfig,
     times, statuses, boxes, cuts = [], [], [], []
     previous = None
     last_t = 0.0
-    for t, rgb in frames(path, info.start, width, height, step=step):
+    for t, rgb in frames(path, info.start, width, height, step=step, since=since, until=until):
         hist = _histogram(rgb)
         cuts.append(previous is not None
                     and 0.5 * np.abs(hist - previous).sum() > cfg.scene_threshold)
@@ -123,10 +127,11 @@ def analyse(path: Path, info: VideoInfo, cfg: IngestConfig,
         boxes.append(found[0] if len(found) == 1 else None)
         last_t = t
     if not times:
-        return Analysis([], {}, 0.0)
+        return Analysis([], {}, since, since)
     # Up to the header's duration, but no further than was decoded: a truncated file's header
     # overstates it.
     duration = min(last_t + step, info.duration) if info.duration > last_t else last_t + step
+    duration = min(duration, until)
     ends = times[1:] + [duration]
     for i in range(len(times) - 1):
         if cuts[i + 1]:
@@ -153,4 +158,4 @@ def analyse(path: Path, info: VideoInfo, cfg: IngestConfig,
                 close()
         run.append(i)
     close()
-    return Analysis(spans, dict(dropped), duration)
+    return Analysis(spans, dict(dropped), since, duration)
