@@ -4,8 +4,9 @@
 
 Each video is rendered (onestep.synth.footage: the astronaut photograph talking, moving and
 scaled, with a cut every 15 s and stretches with no face or two faces, 30 fps, H.264 + AAC),
-then ingested by `onestep.ingest.job.ingest_video` exactly as a Ray task does it, in a fresh
-process of its own: its peak RSS is that process's own high-water mark (VmHWM, read by it at the
+then ingested by `onestep.ingest.job.ingest_video` as one Ray task would do it if the video were
+not cut into parts (`ingest.part_seconds=0`: the whole video in one process, memory's hardest
+case), in a fresh process of its own: its peak RSS is that process's own high-water mark (VmHWM, read by it at the
 end: `wait4`'s ru_maxrss would count the parent's pages the child was forked with, here the
 renderer's), its CPU time comes from `wait4`. The goal: peak RSS independent of length and
 under 1.5 GB per worker, since a worker decodes frame by frame and writes clips as it goes.
@@ -73,7 +74,7 @@ def main() -> None:
                    help="config overrides for the ingest (default: 256×256 clips)")
     p.add_argument("--out", default="reports/ingest")
     args = p.parse_args()
-    sets = ["synth.resolution=256", *args.overrides]
+    sets = ["synth.resolution=256", "ingest.part_seconds=0", *args.overrides]
     rows = []
     with tempfile.TemporaryDirectory(prefix="onestep-bench-ingest-") as tmp:
         for minutes in args.minutes:
