@@ -104,7 +104,13 @@ def test_teacher_adv_lcm_eft_chain_generates_a_long_video_rolling(ray_cluster, b
                                      "data.frames": 14})
     distill.main(["--stage", "osa_lcm", "--teacher", str(TEACHER), "--set",
                   f"osa_lcm.student={adv_lcm}"] + [a for kv in eft for a in ("--set", kv)])
-    assert f"# editing fine-tune of: {adv_lcm}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"# editing fine-tune of: {adv_lcm}" in out
+    # It learns from the data alone: neither the teacher nor a target network is built.
+    plan = out[out.rindex("memory plan per rank"):]
+    assert "| generator |" in plan and "(frozen)" not in plan
+    ema = resolve(latest_checkpoint(f"s3://{bucket}/runs/eft")).join("ema").listdir()
+    assert not any(name.startswith("target") for name in ema)
     export = f"s3://{bucket}/runs/eft/exports/1step"
     saved = yaml.safe_load(resolve(export).join("config.yaml").read_bytes())
     assert saved["data"]["frames"] == 8 and saved["sample"]["rolling_noise"] == 0.7

@@ -129,14 +129,10 @@ class Render:
 
     def __init__(self, gen: AvatarGenerator, image: np.ndarray, audio: np.ndarray,
                  sampling: Sampling):
+        self._begin(gen, image, sampling)
         cfg, codec = gen.cfg, gen.codec
-        self.gen, self.sampling = gen, sampling
-        tf = codec.temporal_factor
         self.n_frames = gen.num_frames(audio)
-        self.chunk = codec.latent_frames(cfg.data.frames)
-        m = cfg.data.motion_frames
-        self.motion = codec.latent_frames(m) if m else 0
-        latents = 1 + -(-(self.n_frames - 1) // tf)  # enough to cover every frame
+        latents = 1 + -(-(self.n_frames - 1) // codec.temporal_factor)  # covers every frame
         self.starts = chunk_starts(latents, self.chunk, self.motion)
         # Features for the whole clip, padded with silence to cover the last chunk, then per
         # latent frame of the one latent sequence the chunks cut.
@@ -145,12 +141,22 @@ class Render:
         padded[:len(audio)] = audio[:len(padded)]
         with torch.no_grad():
             feats = torch.from_numpy(gen.encoder(padded))[None].to(gen.device)
-            self.feats = align_audio(feats, span, tf)
+            self.feats = align_audio(feats, span, codec.temporal_factor)
+
+    def _begin(self, gen: AvatarGenerator, image: np.ndarray, sampling: Sampling) -> None:
+        """What every render holds whatever its audio: the portrait encoded once, the chunk
+        geometry, the seeded noise, the streaming decoder."""
+        cfg, codec = gen.cfg, gen.codec
+        self.gen, self.sampling = gen, sampling
+        self.chunk = codec.latent_frames(cfg.data.frames)
+        m = cfg.data.motion_frames
+        self.motion = codec.latent_frames(m) if m else 0
+        with torch.no_grad():
             self.ref = encode_reference(codec, torch.from_numpy(to_unit(image))[None]
                                         .to(gen.device))
             self.image = (gen.image_encoder(image[None]).to(gen.device)
                           if gen.image_encoder is not None else None)
-        self.per_latent = tf * gen.per_frame
+        self.per_latent = codec.temporal_factor * gen.per_frame
         self.rng = torch.Generator(device="cpu").manual_seed(sampling.seed)
         self.previous: torch.Tensor | None = None  # latent of the previous chunk
         self.decoder = codec.stream()
@@ -161,12 +167,15 @@ class Render:
     def done(self) -> bool:
         return self.k >= len(self.starts)
 
+    def _chunk_audio(self, start: int) -> torch.Tensor:
+        """Audio features of the chunk starting at latent frame `start`, per latent frame."""
+        return self.feats[:, start * self.per_latent:(start + self.chunk) * self.per_latent]
+
     @torch.no_grad()
     def next_job(self) -> ChunkJob:
-        start, n = self.starts[self.k], self.chunk
-        audio = self.feats[:, start * self.per_latent:(start + n) * self.per_latent]
-        cond = make_conditions(self.ref, audio, n, self.motion,
-                               motion_latent=self._motion_latent(), image=self.image)
+        n = self.chunk
+        cond = make_conditions(self.ref, self._chunk_audio(self.k * (n - self.motion)), n,
+                               self.motion, motion_latent=self._motion_latent(), image=self.image)
         shape = (1, self.gen.codec.latent_channels, n, *cond.ref.shape[-2:])
         noise = torch.randn(shape, generator=self.rng).to(self.gen.device)
         level = self.sampling.rolling_noise
@@ -179,7 +188,7 @@ class Render:
         """The previous chunk's last M latent frames, placed in this chunk's first M frames."""
         if self.previous is None:
             return None
-        offset = self.starts[self.k] - self.starts[self.k - 1]  # = F − M
+        offset = self.chunk - self.motion  # where this chunk starts in the previous one
         motion = torch.zeros_like(self.previous)
         motion[:, :, :self.motion] = self.previous[:, :, offset:offset + self.motion]
         return motion

@@ -49,6 +49,12 @@ class Stage:
             self._image_encoder = ImageEncoder(m.image_encoder, self.cfg.run.s3_endpoint_url)
         return prepare_batch(batch, self.codec, self.cfg, self._image_encoder)
 
+    @classmethod
+    def frozen_networks(cls, cfg: Config) -> tuple[str, ...]:
+        """The frozen networks (targets included) a run of `cfg` builds: all of `frozen`, unless
+        a stage's mode leaves some unused."""
+        return cls.frozen
+
     @staticmethod
     def plan_network(cfg: Config, name: str) -> torch.nn.Module:
         """Network `name` as the stage builds it, weights aside: the memory plan builds it on

@@ -51,6 +51,12 @@ class OSALCMStage(Stage):
     sources = ("osa_lcm.teacher", "osa_lcm.student")
     teacher_source = "osa_lcm.teacher"
 
+    @classmethod
+    def frozen_networks(cls, cfg: Config) -> tuple[str, ...]:
+        """The editing fine-tune learns from the data alone: no teacher step, no target network
+        (the discriminator keeps its own frozen copy of the teacher's blocks)."""
+        return () if cfg.osa_lcm.phase == "eft" else cls.frozen
+
     @staticmethod
     def resolve_sources(cfg: Config) -> list[str]:
         o = cfg.osa_lcm
@@ -77,10 +83,15 @@ class OSALCMStage(Stage):
 
     def build_networks(self) -> dict[str, torch.nn.Module]:
         o = self.cfg.osa_lcm
-        teacher, trunk = load_networks(self.cfg, o.teacher, 2)
-        student, target = load_networks(self.cfg, o.student if o.phase == "eft" else o.teacher, 2)
-        return {"generator": student, "target": target, "teacher": teacher,
-                "discriminator": AvatarDiscriminator(trunk, tuple(o.disc_layers), o.disc_width)}
+        if o.phase == "eft":
+            (trunk,), (student,) = (load_networks(self.cfg, uri, 1) for uri in (o.teacher,
+                                                                             o.student))
+            networks = {"generator": student}
+        else:
+            teacher, trunk, student, target = load_networks(self.cfg, o.teacher, 4)
+            networks = {"generator": student, "target": target, "teacher": teacher}
+        networks["discriminator"] = AvatarDiscriminator(trunk, tuple(o.disc_layers), o.disc_width)
+        return networks
 
     def target_of(self, name: str) -> tuple[str, float]:
         return "generator", self.cfg.osa_lcm.target_decay
@@ -133,8 +144,7 @@ class OSALCMStage(Stage):
     def train_step(self, batch: dict, engines: dict, rng: torch.Generator,
                    step: int) -> dict:
         o = self.cfg.osa_lcm
-        student, target, teacher, disc = (engines[n] for n in (
-            "generator", "target", "teacher", "discriminator"))
+        student, disc = engines["generator"], engines["discriminator"]
         if o.phase == "eft":
             x_prev, x0, cond = self._fragments(batch)
             lo, hi = o.eft_timestep
@@ -158,8 +168,8 @@ class OSALCMStage(Stage):
                 logs = {"edit": loss.mean().detach()}
             else:
                 loss, pred = consistency_loss(
-                    velocity, lambda x, t: target(x, t, cond),
-                    GuidedVelocity(teacher, cond, o.audio_scale, o.ref_scale), x_from,
+                    velocity, lambda x, t: engines["target"](x, t, cond),
+                    GuidedVelocity(engines["teacher"], cond, o.audio_scale, o.ref_scale), x_from,
                     t_from, t_to, o.huber_c)
                 logs = {"consistency": loss.mean().detach()}
             loss = loss.mean()

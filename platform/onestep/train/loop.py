@@ -140,7 +140,8 @@ def _restore(directory: Path, stage, engines: dict, emas: dict) -> dict:
 def _sync_targets(stage, engines: dict, emas: dict) -> None:
     """Each target network takes the average of the network it follows."""
     for name in stage.targets:
-        emas[name].copy_into(engines[name].module)
+        if name in emas:
+            emas[name].copy_into(engines[name].module)
 
 
 def _set_lrs(stage, engines: dict, state: dict) -> None:
@@ -190,10 +191,11 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
         lr, update_every = stage.optimizer(name)
         engines[name] = make_engine(networks[name], cfg, lr, update_every=update_every,
                                     total_clips=stage.total_clips(cfg))
-    for name in stage.frozen:
+    frozen = stage.frozen_networks(cfg)
+    for name in frozen:
         engines[name] = make_engine(networks[name], cfg, trainable=False)
     emas = {stage.export: ShardedEMA(engines[stage.export].module, cfg.train.ema_decay)}
-    for name in stage.targets:
+    for name in (n for n in stage.targets if n in frozen):
         source, decay = stage.target_of(name)
         emas[name] = ShardedEMA(engines[source].module, decay)
     exported = engines[stage.export].module

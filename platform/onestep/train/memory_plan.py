@@ -198,7 +198,7 @@ def plan_run(cfg: Config, world_size: int | None = None) -> list[NetworkPlan]:
     n = world_size or cfg.train.num_workers
     stage = stage_class(cfg.train.stage)
     plans = []
-    for name in (*stage.trained, *stage.frozen):
+    for name in (*stage.trained, *stage.frozen_networks(cfg)):
         model = _meta_network(cfg, name)
         trained = name in stage.trained
         plan = state_plan(cfg, n, name, count_parameters(model), trained, name == stage.export,

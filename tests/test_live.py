@@ -1,0 +1,121 @@
+"""Live sessions without a server: sound arriving in 40 ms pieces becomes fragmented MP4, chunk by
+chunk, as a browser's Media Source Extensions play it (decoded here with PyAV)."""
+
+import io
+
+import av
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from onestep.live.fmp4 import FragmentedMP4, boxes
+
+STUDENT = ROOT / "reports" / "pretrained" / "student"
+RATE = 16000
+
+
+def _speech_like(seconds: float, rate: int = RATE) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 3 * t) > 0)).astype(
+        np.float32)
+
+
+def _decode(data: bytes) -> tuple[list, np.ndarray]:
+    with av.open(io.BytesIO(data)) as box:
+        frames = [(f.pts, f.to_ndarray(format="rgb24")) for f in box.decode(video=0)]
+    with av.open(io.BytesIO(data)) as box:
+        sound = np.concatenate([f.to_ndarray()[0] for f in box.decode(audio=0)])
+    return frames, sound
+
+
+def _aligned(decoded: np.ndarray, sent: np.ndarray) -> bool:
+    """Same sound at lag 0, up to the codec: one AAC frame (1024 samples) off is far worse."""
+    n = min(len(decoded), len(sent)) - 1024
+    off = {lag: np.abs(decoded[lag:lag + n] - sent[:n]).mean() for lag in (0, 1024)}
+    return off[0] < 0.2 * off[1024]
+
+
+def test_each_chunk_is_a_media_segment_that_plays_on_from_the_last():
+    mp4 = FragmentedMP4(64, 48, 25, RATE)
+    assert [kind for kind, _ in boxes(mp4.init)] == ["ftyp", "moov"]
+    stream, sent, segments = [mp4.init], [], []
+    for k in range(4):
+        frames = np.zeros((6, 48, 64, 3), np.uint8)
+        frames[:] = (np.arange(6) * 40 + 5 * k)[:, None, None, None]
+        sound = _speech_like(0.24)
+        sent.append(sound)
+        segments.append(mp4.segment(frames, sound))
+        assert [kind for kind, _ in boxes(segments[-1])] == ["moof", "mdat"]
+    mp4.close()
+    frames, sound = _decode(b"".join(stream + segments))
+    assert len(frames) == 24
+    ticks = [pts for pts, _ in frames]
+    assert ticks == sorted(ticks) and len(set(np.diff(ticks))) == 1  # evenly, in order
+    brightness = [float(f.mean()) for _, f in frames]
+    assert all(abs(b - (40 * (i % 6) + 5 * (i // 6))) < 4 for i, b in enumerate(brightness))
+    assert _aligned(sound, np.concatenate(sent))
+    # Each segment starts with a key frame: the init segment and any one segment play.
+    alone, _ = _decode(mp4.init + segments[2])
+    assert len(alone) == 6 and abs(float(alone[0][1].mean()) - 10) < 4
+
+
+@pytest.fixture(scope="module")
+def generator():
+    from onestep.checkpoint import load_generator
+    from onestep.generate import AvatarGenerator, Sampling
+
+    model, cfg = load_generator(str(STUDENT))
+    portrait = np.full((cfg.resolution, cfg.resolution, 3), 128, np.uint8)
+    portrait[8:24, 8:24] = 200
+    return AvatarGenerator(model, cfg), portrait, Sampling.from_config(
+        cfg, steps=1, audio_scale=1.0, ref_scale=1.0)
+
+
+def test_sound_arriving_in_pieces_renders_what_the_whole_file_renders(generator):
+    """A chunk starts once its sound is in, and is the chunk the whole file gives: the same
+    noise, motion frames and audio features (the features' window reaches far enough back)."""
+    from onestep.live.render import LiveRender
+
+    gen, portrait, sampling = generator
+    sound = _speech_like(3.0)
+    whole, _ = gen.generate(portrait, sound, sampling)
+    live, frames, held = LiveRender(gen, portrait, sampling), [], []
+    for i in range(0, len(sound), 640):  # 40 ms
+        live.push(sound[i:i + 640])
+        while live.ready:
+            frames.append(live.accept(gen.denoise([live.next_job()])[0]))
+            live.take_sound()
+        held.append(len(live.sound))
+    frames = np.concatenate(frames)
+    # Every chunk whose sound had all come: all but the last, which the file pads with silence.
+    assert len(whole) - len(frames) < gen.cfg.data.frames
+    assert np.array_equal(frames, whole[:len(frames)])
+    assert max(held) < 1.0 * RATE  # what is held does not grow with the session
+
+
+def test_a_session_streams_fmp4_with_the_sound_it_was_sent(generator):
+    from onestep.live.session import AudioMessageError, LiveSession
+
+    gen, portrait, sampling = generator
+    sound = _speech_like(2.0, 48000)  # a browser's rate: resampled to the model's 16 kHz
+    pcm = (sound * 32767).astype("<i2").tobytes()
+    session = LiveSession(gen, portrait, sampling, input_rate=48000)
+    stream, chunks = [session.init], []
+    for i in range(0, len(pcm), 2 * 1920):  # 40 ms at 48 kHz
+        session.feed(pcm[i:i + 2 * 1920])
+        while session.ready:
+            chunks.append(session.next_chunk())
+            stream.append(chunks[-1].segment)
+    with pytest.raises(AudioMessageError, match="audio message of 3 bytes: PCM16 mono comes in "
+                                                "whole 2-byte samples"):
+        session.feed(b"\x00\x01\x02")
+    session.close()
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert chunks[0].frames == gen.cfg.data.frames
+    assert all(c.frames == session.chunk_frames for c in chunks[1:])
+    assert all(c.latency_s >= 0 for c in chunks)
+    frames, decoded = _decode(b"".join(stream))
+    sent_frames = sum(c.frames for c in chunks)
+    assert len(frames) == sent_frames and 2.0 * 25 - sent_frames < gen.cfg.data.frames
+    model_rate = _speech_like(2.0)
+    assert _aligned(decoded, model_rate[:len(decoded)])
