@@ -13,6 +13,7 @@ bearer-token auth.
 
 import asyncio
 import hmac
+import json
 import logging
 import os
 import time
@@ -22,26 +23,32 @@ from importlib.metadata import version
 from pathlib import Path
 
 import yaml
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 from ray.util import metrics
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from onestep.checkpoint import check_export, resolve_checkpoint
 from onestep.generate import ChunkJob
+from onestep.live.session import AudioMessageError
 from onestep.serving import contract, docs_page, isolation
 from onestep.serving.service import AvatarService
+from onestep.serving.sessions import SessionGone, SessionRouter, SessionsFull, SessionTable
 from onestep.serving.validation import (
     FILES,
     PARAMETERS,
+    SESSION_PARAMETERS,
     GenerationRequest,
     Limits,
     RequestError,
+    SessionRequest,
     validate_isolated,
+    validate_session_isolated,
 )
 
 log = logging.getLogger("onestep.serve")
@@ -94,12 +101,32 @@ def _capped(request: Request, limit: int, error: RequestError) -> Request:
     return Request(request.scope, receive)
 
 
+def _control(text: str) -> str | None:
+    """The type of a session's JSON control message; None if it is not one."""
+    try:
+        message = json.loads(text[:1024])
+    except ValueError:
+        return None
+    return message.get("type") if isinstance(message, dict) else None
+
+
+def _cause(e: Exception) -> str:
+    """The message of an exception raised in a replica, without Ray's traceback around it."""
+    return str(e.args[0] if e.args else e).strip().splitlines()[-1]
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8,
-                  health_check_period_s=10, graceful_shutdown_timeout_s=30)
+                  health_check_period_s=10, graceful_shutdown_timeout_s=30,
+                  request_router_config=RequestRouterConfig(request_router_class=SessionRouter))
 class Generator:
     def __init__(self, checkpoint: str, s3_endpoint_url: str = "", device: str = "cpu",
-                 max_batch_size: int = 4, batch_wait_timeout_s: float = 0.02):
+                 max_batch_size: int = 4, batch_wait_timeout_s: float = 0.02,
+                 sessions: dict | None = None):
         self.service = AvatarService(checkpoint, s3_endpoint_url, device)
+        self.sessions = SessionTable(serve.get_replica_context().replica_id.unique_id,
+                                     **(sessions or {}))
+        self._sweeper: asyncio.Task | None = None
+        self.sessions_gauge = metrics.Gauge("onestep_sessions", "live sessions on this replica")
         self._denoise.set_max_batch_size(max_batch_size)
         self._denoise.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.batch_size = metrics.Histogram("onestep_batch_size", "chunks denoised per batch",
@@ -132,6 +159,69 @@ class Generator:
         finally:
             self.in_flight -= 1
             self.in_flight_gauge.set(self.in_flight)
+
+    def record_routing_stats(self) -> dict:
+        """What SessionRouter ranks replicas by for a new session."""
+        return {"sessions": len(self.sessions.entries)}
+
+    async def open_session(self, req: SessionRequest) -> dict:
+        """A new live session on this replica: its id (which names the replica) and what the
+        client needs to play it. SessionsFull at capacity."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_idle())
+        session_id = self.sessions.reserve()
+        try:
+            session = await asyncio.to_thread(self.service.open_session, req)
+        except BaseException:
+            self.sessions.pop(session_id)
+            raise
+        self.sessions.entries[session_id].session = session
+        self.sessions_gauge.set(len(self.sessions.entries))
+        return {"session_id": session_id, "fps": session.fps, "sample_rate": req.sample_rate,
+                "first_chunk_frames": self.service.cfg.data.frames,
+                "chunk_frames": session.chunk_frames}
+
+    async def session_init(self, *, session_id: str) -> bytes:
+        """The session's MP4 init segment (what its socket sends first)."""
+        return self.sessions.get(session_id).session.init
+
+    async def feed_session(self, audio: bytes, *, session_id: str) -> list[dict]:
+        """A piece of the session's sound in; every chunk it completes out, each as its media
+        segment and what the client is told of it. A malformed piece: AudioMessageError."""
+        entry = self.sessions.get(session_id)
+        if entry.busy:
+            raise RuntimeError(f"session {session_id}: a call of it is still running")
+        entry.busy = True
+        try:
+            session = entry.session
+            session.feed(audio)
+            chunks = []
+            while session.ready:
+                latent = await self._denoise(session.next_job())
+                chunk = await asyncio.to_thread(session.finish, latent)
+                chunks.append({"segment": chunk.segment, "index": chunk.index,
+                               "frames": chunk.frames, "latency_s": round(chunk.latency_s, 4)})
+            return chunks
+        finally:
+            entry.busy = False
+
+    async def close_session(self, *, session_id: str) -> bool:
+        """Free the session's state; False if it was not running."""
+        session = self.sessions.pop(session_id)
+        self.sessions_gauge.set(len(self.sessions.entries))
+        if session is None:
+            return False
+        session.close()
+        return True
+
+    async def _sweep_idle(self) -> None:
+        """Sessions nobody has used for `session_idle_timeout_s` are closed."""
+        while True:
+            await asyncio.sleep(min(5.0, self.sessions.idle_timeout_s / 2))
+            for session_id in self.sessions.idle():
+                log.info("session %s idle for over %g s: closed", session_id,
+                         self.sessions.idle_timeout_s)
+                await self.close_session(session_id=session_id)
 
     async def render(self, req: GenerationRequest) -> tuple[bytes, dict]:
         """The whole MP4; each chunk is encoded as it comes, so no request holds its frames."""
@@ -345,8 +435,113 @@ class AvatarAPI:
                 self.latency.observe(time.perf_counter() - t0, tags={"route": route})
                 self._done()
 
-    async def _parse(self, request: Request) -> GenerationRequest:
-        limit = (self.limits.max_image_mb + self.limits.max_audio_mb + 1) * 2 ** 20
+    @app.post("/v1/sessions", response_model=contract.SessionResponse,
+              responses=contract.error_responses([400, 401, 413, 415, 422, 429, 500]),
+              summary="Portrait → a live session: stream sound in, video out (WebSocket)")
+    async def open_session(self, request: Request):
+        """Opens a session on one generator replica, which holds its state until the socket
+        closes, DELETE, or it is idle for the replica's timeout. Connect to `ws_url` and send
+        PCM16 mono at `sample_rate` as binary messages; fragmented MP4 comes back, playable by
+        Media Source Extensions: the init segment first, then one segment per chunk."""
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:12]
+        try:
+            if not self._authorised(request):
+                raise RequestError(401, "authorization", "missing or wrong bearer token")
+            form = await self._form(request, ("image",), SESSION_PARAMETERS,
+                                    self.limits.max_image_mb + 1)
+            s = await self._model_info()
+            req = await asyncio.to_thread(validate_session_isolated, form["image"],
+                                          form["params"], self.limits, s["resolution"])
+            try:
+                opened = await self.generator.open_session.remote(req)
+            except SessionsFull as e:
+                raise RequestError(429, "server", _cause(e)) from None
+        except RequestError as e:
+            retry = {"Retry-After": str(RETRY_AFTER_S)} if e.status == 429 else None
+            log.info("session request %s rejected: %r", request_id, str(e))
+            return _error(e.status, e.field, e.message, request_id, retry)
+        except Exception:
+            log.exception("session request %s failed", request_id)
+            return _error(500, "server", "the session could not be opened; see the server log "
+                                         "for request id", request_id)
+        root = request.scope.get("root_path", "")
+        log.info("session %s opened (request %s)", opened["session_id"], request_id)
+        return {**opened, "ws_url": f"{root}/v1/sessions/{opened['session_id']}"}
+
+    @app.delete("/v1/sessions/{session_id}", status_code=204,
+                responses=contract.error_responses([401, 404]), summary="End a live session")
+    async def delete_session(self, session_id: str, request: Request):
+        if refused := self._unauthorised(request):
+            return refused
+        if not await self.generator.close_session.remote(session_id=session_id):
+            return _error(404, "session_id", f"session {session_id} is not running",
+                          request.headers.get("x-request-id", "-"))
+        return Response(status_code=204)
+
+    @app.websocket("/v1/sessions/{session_id}")
+    async def session_socket(self, socket: WebSocket, session_id: str):
+        """The session's stream (see open_session). Control messages are JSON text: `start`,
+        `chunk` (after each segment: index, frames, latency_s), `error` (a message was refused,
+        the session goes on). Close codes: 4401 no or wrong token, 4404 no such session, 1011
+        the replica holding the session was lost."""
+        await socket.accept()  # then closed with a code that says why (a refused handshake
+        token = socket.query_params.get("token")  # says nothing a browser can read)
+        if not (self._authorised(socket) or (self.token and token and hmac.compare_digest(
+                token.encode(), self.token.encode()))):
+            await socket.close(code=4401, reason="missing or wrong bearer token")
+            return
+        try:
+            init = await self.generator.session_init.remote(session_id=session_id)
+        except SessionGone:
+            await socket.close(code=4404, reason=f"session {session_id[:60]} is not running")
+            return
+        await socket.send_json({"type": "start", "session_id": session_id})
+        await socket.send_bytes(init)
+        limit = self.limits.max_audio_message_kb * 1024
+        try:
+            while True:
+                message = await socket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if message.get("text") is not None:
+                    if _control(message["text"]) == "close":
+                        await socket.close(code=1000)
+                        break
+                    await socket.send_json({"type": "error", "message": "a text message is a "
+                                            "control message: {\"type\": \"close\"}"})
+                    continue
+                audio = message.get("bytes") or b""
+                if len(audio) > limit:
+                    await socket.send_json({"type": "error", "message": f"audio message of "
+                                            f"{len(audio)} bytes is over {limit} bytes"})
+                    continue
+                try:
+                    chunks = await self.generator.feed_session.remote(audio,
+                                                                      session_id=session_id)
+                except AudioMessageError as e:
+                    await socket.send_json({"type": "error", "message": _cause(e)})
+                    continue
+                for chunk in chunks:
+                    await socket.send_bytes(chunk.pop("segment"))
+                    await socket.send_json({"type": "chunk", **chunk})
+        except WebSocketDisconnect:
+            pass
+        except SessionGone as e:
+            await socket.close(code=4404, reason=_cause(e)[:120])
+        except Exception:
+            log.exception("session %s failed", session_id)
+            await socket.close(code=1011, reason="the generator holding this session was lost; "
+                                                 "create another")
+        finally:
+            try:
+                await self.generator.close_session.remote(session_id=session_id)
+            except Exception:  # its replica is gone: so is its state
+                pass
+
+    async def _form(self, request: Request, files: tuple, parameters: tuple, max_mb: float
+                    ) -> dict:
+        """A multipart form of exactly `files` (bytes) and at most `parameters` (text)."""
+        limit = int(max_mb * 2 ** 20)
         too_big = RequestError(413, "body", f"request is over {limit / 2 ** 20:.0f} MB")
         if int(request.headers.get("content-length") or 0) > limit:
             raise too_big
@@ -354,28 +549,34 @@ class AvatarAPI:
             raise RequestError(400, "body", "expected a multipart/form-data body")
         try:  # a text field holds a number: 1 KB is plenty
             form = await _capped(request, limit, too_big).form(
-                max_files=2 * len(FILES), max_fields=2 * len(PARAMETERS), max_part_size=1024)
+                max_files=2 * len(files), max_fields=2 * len(parameters), max_part_size=1024)
         except HTTPException as e:  # Starlette's answer to a malformed or oversized form
             raise RequestError(400, "body", f"malformed multipart form: {e.detail}") from None
         repeated = sorted(n for n, count in Counter(k for k, _ in form.multi_items()).items()
                           if count > 1)
         if repeated:
             raise RequestError(422, repeated[0], "is given more than once")
-        files = {k: v for k, v in form.items() if isinstance(v, UploadFile)}
-        unexpected = sorted(set(files) - set(FILES))
+        uploads = {k: v for k, v in form.items() if isinstance(v, UploadFile)}
+        unexpected = sorted(set(uploads) - set(files))
         if unexpected:
-            raise RequestError(422, unexpected[0], "unexpected file field; expected image and "
-                                                   "audio")
-        for name in FILES:
-            if name not in files:
+            raise RequestError(422, unexpected[0], "unexpected file field; expected "
+                                                   f"{' and '.join(files)}")
+        for name in files:
+            if name not in uploads:
                 raise RequestError(422, name, "missing multipart file field (a part with a "
                                               "filename)")
-        params = {k: v for k, v in form.items() if k not in files}
-        image, audio = await files["image"].read(), await files["audio"].read()
+        out = {name: await uploads[name].read() for name in files}
+        out["params"] = {k: v for k, v in form.items() if k not in uploads}
+        return out
+
+    async def _parse(self, request: Request) -> GenerationRequest:
+        form = await self._form(request, FILES, PARAMETERS,
+                                self.limits.max_image_mb + self.limits.max_audio_mb + 1)
         s = await self._model_info()
         # Decoding is CPU work (off the event loop) on untrusted bytes (in a child process).
-        return await asyncio.to_thread(validate_isolated, image, audio, params, self.limits,
-                                       s["resolution"], s["fps"], s["sample_rate"])
+        return await asyncio.to_thread(validate_isolated, form["image"], form["audio"],
+                                       form["params"], self.limits, s["resolution"], s["fps"],
+                                       s["sample_rate"])
 
 
 def build(args: dict) -> serve.Application:
@@ -415,6 +616,6 @@ def _wire(args: dict, options: dict) -> serve.Application:
     batching = args.get("batching") or {}
     generator = Generator.options(**options.get("Generator", {})).bind(
         args["checkpoint"], args.get("s3_endpoint_url", ""), args.get("device", "cpu"),
-        **batching)
+        **batching, sessions=args.get("sessions"))
     return AvatarAPI.options(**options.get("AvatarAPI", {})).bind(
         generator, args.get("limits"), token, bool(args.get("docs_need_token", False)))

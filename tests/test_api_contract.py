@@ -59,6 +59,12 @@ def test_the_schema_is_openapi_3_1_and_says_what_the_server_enforces(endpoint):
         assert "401" not in op["responses"] and "security" not in op  # no token on this server
         error = op["responses"]["422"]["content"]["application/json"]["schema"]["$ref"]
         assert error == "#/components/schemas/ErrorBody"
+    session = schema["paths"]["/v1/sessions"]["post"]
+    form = session["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert set(form["properties"]) == {"image", "steps", "seed", "audio_scale", "ref_scale",
+                                       "sample_rate"} and form["required"] == ["image"]
+    assert 48000 in form["properties"]["sample_rate"]["enum"]
+    assert "Retry-After" in session["responses"]["429"]["headers"]
     models = schema["paths"]["/v1/models"]["get"]["responses"]["200"]["content"]
     assert models["application/json"]["schema"]["$ref"] == "#/components/schemas/ModelsResponse"
     assert set(schema["components"]["schemas"]["ModelInfo"]["properties"]) == set(model)

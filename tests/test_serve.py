@@ -338,17 +338,19 @@ def test_deploy_configs_are_what_serve_and_the_app_accept(name, endpoint):
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray.serve.schema import ServeDeploySchema
 
+    from onestep.serving.sessions import SessionTable
     from serve.app import Generator, build
 
     app = ServeDeploySchema.model_validate(yaml.safe_load(_serve_configs()[name])).applications[0]
     assert app.import_path == "serve.app:build"
     assert set(app.args) <= {"checkpoint", "s3_endpoint_url", "device", "limits", "batching",
-                             "docs_need_token"}
+                             "sessions", "docs_need_token"}
     call_user_app_builder_with_args_if_necessary(  # what `serve run` calls
         build, {**app.args, "checkpoint": endpoint.checkpoint, "s3_endpoint_url": ""})
     Limits(**app.args["limits"])  # unknown limit names raise
     batching = app.args["batching"]
     assert set(batching) <= set(inspect.signature(Generator.func_or_class).parameters)
+    assert set(app.args["sessions"]) <= set(inspect.signature(SessionTable).parameters)
     generator = next(d for d in app.deployments if d.name == "Generator")
     assert generator.max_ongoing_requests >= batching["max_batch_size"]  # batches can fill
     scaling = generator.autoscaling_config
@@ -388,3 +390,76 @@ def test_a_stream_cut_by_a_lost_generator_is_seen_as_cut_and_the_replica_replace
     else:
         pytest.fail("no Generator replica answered within 120 s of the kill")
     assert [a["ActorID"] for a in _generator_replicas()] != [victim["ActorID"]]
+
+
+def _open_session(data=None, headers=None) -> requests.Response:
+    return requests.post(f"{URL}/v1/sessions", files={"image": ("face.png", _png())},
+                         data={"steps": "1", "seed": "5", **(data or {})}, headers=headers,
+                         timeout=60)
+
+
+def test_a_live_session_streams_fmp4_for_sound_sent_in_40_ms_pieces(endpoint):
+    """The session's socket answers each piece of sound with the chunks it completes: the init
+    segment first, then one media segment per chunk, in order; together they decode (PyAV, as a
+    browser's MSE plays them) to the frames the sound covers, with that sound. A malformed piece
+    gets an error message and the session goes on; closing frees the replica's state."""
+    import io
+    import json
+
+    import av
+    from websockets.sync.client import connect
+
+    r = _open_session()
+    assert r.status_code == 200, r.text
+    info = r.json()
+    assert info["ws_url"] == f"/v1/sessions/{info['session_id']}" and info["sample_rate"] == 16000
+    sound = load_audio(_wav(2.0), 16000)
+    pcm = (sound * 32767).astype("<i2").tobytes()
+    segments, chunks, errors = [], [], []
+    with connect(f"ws://127.0.0.1:8000{info['ws_url']}", max_size=None) as ws:
+        assert json.loads(ws.recv(timeout=30))["type"] == "start"
+        segments.append(ws.recv(timeout=30))  # the init segment
+        for i in range(0, len(pcm), 1280):
+            ws.send(pcm[i:i + 1280])
+            if i == 12800:
+                ws.send(b"\x00\x01\x02")
+        expected = 1 + (50 - info["first_chunk_frames"]) // info["chunk_frames"]
+        while len(chunks) < expected or not errors:
+            message = ws.recv(timeout=60)
+            if isinstance(message, bytes):
+                segments.append(message)
+            else:
+                control = json.loads(message)
+                (chunks if control["type"] == "chunk" else errors).append(control)
+        ws.send(json.dumps({"type": "close"}))
+    assert [c["index"] for c in chunks] == list(range(expected))
+    assert errors == [{"type": "error", "message": "audio message of 3 bytes: PCM16 mono comes "
+                                                   "in whole 2-byte samples"}]
+    with av.open(io.BytesIO(b"".join(segments))) as box:
+        frames = list(box.decode(video=0))
+    assert len(frames) == sum(c["frames"] for c in chunks) == (
+        info["first_chunk_frames"] + (expected - 1) * info["chunk_frames"])
+    assert [f.pts for f in frames] == sorted(f.pts for f in frames)
+    # The socket is closed: its state is gone from the replica.
+    gone = requests.delete(f"{URL}/v1/sessions/{info['session_id']}", timeout=10)
+    assert gone.status_code == 404 and gone.json()["error"]["field"] == "session_id"
+    with connect(f"ws://127.0.0.1:8000{info['ws_url']}") as ws:
+        with pytest.raises(Exception) as closed:
+            ws.recv(timeout=30)
+    assert closed.value.rcvd.code == 4404
+
+
+def test_sessions_beyond_capacity_get_429_and_deleted_ones_free_it(endpoint):
+    opened = [_open_session() for _ in range(4)]  # the default max_sessions
+    assert all(r.status_code == 200 for r in opened), [r.text for r in opened]
+    full = _open_session()
+    assert full.status_code == 429 and full.headers["Retry-After"]
+    assert "max_sessions=4" in full.json()["error"]["message"]
+    bad = _open_session(data={"sample_rate": "12345"})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "sample_rate"
+    for r in opened:
+        assert requests.delete(f"{URL}/v1/sessions/{r.json()['session_id']}",
+                               timeout=10).status_code == 204
+    again = _open_session()
+    assert again.status_code == 200
+    requests.delete(f"{URL}/v1/sessions/{again.json()['session_id']}", timeout=10)

@@ -15,9 +15,13 @@ from pydantic import BaseModel, Field
 
 from onestep.serving.validation import (
     AUDIO_SCALE_RANGE,
+    FILES,
     MIN_RESOLUTION,
+    PARAMETERS,
     REF_SCALE_RANGE,
+    SAMPLE_RATES,
     SEED_RANGE,
+    SESSION_PARAMETERS,
     Limits,
 )
 
@@ -26,6 +30,7 @@ ERROR_STATUSES = {
     400: "Malformed request: not a multipart form, or its structure is broken.",
     401: "Missing or wrong bearer token.",
     413: "An upload, or the request body, is larger than the server's limit.",
+    404: "No such session (closed, timed out, or its replica was lost).",
     415: "An upload is not a supported or decodable image / audio file.",
     422: "A field is missing, unknown or out of range; the error names it.",
     429: "The server has as many requests in progress as it accepts; retry after the "
@@ -71,6 +76,17 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
 
 
+class SessionResponse(BaseModel):
+    """A live session, opened: where to connect and what will come."""
+
+    session_id: str = Field(description="names the generator replica holding the session")
+    ws_url: str = Field(description="the session's WebSocket, relative to this server")
+    fps: int
+    sample_rate: int = Field(description="the rate of the PCM16 mono messages to send")
+    first_chunk_frames: int = Field(description="video frames in the first chunk")
+    chunk_frames: int = Field(description="video frames in each later chunk")
+
+
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
 
@@ -84,11 +100,9 @@ def _mb(value: float) -> str:
     return f"{value:g} MB"
 
 
-def generation_form(limits: Limits, model: dict) -> dict:
-    """The multipart body of both generate routes, as JSON Schema (OpenAPI 3.1).
-
-    `model` is the served model's `ModelInfo` as a dict: its settings are the defaults.
-    """
+def _fields(limits: Limits, model: dict) -> dict:
+    """Every form field of the API, as JSON Schema; `model` is the served model's `ModelInfo`
+    as a dict: its settings are the defaults."""
     integer, number = {"type": "integer"}, {"type": "number"}
     properties = {
         "image": {"type": "string", "format": "binary", "contentMediaType": "image/*",
@@ -121,16 +135,34 @@ def generation_form(limits: Limits, model: dict) -> dict:
                        "multipleOf": 2, "default": model["resolution"],
                        "description": "Side of the returned square video in pixels (even, "
                                       "for H.264)."},
+        "sample_rate": {**integer, "enum": sorted(SAMPLE_RATES), "default": 16000,
+                        "description": "Rate of the session's PCM16 mono audio messages (Hz)."},
     }
+    return properties
+
+
+def _form(properties: dict, files: tuple[str, ...]) -> dict:
     return {
         "required": True,
         "content": {"multipart/form-data": {
             "schema": {"type": "object", "properties": properties,
-                       "required": ["image", "audio"], "additionalProperties": False},
-            "encoding": {"image": {"contentType": IMAGE_TYPES},
-                         "audio": {"contentType": AUDIO_TYPES}},
+                       "required": list(files), "additionalProperties": False},
+            "encoding": {f: {"contentType": IMAGE_TYPES if f == "image" else AUDIO_TYPES}
+                         for f in files},
         }},
     }
+
+
+def generation_form(limits: Limits, model: dict) -> dict:
+    """The multipart body of both generate routes, as JSON Schema (OpenAPI 3.1)."""
+    fields = _fields(limits, model)
+    return _form({k: fields[k] for k in (*FILES, *PARAMETERS)}, FILES)
+
+
+def session_form(limits: Limits, model: dict) -> dict:
+    """The multipart body of POST /v1/sessions."""
+    fields = _fields(limits, model)
+    return _form({k: fields[k] for k in ("image", *SESSION_PARAMETERS)}, ("image",))
 
 
 def openapi_document(base: dict, limits: Limits, model: dict, auth: bool) -> dict:
@@ -147,7 +179,9 @@ def openapi_document(base: dict, limits: Limits, model: dict, auth: bool) -> dic
                                          "description": "also in the server log"}},
             "content": {media_type: {"schema": {"type": "string", "format": "binary",
                                                 "contentMediaType": media_type}}}}
-        operation["responses"]["429"]["headers"] = {
+    doc["paths"]["/v1/sessions"]["post"]["requestBody"] = session_form(limits, model)
+    for path in (*GENERATE_ROUTES, "/v1/sessions"):
+        doc["paths"][path]["post"]["responses"]["429"]["headers"] = {
             "Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
     for path_item in doc["paths"].values():
         for operation in path_item.values():

@@ -1,4 +1,5 @@
-"""The generator behind the HTTP endpoint: checkpoint → warmed-up model → MP4 or MPEG-TS bytes.
+"""The generator behind the HTTP endpoint: checkpoint → warmed-up model → MP4 or MPEG-TS bytes,
+or live sessions (fragmented MP4).
 
 Pure PyTorch + PyAV; the Serve deployment only adds batching and the event loop on top.
 """
@@ -13,8 +14,9 @@ from PIL import Image
 
 from onestep.checkpoint import load_generator, resolve_checkpoint
 from onestep.generate import AvatarGenerator, Render, Sampling
+from onestep.live.session import LiveSession
 from onestep.media import Mp4Encoder, TsStreamEncoder
-from onestep.serving.validation import GenerationRequest
+from onestep.serving.validation import GenerationRequest, SessionRequest
 
 log = logging.getLogger("onestep.serve")
 
@@ -111,6 +113,11 @@ class AvatarService:
         sampling = Sampling.from_config(self.cfg, steps=req.steps, seed=req.seed,
                                         audio_scale=req.audio_scale, ref_scale=req.ref_scale)
         return self.generator.start(req.image, req.audio, sampling)
+
+    def open_session(self, req: SessionRequest) -> LiveSession:
+        sampling = Sampling.from_config(self.cfg, steps=req.steps, seed=req.seed,
+                                        audio_scale=req.audio_scale, ref_scale=req.ref_scale)
+        return LiveSession(self.generator, req.image, sampling, req.sample_rate)
 
     def mp4_stream(self, req: GenerationRequest) -> Mp4Stream:
         return Mp4Stream(req, self.cfg.synth.fps, self.cfg.audio.sample_rate)

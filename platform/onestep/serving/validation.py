@@ -23,6 +23,8 @@ IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
 AUDIO_CONTAINERS = {"wav", "flac", "mp3", "ogg", "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"}
 FILES = ("image", "audio")
 PARAMETERS = ("steps", "seed", "audio_scale", "ref_scale", "fps", "resolution")
+SESSION_PARAMETERS = ("steps", "seed", "audio_scale", "ref_scale", "sample_rate")
+SAMPLE_RATES = {8000, 16000, 22050, 24000, 32000, 44100, 48000}  # a live session's PCM16
 SEED_RANGE = (0, 2 ** 31 - 1)
 AUDIO_SCALE_RANGE = REF_SCALE_RANGE = (0.0, 20.0)
 MIN_RESOLUTION = 16
@@ -59,6 +61,8 @@ class Limits:
     # 40 fps, or a minute at 512² and 25 fps. Frames are resized and encoded chunk by chunk,
     # so this bounds a request's resize and encode time (and its answer's size), not memory.
     max_megapixel_frames: float = 400.0
+    # A live session's binary messages (PCM16): 256 KB is 2.7 s at 48 kHz.
+    max_audio_message_kb: int = 256
 
 
 @dataclass
@@ -71,6 +75,18 @@ class GenerationRequest:
     ref_scale: float | None
     fps: int
     resolution: int
+
+
+@dataclass
+class SessionRequest:
+    """A live session's opening: the portrait, sampling overrides, the rate of its PCM16 sound."""
+
+    image: np.ndarray  # (H, W, 3) uint8 at the model resolution
+    steps: int | None
+    seed: int | None
+    audio_scale: float | None
+    ref_scale: float | None
+    sample_rate: int
 
 
 def _check_size(data: bytes, field: str, max_mb: float) -> None:
@@ -191,23 +207,50 @@ def validate(image: bytes, audio: bytes, params: dict, limits: Limits, resolutio
                              out_res)
 
 
-def _validate_in_child(*args, stage) -> dict:
-    """validate() as isolation.run_isolated runs it: a RequestError becomes part of the answer."""
+def validate_session(image: bytes, params: dict, limits: Limits, resolution: int,
+                     stage=lambda field: None) -> SessionRequest:
+    """A session's portrait and parameters, checked as `validate` checks a request's."""
+    _check_size(image, "image", limits.max_image_mb)
+    unknown = sorted(set(params) - set(SESSION_PARAMETERS))
+    if unknown:
+        raise RequestError(422, unknown[0], "unknown parameter; expected "
+                                            f"{', '.join(SESSION_PARAMETERS)}")
+    rate = _number(params.get("sample_rate"), "sample_rate", int, 8000, 48000) or 16000
+    if rate not in SAMPLE_RATES:
+        raise RequestError(422, "sample_rate", f"expected one of {sorted(SAMPLE_RATES)} Hz, got "
+                                               f"{rate}")
+    request = SessionRequest(
+        None, _number(params.get("steps"), "steps", int, 1, limits.max_steps),
+        _number(params.get("seed"), "seed", int, *SEED_RANGE),
+        _number(params.get("audio_scale"), "audio_scale", float, *AUDIO_SCALE_RANGE),
+        _number(params.get("ref_scale"), "ref_scale", float, *REF_SCALE_RANGE), rate)
+    stage("image")
+    fmt = _image_format(image, limits.max_image_megapixels)
+    if fmt not in IMAGE_FORMATS:
+        raise RequestError(415, "image", f"format {fmt} is not supported; send PNG, JPEG or WebP")
     try:
-        return dataclasses.asdict(validate(*args, stage=stage))
+        request.image = load_image(image, resolution)
+    except MediaError as e:
+        raise RequestError(422, "image", str(e).split(": ", 1)[-1]) from None
+    return request
+
+
+def _checked_in_child(check, *args, stage) -> dict:
+    """A check as isolation.run_isolated runs it: a RequestError becomes part of the answer."""
+    try:
+        return dataclasses.asdict(check(*args, stage=stage))
     except RequestError as e:
         return {"error": [e.status, e.field, e.message]}
 
 
-def validate_isolated(image: bytes, audio: bytes, params: dict, limits: Limits,
-                      resolution: int, fps: int, sample_rate: int) -> GenerationRequest:
-    """validate() with the decoders in a limited child process: a crash is a 415 and an
-    overrun of memory or time a 422, both naming the field being decoded; the caller lives."""
+def _isolated(check, limits: Limits, *args) -> dict:
+    """`check(*args)` (validate or validate_session) with the decoders in a limited child
+    process: a crash is a 415 and an overrun of memory or time a 422, both naming the field
+    being decoded; the caller lives."""
     child = ChildLimits(memory_mb=limits.decode_memory_mb, cpu_s=int(limits.decode_seconds) + 1,
                         wall_s=2 * limits.decode_seconds)  # wall: room for a loaded machine
     try:
-        answer = run_isolated(_validate_in_child, image, audio, params, limits, resolution, fps,
-                              sample_rate, limits=child)
+        answer = run_isolated(_checked_in_child, check, *args, limits=child)
     except IsolationError as e:
         field = e.stage if e.stage in FILES else "body"
         if e.crashed:
@@ -215,7 +258,23 @@ def validate_isolated(image: bytes, audio: bytes, params: dict, limits: Limits,
         raise RequestError(422, field, f"is too expensive to decode: the decoder {e}") from None
     if "error" in answer:
         raise RequestError(*answer["error"])
-    request = GenerationRequest(**answer)
+    return answer
+
+
+def validate_session_isolated(image: bytes, params: dict, limits: Limits,
+                              resolution: int) -> SessionRequest:
+    request = SessionRequest(**_isolated(validate_session, limits, image, params, limits,
+                                         resolution))
+    if request.image.shape != (resolution, resolution, 3):
+        raise RequestError(415, "image", f"decoded to an unexpected shape {request.image.shape}")
+    return request
+
+
+def validate_isolated(image: bytes, audio: bytes, params: dict, limits: Limits,
+                      resolution: int, fps: int, sample_rate: int) -> GenerationRequest:
+    """validate() in a limited child process (`_isolated`)."""
+    request = GenerationRequest(**_isolated(validate, limits, image, audio, params, limits,
+                                            resolution, fps, sample_rate))
     if request.image.shape != (resolution, resolution, 3):
         raise RequestError(415, "image", f"decoded to an unexpected shape {request.image.shape}")
     if request.audio.ndim != 1:
