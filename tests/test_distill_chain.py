@@ -1,7 +1,8 @@
-"""The TurboTalk chain as a user runs it: teacher → dmd → adversarial 4→3→2→1, each stage a
-2-worker DeepSpeed ZeRO-3 Ray Train job reading SynthTalk from a real S3 API server, each
-checkpointing, resuming, and handing its export to the next; the 1-step export then generates
-an MP4 with one network evaluation per chunk."""
+"""The TurboTalk chain as a user runs it: a trained teacher (the committed one: training a
+teacher is tests/test_teacher_pipeline.py's) → dmd → adversarial 4→3→2→1, each stage a 2-worker
+DeepSpeed ZeRO-3 Ray Train job reading SynthTalk from a real S3 API server, each checkpointing,
+resuming, and handing its result to the next; the 1-step export then generates an MP4 with one
+network evaluation per chunk."""
 
 import json
 
@@ -10,11 +11,12 @@ import torch
 import yaml
 from safetensors.torch import load
 
-from conftest import tiny_overrides
+from conftest import ROOT, tiny_overrides
 from onestep.checkpoint import checkpoint_names, latest_checkpoint
 from onestep.prepare import prepare_synthtalk
 from onestep.storage import resolve
-from onestep.train.ray_job import launch, run_location
+
+TEACHER = ROOT / "reports" / "pretrained" / "teacher"
 
 
 def _state(uri: str) -> dict:
@@ -39,17 +41,13 @@ def test_teacher_dmd_adversarial_chain(ray_cluster, bucket, tiny_config, tmp_pat
     import make_sample
 
     where = {"data.uri": f"s3://{bucket}/synthtalk", "run.root": f"s3://{bucket}/runs"}
-    teacher_cfg = tiny_config(**where, **{"run.name": "teacher"})
-    prepare_synthtalk(teacher_cfg.synth, resolve(teacher_cfg.data.uri))
-    assert launch(teacher_cfg).error is None
-    teacher_run = run_location(teacher_cfg).uri
-    assert resolve(teacher_run).join("exports", "teacher", "model.safetensors").exists()
+    prepare_synthtalk(tiny_config(**where).synth, resolve(where["data.uri"]))
 
     # DMD: generator and critic trained, teacher frozen; every network sharded over 2 ranks.
     dmd = _sets(**where, **{"run.name": "dmd", "dmd.critic_steps": 2})
-    distill.main(["--stage", "dmd", "--teacher", teacher_run] + dmd)
+    distill.main(["--stage", "dmd", "--teacher", str(TEACHER)] + dmd)
     out = capsys.readouterr().out
-    assert f"# teacher: {latest_checkpoint(teacher_run)}" in out
+    assert f"# teacher: {TEACHER}" in out
     dmd_run = f"s3://{bucket}/runs/dmd"
     first = _state(latest_checkpoint(dmd_run))
     assert first["stage"] == "dmd" and first["step"] == 2
@@ -57,9 +55,10 @@ def test_teacher_dmd_adversarial_chain(ray_cluster, bucket, tiny_config, tmp_pat
         "generator", "fake_score"}  # the frozen teacher is rebuilt from its pinned checkpoint
     distill.main(["--stage", "dmd", "--resume"] + dmd + ["--set", "train.total_clips=16"])
     assert _state(latest_checkpoint(dmd_run))["resumed_at_steps"] == [2]
-    student = f"{dmd_run}/exports/4step"
-    assert _config(student)["sample"] == {**_config(student)["sample"], "steps": 4,
-                                          "audio_scale": 1.0, "ref_scale": 1.0}
+    export = f"{dmd_run}/exports/4step"
+    assert _config(export)["sample"] == {**_config(export)["sample"], "steps": 4,
+                                         "audio_scale": 1.0, "ref_scale": 1.0}
+    student = dmd_run  # a run folder: its latest checkpoint is pinned
 
     # Adversarial: first one phase (4→3), then extended with --resume to 3→2→1. Each phase
     # opens with a discriminator-only step, which the generator's engine sits out on every rank.
@@ -69,7 +68,8 @@ def test_teacher_dmd_adversarial_chain(ray_cluster, bucket, tiny_config, tmp_pat
     distill.main(["--stage", "adversarial", "--student", student, "--set",
                   "adversarial.phases=[3]"] + adv)
     out = capsys.readouterr().out
-    assert "# student (4 steps)" in out and "# discriminator trunk (teacher): " in out
+    assert f"# student (4 steps): {latest_checkpoint(dmd_run)}" in out
+    assert f"# discriminator trunk (teacher): {TEACHER}" in out
     adv_run = f"s3://{bucket}/runs/adv"
     assert _config(f"{adv_run}/exports/3step")["sample"]["steps"] == 3
     distill.main(["--stage", "adversarial", "--student", student, "--resume", "--set",
