@@ -55,15 +55,18 @@ class LiveSession:
 
     @property
     def chunk_frames(self) -> int:
-        """New video frames per chunk after the first (the first has the motion frames too)."""
+        """Video frames each chunk after the first adds (its first frames continue the previous
+        chunk's, as motion frames, and are not sent again)."""
         r = self.render
-        return self.render.gen.codec.video_frames(r.chunk - r.motion)
+        return (r.chunk - r.motion) * r.gen.codec.temporal_factor
 
     def feed(self, message: bytes) -> None:
         """A binary message of PCM16 mono samples at the session's input rate."""
         if len(message) % 2:
             raise AudioMessageError(f"audio message of {len(message)} bytes: PCM16 mono comes "
                                     "in whole 2-byte samples")
+        if not message:
+            return
         pcm = np.frombuffer(message, "<i2")
         sound = pcm.astype(np.float32) / 32768.0
         if self._resampler is not None:
