@@ -25,7 +25,13 @@ from pathlib import Path
 import yaml
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from ray import serve
 from ray.serve.config import RequestRouterConfig
@@ -60,6 +66,10 @@ app = FastAPI(title="onestep", version=version("onestep"), description=DESCRIPTI
               openapi_url=None, docs_url=None, redoc_url=None)
 ASSETS = "/docs-assets"
 app.mount(ASSETS, StaticFiles(directory=docs_page.ASSETS_DIR), name="docs-assets")
+# The live page (GET /): static files, no build step, nothing from elsewhere; it uses only the
+# public API (POST /v1/sessions and its WebSocket).
+PAGE_DIR = Path(__file__).parent / "static"
+app.mount("/live", StaticFiles(directory=PAGE_DIR), name="live")
 LATENCY_BUCKETS = [0.1, 0.3, 1, 3, 10, 30, 100]
 RETRY_AFTER_S = 5
 METRIC_FIELDS = {*FILES, *PARAMETERS, "body", "authorization", "server"}
@@ -179,7 +189,7 @@ class Generator:
         self.sessions_gauge.set(len(self.sessions.entries))
         return {"session_id": session_id, "fps": session.fps, "sample_rate": req.sample_rate,
                 "first_chunk_frames": self.service.cfg.data.frames,
-                "chunk_frames": session.chunk_frames}
+                "chunk_frames": session.chunk_frames, "mime_type": session.mp4.mime_type}
 
     async def session_init(self, *, session_id: str) -> bytes:
         """The session's MP4 init segment (what its socket sends first)."""
@@ -316,6 +326,11 @@ class AvatarAPI:
     @app.get("/redoc", include_in_schema=False)
     async def redoc(self, request: Request):
         return self._doc_page(request, docs_page.redoc_page)
+
+    @app.get("/", include_in_schema=False)
+    async def page(self):
+        """The live page: a portrait and a microphone (or an audio file) → the avatar, live."""
+        return FileResponse(PAGE_DIR / "index.html")
 
     @app.get("/healthz", response_model=contract.Health,
              responses={503: {"model": contract.Health, "description": "the model is not "

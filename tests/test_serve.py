@@ -206,9 +206,33 @@ def test_bearer_token(endpoint):
         assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
         assert schema["paths"]["/v1/generate"]["post"]["security"] == [{"bearer": []}]
         assert "401" in schema["paths"]["/v1/models"]["get"]["responses"]
+        _sessions_need_the_token(token)
     finally:
         endpoint.deploy()
     assert _post(data={"steps": "1"}).status_code == 200  # auth off again
+
+
+def _sessions_need_the_token(token: dict) -> None:
+    """POST /v1/sessions and DELETE want the bearer header; the socket takes it or ?token= (a
+    browser's WebSocket cannot set headers) and closes with 4401 without it."""
+    from websockets.sync.client import connect
+
+    refused = _open_session()
+    assert refused.status_code == 401 and refused.json()["error"]["field"] == "authorization"
+    info = _open_session(headers=token).json()
+    url = f"ws://127.0.0.1:8000{info['ws_url']}"
+    for attempt in (url, f"{url}?token=wrong"):
+        with connect(attempt) as ws, pytest.raises(Exception) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 4401, attempt
+    pcm = b"\x00\x00" * 16000
+    for query, headers in (("?token=s3cret", None), ("", token)):
+        fmp4, chunks = _stream(info["ws_url"] + query, pcm, headers=headers)
+        assert chunks and len(_frames(fmp4)) == sum(c["frames"] for c in chunks)
+        info = _open_session(headers=token).json()  # the stream's close ended the session
+    delete = f"{URL}/v1/sessions/{info['session_id']}"
+    assert requests.delete(delete, timeout=10).status_code == 401
+    assert requests.delete(delete, headers=token, timeout=10).status_code == 204
 
 
 def test_a_model_that_takes_the_scales_answers_each_requests_own_once_per_step(endpoint,
@@ -463,3 +487,143 @@ def test_sessions_beyond_capacity_get_429_and_deleted_ones_free_it(endpoint):
     again = _open_session()
     assert again.status_code == 200
     requests.delete(f"{URL}/v1/sessions/{again.json()['session_id']}", timeout=10)
+
+
+def _stream(ws_url: str, pcm: bytes, headers=None) -> tuple[bytes, list[dict]]:
+    """PCM16 sent to a session's socket in 40 ms pieces (16 kHz) → its fMP4 and chunk messages,
+    once every chunk the sound completes has come."""
+    import json
+
+    from websockets.sync.client import connect
+
+    segments, chunks = [], []
+    with connect(f"ws://127.0.0.1:8000{ws_url}", max_size=None,
+                 additional_headers=headers) as ws:
+        assert json.loads(ws.recv(timeout=30))["type"] == "start"
+        segments.append(ws.recv(timeout=30))
+        for i in range(0, len(pcm), 1280):
+            ws.send(pcm[i:i + 1280])
+        ws.send(json.dumps({"type": "close"}))
+        for message in ws:  # until the server closes, after the last chunk
+            if isinstance(message, bytes):
+                segments.append(message)
+            else:
+                chunks.append(json.loads(message))
+    return b"".join(segments), chunks
+
+
+def _frames(fmp4: bytes) -> np.ndarray:
+    import io
+
+    import av
+
+    with av.open(io.BytesIO(fmp4)) as box:
+        return np.stack([f.to_ndarray(format="rgb24") for f in box.decode(video=0)])
+
+
+def test_two_sessions_in_parallel_get_what_each_gets_alone(endpoint):
+    """Sessions share the replica's batches (their chunks are denoised together), never their
+    state: two streamed at once decode to what one streamed alone decodes to."""
+    sound = load_audio(_wav(1.6), 16000)
+    pcm = (sound * 32767).astype("<i2").tobytes()
+    alone = _open_session().json()
+    reference, _ = _stream(alone["ws_url"], pcm)
+    pair = [_open_session().json() for _ in range(2)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda s: _stream(s["ws_url"], pcm), pair))
+    want = _frames(reference)
+    first, later = alone["first_chunk_frames"], alone["chunk_frames"]
+    count = 1 + (40 - first) // later  # the chunks 1.6 s (40 frames) of sound complete
+    assert len(want) == first + (count - 1) * later
+    for fmp4, chunks in results:
+        got = _frames(fmp4)
+        assert got.shape == want.shape and [c["index"] for c in chunks] == list(range(count))
+        # batched and alone differ only in float rounding, below what H.264 keeps
+        assert np.abs(got.astype(int) - want).mean() < 0.5, np.abs(got.astype(int) - want).max()
+
+
+def test_a_socket_dropped_mid_session_frees_its_state(endpoint):
+    """A client that vanishes (no close frame: its connection just ends) does not leave its
+    session holding a slot: the replica frees it."""
+    import json
+    import socket
+
+    from websockets.sync.client import connect
+
+    info = _open_session().json()
+    ws = connect(f"ws://127.0.0.1:8000{info['ws_url']}", max_size=None)
+    assert json.loads(ws.recv(timeout=30))["type"] == "start"
+    ws.send(b"\x00\x00" * 640)
+    ws.socket.shutdown(socket.SHUT_RDWR)
+    ws.socket.close()
+    _wait_for_no_sessions()
+
+
+def _wait_for_no_sessions(timeout_s: float = 30) -> None:
+    """Until the generator (one replica here) holds no session; fails after `timeout_s`."""
+    from ray import serve
+
+    generator = serve.get_deployment_handle("Generator", "onestep")
+    deadline = time.monotonic() + timeout_s
+    while (held := generator.record_routing_stats.remote().result()["sessions"]) > 0:
+        assert time.monotonic() < deadline, f"{held} sessions still held after {timeout_s} s"
+        time.sleep(0.5)
+
+
+def test_the_live_page_plays_the_avatar_from_a_fake_microphone(endpoint, tmp_path):
+    """GET / in Debian's Chromium with a fake microphone fed from a WAV: the page opens a session
+    through the public API, streams the microphone and plays the fMP4 it gets back (its video's
+    currentTime advances), and shows the latency. No request leaves 127.0.0.1."""
+    from playwright.sync_api import sync_playwright
+
+    from test_api_contract import _chromium
+
+    (tmp_path / "face.png").write_bytes(_png((64, 64)))
+    (tmp_path / "mic.wav").write_bytes(_wav(4.0, sr=48000, channels=1))
+    outside = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), args=[
+            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={tmp_path / 'mic.wav'}",
+            "--autoplay-policy=no-user-gesture-required",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1"])
+        try:
+            page = browser.new_page(viewport={"width": 820, "height": 720})
+            console = []
+            page.on("console", lambda m: console.append(m.text))
+
+            def gate(route):
+                if route.request.url.startswith(URL):
+                    return route.continue_()
+                outside.append(route.request.url)
+                return route.abort()
+
+            page.route("**/*", gate)
+            page.goto(f"{URL}/")
+            page.set_input_files("#portrait", str(tmp_path / "face.png"))
+            page.click("#start")
+            page.wait_for_function(
+                """() => Number(document.getElementById('chunks').textContent) >= 4
+                         && document.getElementById('avatar').currentTime > 0.5""",
+                timeout=120_000)
+            state = page.evaluate("""() => ({
+                time: document.getElementById('avatar').currentTime,
+                width: document.getElementById('avatar').videoWidth,
+                latency: document.getElementById('latency').textContent,
+                first: document.getElementById('first').textContent,
+                error: document.getElementById('error').textContent,
+                live: document.getElementById('state').textContent})""")
+            page.screenshot(path=str(tmp_path / "live-page.png"))
+            page.click("#stop")
+            page.wait_for_function(
+                "() => document.getElementById('state').textContent === 'stopped'",
+                timeout=10_000)
+        finally:
+            browser.close()
+    assert outside == [], f"the page tried to load from outside: {outside}"
+    _wait_for_no_sessions()  # Stop closed the session
+    assert state["error"] == "" and state["live"] == "live", (state, console)
+    assert state["width"] == 32 and state["time"] > 0.5
+    assert state["latency"].endswith("ms)") and state["first"].endswith(" s")

@@ -92,6 +92,13 @@ class FragmentedMP4:
         self._frame_ticks = int(Fraction(1, fps) / self._video.time_base)
         self._frames = self._samples = self._sequence = 0
 
+    @property
+    def mime_type(self) -> str:
+        """What a browser's MediaSource needs to know: H.264 of the init segment's profile and
+        level (RFC 6381: the avcC record's profile, compatibility and level bytes), AAC-LC."""
+        at = self.init.index(b"avcC") + 5  # past the box type and configurationVersion
+        return f'video/mp4; codecs="avc1.{self.init[at:at + 3].hex()}, mp4a.40.2"'
+
     def _encode_video(self, frames: np.ndarray) -> list[tuple[bytes, bool]]:
         out = []
         for j, frame in enumerate(frames):

@@ -85,6 +85,8 @@ class SessionResponse(BaseModel):
     sample_rate: int = Field(description="the rate of the PCM16 mono messages to send")
     first_chunk_frames: int = Field(description="video frames in the first chunk")
     chunk_frames: int = Field(description="video frames in each later chunk")
+    mime_type: str = Field(description="the stream's type for MediaSource.addSourceBuffer",
+                           examples=['video/mp4; codecs="avc1.64000d, mp4a.40.2"'])
 
 
 class Health(BaseModel):
