@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException
 
 from onestep.checkpoint import check_export, resolve_checkpoint
 from onestep.generate import ChunkJob
-from onestep.live.session import AudioMessageError
+from onestep.live.session import AudioMessageError, IdleClock, SoundGate, check_pcm16
 from onestep.serving import contract, docs_page, isolation
 from onestep.serving.service import AvatarService
 from onestep.serving.sessions import SessionGone, SessionRouter, SessionsFull, SessionTable
@@ -127,7 +127,8 @@ def _cause(e: Exception) -> str:
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8,
                   health_check_period_s=10, graceful_shutdown_timeout_s=30,
-                  request_router_config=RequestRouterConfig(request_router_class=SessionRouter))
+                  request_router_config=RequestRouterConfig(request_router_class=SessionRouter,
+                                                            request_routing_stats_period_s=2))
 class Generator:
     def __init__(self, checkpoint: str, s3_endpoint_url: str = "", device: str = "cpu",
                  max_batch_size: int = 4, batch_wait_timeout_s: float = 0.02,
@@ -172,7 +173,12 @@ class Generator:
 
     def record_routing_stats(self) -> dict:
         """What SessionRouter ranks replicas by for a new session."""
-        return {"sessions": len(self.sessions.entries)}
+        return self.sessions.stats()
+
+    def record_autoscaling_stats(self) -> dict:
+        """What onestep.serving.autoscaling scales on (numbers only)."""
+        stats = self.sessions.stats()
+        return {k: float(stats[k]) for k in ("sessions", "target_sessions", "started_at")}
 
     async def open_session(self, req: SessionRequest) -> dict:
         """A new live session on this replica: its id (which names the replica) and what the
@@ -191,9 +197,15 @@ class Generator:
                 "first_chunk_frames": self.service.cfg.data.frames,
                 "chunk_frames": session.chunk_frames, "mime_type": session.mp4.mime_type}
 
-    async def session_init(self, *, session_id: str) -> bytes:
-        """The session's MP4 init segment (what its socket sends first)."""
-        return self.sessions.get(session_id).session.init
+    async def session_init(self, *, session_id: str) -> tuple[bytes, SoundGate, IdleClock]:
+        """The session's MP4 init segment (what its socket sends first), and the gate and the
+        idle clock its sound passes at the ingress."""
+        session = self.sessions.get(session_id).session
+        return (session.init,
+                SoundGate(session.input_rate, session.fps, self.service.cfg.data.frames,
+                          session.chunk_frames),
+                IdleClock(session.input_rate, self.sessions.idle_video_after_s,
+                          session.chunk_frames / session.fps))
 
     async def feed_session(self, audio: bytes, *, session_id: str) -> list[dict]:
         """A piece of the session's sound in; every chunk it completes out, each as its media
@@ -506,16 +518,33 @@ class AvatarAPI:
             await socket.close(code=4401, reason="missing or wrong bearer token")
             return
         try:
-            init = await self.generator.session_init.remote(session_id=session_id)
+            init, gate, clock = await self.generator.session_init.remote(session_id=session_id)
         except SessionGone:
             await socket.close(code=4404, reason=f"session {session_id[:60]} is not running")
             return
         await socket.send_json({"type": "start", "session_id": session_id})
         await socket.send_bytes(init)
         limit = self.limits.max_audio_message_kb * 1024
+
+        async def forward(audio: bytes) -> None:
+            """Sound on to the gate; the chunks it completes back to the client."""
+            sound = gate.add(audio)
+            if sound is None:  # the next chunk's sound is not all in
+                return
+            chunks = await self.generator.feed_session.remote(sound, session_id=session_id)
+            gate.chunks += len(chunks)
+            for chunk in chunks:
+                await socket.send_bytes(chunk.pop("segment"))
+                await socket.send_json({"type": "chunk", **chunk})
+
         try:
             while True:
-                message = await socket.receive()
+                try:
+                    message = await asyncio.wait_for(socket.receive(),
+                                                     clock.wait_s(time.monotonic()))
+                except TimeoutError:  # the client has gone quiet: silence, so the video goes on
+                    await forward(clock.fill(time.monotonic()))
+                    continue
                 if message["type"] == "websocket.disconnect":
                     break
                 if message.get("text") is not None:
@@ -531,14 +560,12 @@ class AvatarAPI:
                                             f"{len(audio)} bytes is over {limit} bytes"})
                     continue
                 try:
-                    chunks = await self.generator.feed_session.remote(audio,
-                                                                      session_id=session_id)
+                    check_pcm16(audio)
                 except AudioMessageError as e:
-                    await socket.send_json({"type": "error", "message": _cause(e)})
+                    await socket.send_json({"type": "error", "message": str(e)})
                     continue
-                for chunk in chunks:
-                    await socket.send_bytes(chunk.pop("segment"))
-                    await socket.send_json({"type": "chunk", **chunk})
+                clock.heard(len(audio) // 2, time.monotonic())
+                await forward(audio)
         except WebSocketDisconnect:
             pass
         except SessionGone as e:
@@ -605,12 +632,18 @@ def build(args: dict) -> serve.Application:
     return _wire(args, {})
 
 
-def from_config(path: str | Path, **args) -> serve.Application:
-    """The application as `serve run <path>` builds it, its args updated with `args`: the same
-    autoscaling, batching and limits for Python callers (the load benchmark)."""
+def from_config(path: str | Path, deployments: dict | None = None, **args) -> serve.Application:
+    """The application as `serve run <path>` builds it, its args updated with `args` and each
+    deployment's options with `deployments` (name → options; `autoscaling_config` merged key by
+    key): the same autoscaling, batching and limits for Python callers (the benchmarks)."""
     spec = yaml.safe_load(Path(path).read_text())["applications"][0]
     options = {d["name"]: {k: v for k, v in d.items() if k != "name"}
                for d in spec.get("deployments", [])}
+    for name, changes in (deployments or {}).items():
+        merged = options.setdefault(name, {})
+        for key, value in changes.items():
+            merged[key] = ({**merged[key], **value} if key == "autoscaling_config"
+                           and isinstance(merged.get(key), dict) and value else value)
     return _wire({**spec["args"], **args}, options)
 
 

@@ -119,3 +119,30 @@ def test_a_session_streams_fmp4_with_the_sound_it_was_sent(generator):
     assert len(frames) == sent_frames and 2.0 * 25 - sent_frames < gen.cfg.data.frames
     model_rate = _speech_like(2.0)
     assert _aligned(decoded, model_rate[:len(decoded)])
+
+
+def test_the_gate_lets_sound_through_once_per_chunk():
+    from onestep.live.session import SoundGate
+
+    gate = SoundGate(input_rate=16000, fps=25, first_chunk_frames=8, chunk_frames=6)
+    piece = b"\x00\x00" * 640  # 40 ms
+    passed = [gate.add(piece) for _ in range(8)]  # 320 ms: the first chunk's 8 frames
+    assert passed[:7] == [None] * 7 and len(passed[7]) == 8 * len(piece)
+    gate.chunks += 1
+    passed = [gate.add(piece) for _ in range(6)]  # the next chunk's 6 frames
+    assert passed[:5] == [None] * 5 and len(passed[5]) == 6 * len(piece)
+
+
+def test_the_idle_clock_fills_in_silence_only_for_a_client_behind_the_clock():
+    from onestep.live.session import IdleClock
+
+    clock = IdleClock(input_rate=16000, idle_after_s=1.0, step_s=0.24)
+    assert clock.wait_s(now=0.0) is None  # nothing heard yet: no filling in
+    clock.heard(16000 * 3, now=10.0)  # 3 s sent at once (a file): ahead of the clock
+    assert clock.wait_s(now=10.5) == pytest.approx(3.5) and clock.fill(now=12.0) == b""
+    # Quiet from 13 s (the sound ran out) on: filled in to the clock, then every step.
+    assert clock.wait_s(now=13.0) == pytest.approx(1.0)
+    assert len(clock.fill(now=14.0)) == 2 * 16000 and clock.wait_s(now=14.0) == pytest.approx(0.24)
+    assert len(clock.fill(now=14.24)) == 2 * int(round(0.24 * 16000))
+    clock.heard(640, now=14.3)  # the client speaks again: back to waiting idle_after_s
+    assert clock.wait_s(now=14.3) == pytest.approx(14.28 + 1.0 - 14.3)  # 4.28 s heard from 10 s

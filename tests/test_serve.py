@@ -542,6 +542,30 @@ def test_two_sessions_in_parallel_get_what_each_gets_alone(endpoint):
         assert np.abs(got.astype(int) - want).mean() < 0.5, np.abs(got.astype(int) - want).max()
 
 
+def test_a_quiet_client_still_gets_video(endpoint):
+    """Silence is filled in for a client that stops sending (after idle_video_after_s, 1 s by
+    default): the chunks keep coming, at the pace of the clock."""
+    import json
+
+    from websockets.sync.client import connect
+
+    info = _open_session().json()
+    with connect(f"ws://127.0.0.1:8000{info['ws_url']}", max_size=None) as ws:
+        assert json.loads(ws.recv(timeout=30))["type"] == "start"
+        ws.recv(timeout=30)
+        ws.send(b"\x00\x00" * 1600)  # 0.1 s, less than a chunk, then nothing
+        t0, chunks = time.monotonic(), []
+        while len(chunks) < 4:
+            message = ws.recv(timeout=30)
+            if isinstance(message, str):
+                chunks.append(json.loads(message))
+        waited = time.monotonic() - t0
+        ws.send(json.dumps({"type": "close"}))
+    video_s = (info["first_chunk_frames"] + 3 * info["chunk_frames"]) / info["fps"]
+    assert [c["index"] for c in chunks] == [0, 1, 2, 3]
+    assert waited >= video_s - 0.1  # paced by the clock, not faster
+
+
 def test_a_socket_dropped_mid_session_frees_its_state(endpoint):
     """A client that vanishes (no close frame: its connection just ends) does not leave its
     session holding a slot: the replica frees it."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
 SESSION_KEY = "session_id"  # the keyword every session call passes its id in
+OPEN_METHOD = "open_session"  # the generator's method that opens one
 
 
 class SessionGone(LookupError):
@@ -34,8 +35,28 @@ def owner_of(session_id: str) -> str:
 
 
 class SessionRouter(FIFOMixin, RequestRouter):
-    """A session's calls go to the replica named in its id; anything else (a new session, a
-    plain request) to the replicas holding the fewest sessions first."""
+    """A session's calls go to the replica named in its id. A new session goes to the oldest
+    replica below its `target_sessions` (packing, so that the newest replicas empty first and
+    can be scaled down: onestep.serving.autoscaling), else to the one holding the fewest; any
+    other request to the replicas holding the fewest sessions first.
+
+    Replicas report their sessions every few seconds (`record_routing_stats`); the sessions this
+    router has opened since a replica's report are added to it, so a burst of new sessions does
+    not all land on one replica."""
+
+    def initialize_state(self, **kwargs) -> None:
+        self._opened: dict[str, list[float]] = {}  # replica → when this router opened sessions
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id, result) -> None:
+        if pending_request.metadata.call_method == OPEN_METHOD:
+            self._opened.setdefault(replica_id.unique_id, []).append(time.time())
+
+    def _sessions(self, replica: RunningReplica) -> float:
+        stats = replica.routing_stats or {}
+        since = stats.get("at", 0.0)
+        opened = [t for t in self._opened.get(replica.replica_id.unique_id, []) if t > since]
+        self._opened[replica.replica_id.unique_id] = opened
+        return stats.get("sessions", 0) + len(opened)
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None
@@ -47,9 +68,17 @@ class SessionRouter(FIFOMixin, RequestRouter):
                 # Alive: to it, or wait while its queue is full (never to another replica).
                 return [[r] for r in candidate_replicas if r.replica_id.unique_id == owner]
             return [candidate_replicas[:1]] if candidate_replicas else []
-        ranked = sorted(candidate_replicas, key=lambda r: (
-            (r.routing_stats or {}).get("sessions", 0), random.random()))
-        return [[r] for r in ranked]
+        held = {r.replica_id.unique_id: self._sessions(r) for r in candidate_replicas}
+        if pending_request is not None and pending_request.metadata.call_method == OPEN_METHOD:
+            def rank(r: RunningReplica):
+                stats = r.routing_stats or {}
+                if held[r.replica_id.unique_id] < stats.get("target_sessions", 1):
+                    return (0, stats.get("started_at", time.time()), random.random())
+                return (1, held[r.replica_id.unique_id], random.random())
+        else:
+            def rank(r: RunningReplica):
+                return (held[r.replica_id.unique_id], random.random())
+        return [[r] for r in sorted(candidate_replicas, key=rank)]
 
 
 @dataclass
@@ -62,9 +91,23 @@ class Entry:
 class SessionTable:
     """The sessions one replica holds, their capacity and their idle timeout."""
 
-    def __init__(self, replica: str, max_sessions: int = 4, idle_timeout_s: float = 30.0):
+    def __init__(self, replica: str, max_sessions: int = 4, target_sessions: int = 2,
+                 idle_timeout_s: float = 30.0, idle_video_after_s: float = 1.0):
+        if not 1 <= target_sessions <= max_sessions:
+            raise ValueError(f"sessions: target_sessions={target_sessions} must be between 1 "
+                             f"and max_sessions={max_sessions}")
         self.replica, self.max_sessions, self.idle_timeout_s = replica, max_sessions, idle_timeout_s
+        self.target_sessions = target_sessions
+        # A socket whose sound falls this far behind the clock gets silence (0: never), so the
+        # avatar goes on while nobody speaks (onestep.live.session.IdleClock).
+        self.idle_video_after_s = idle_video_after_s
+        self.started_at = time.time()
         self.entries: dict[str, Entry] = {}
+
+    def stats(self) -> dict:
+        """What the router and the autoscaling policy read of this replica."""
+        return {"sessions": len(self.entries), "target_sessions": self.target_sessions,
+                "started_at": self.started_at, "at": time.time()}
 
     def reserve(self) -> str:
         """A new session's id, or SessionsFull."""
