@@ -273,7 +273,7 @@ def autoscaling(args, portrait, pcm, rate, wav) -> dict:
     serve.delete("onestep")
     dropped = [c.error or f"close code {c.close_code}" for c in clients
                if c.error is not None or c.close_code != 1000]
-    latencies = sum((c.measures().get("server_latency_s", []) for c in clients), [])
+    latencies = [x for c in clients for x in c.measures().get("server_latency_s", [])]
     return {"samples": samples, "dropped": dropped, "sessions": len(clients),
             "peak_replicas": max(s["replicas"] for s in samples),
             "end_replicas": samples[-1]["replicas"],
@@ -374,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     meta, lines = header("Live sessions: latency, real-time factor, sessions per replica, "
                          "autoscaling", "live.py",
                          f"local Ray ({args.max_replicas + 1} logical CPUs), CPU only")
-    lines += [f"Model: `{Path(args.checkpoint).relative_to(ROOT) if Path(args.checkpoint).is_relative_to(ROOT) else args.checkpoint}` "
+    model = Path(args.checkpoint).resolve()
+    model = model.relative_to(ROOT) if model.is_relative_to(ROOT) else model
+    lines += [f"Model: `{model}` "
               "(the tiny DMD student; 1 step is the cost of a one-step generator of this "
               "architecture). Sound: held-out SynthTalk speech, PCM16 at "
               f"{rate} Hz in 40 ms messages. {args.seconds:g} s of sound per capacity session.",
@@ -405,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
               "![sessions, replicas and latency over time](live.png)", ""]
     if scaled["screenshot"]:
         lines += ["The live page (GET /) in Debian's Chromium with a fake microphone, during "
-                  "part 2:", "", f"![the live page]({Path(scaled['screenshot']).name})", ""]
+                  "part 2 (one session more than the clients'):", "", f"![the live page]({Path(scaled['screenshot']).name})", ""]
     plot(out, scaled)
     save(out, meta, {"capacity": rows, "sustained": sustained, "autoscaling": scaled}, lines)
     return 1 if scaled["dropped"] else 0

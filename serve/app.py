@@ -22,6 +22,7 @@ from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import yaml
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.openapi.utils import get_openapi
@@ -42,6 +43,7 @@ from starlette.exceptions import HTTPException
 from onestep.checkpoint import check_export, resolve_checkpoint
 from onestep.generate import ChunkJob
 from onestep.live.session import AudioMessageError, IdleClock, SoundGate, check_pcm16
+from onestep.live.webm import OpusWebM
 from onestep.serving import contract, docs_page, isolation
 from onestep.serving.service import AvatarService
 from onestep.serving.sessions import SessionGone, SessionRouter, SessionsFull, SessionTable
@@ -194,18 +196,19 @@ class Generator:
         self.sessions.entries[session_id].session = session
         self.sessions_gauge.set(len(self.sessions.entries))
         return {"session_id": session_id, "fps": session.fps, "sample_rate": req.sample_rate,
+                "audio_format": req.audio_format,
                 "first_chunk_frames": self.service.cfg.data.frames,
                 "chunk_frames": session.chunk_frames, "mime_type": session.mp4.mime_type}
 
-    async def session_init(self, *, session_id: str) -> tuple[bytes, SoundGate, IdleClock]:
-        """The session's MP4 init segment (what its socket sends first), and the gate and the
-        idle clock its sound passes at the ingress."""
+    async def session_init(self, *, session_id: str) -> dict:
+        """The session's MP4 init segment (what its socket sends first) and what the ingress
+        needs to pass its sound on: its format, rate and chunk lengths, the idle setting."""
         session = self.sessions.get(session_id).session
-        return (session.init,
-                SoundGate(session.input_rate, session.fps, self.service.cfg.data.frames,
-                          session.chunk_frames),
-                IdleClock(session.input_rate, self.sessions.idle_video_after_s,
-                          session.chunk_frames / session.fps))
+        return {"init": session.init, "audio_format": session.audio_format,
+                "input_rate": session.input_rate, "fps": session.fps,
+                "first_chunk_frames": self.service.cfg.data.frames,
+                "chunk_frames": session.chunk_frames,
+                "idle_video_after_s": self.sessions.idle_video_after_s}
 
     async def feed_session(self, audio: bytes, *, session_id: str) -> list[dict]:
         """A piece of the session's sound in; every chunk it completes out, each as its media
@@ -518,12 +521,17 @@ class AvatarAPI:
             await socket.close(code=4401, reason="missing or wrong bearer token")
             return
         try:
-            init, gate, clock = await self.generator.session_init.remote(session_id=session_id)
+            stream = await self.generator.session_init.remote(session_id=session_id)
         except SessionGone:
             await socket.close(code=4404, reason=f"session {session_id[:60]} is not running")
             return
+        webm = OpusWebM() if stream["audio_format"] == "webm" else None
+        gate = SoundGate(stream["input_rate"], stream["fps"], stream["first_chunk_frames"],
+                         stream["chunk_frames"])
+        clock = IdleClock(stream["input_rate"], stream["idle_video_after_s"],
+                          stream["chunk_frames"] / stream["fps"])
         await socket.send_json({"type": "start", "session_id": session_id})
-        await socket.send_bytes(init)
+        await socket.send_bytes(stream["init"])
         limit = self.limits.max_audio_message_kb * 1024
 
         async def forward(audio: bytes) -> None:
@@ -540,8 +548,7 @@ class AvatarAPI:
         try:
             while True:
                 try:
-                    message = await asyncio.wait_for(socket.receive(),
-                                                     clock.wait_s(time.monotonic()))
+                    message = await asyncio.wait_for(socket.receive(), clock.wait_s())
                 except TimeoutError:  # the client has gone quiet: silence, so the video goes on
                     await forward(clock.fill(time.monotonic()))
                     continue
@@ -560,6 +567,9 @@ class AvatarAPI:
                                             f"{len(audio)} bytes is over {limit} bytes"})
                     continue
                 try:
+                    if webm is not None:  # decoded here: PCM16 at 48 kHz from now on
+                        sound = webm.feed(audio)
+                        audio = (np.clip(sound, -1, 1) * 32767).astype("<i2").tobytes()
                     check_pcm16(audio)
                 except AudioMessageError as e:
                     await socket.send_json({"type": "error", "message": str(e)})

@@ -388,34 +388,6 @@ def _generator_replicas() -> list:
             and "Generator" in (a.get("Name") or "") and "SERVE_REPLICA" in a["Name"]]
 
 
-def test_a_stream_cut_by_a_lost_generator_is_seen_as_cut_and_the_replica_replaced(endpoint):
-    """The Generator replica is killed while it streams: the client must get a truncated body
-    (no final chunk), not a clean 200 of fewer frames; Serve starts a replacement. Last in
-    the module: the replacement must be up before the endpoint is torn down."""
-    import ray
-
-    files = {"image": ("face.png", _png()), "audio": ("speech.wav", _wav(5.0))}
-    (victim,) = _generator_replicas()
-    got = []
-    with pytest.raises(requests.exceptions.ChunkedEncodingError):
-        with requests.post(f"{URL}/v1/generate/stream", files=files, data={"steps": "50"},
-                           stream=True, timeout=120) as r:
-            assert r.status_code == 200
-            for piece in r.iter_content(chunk_size=None):
-                if not got:
-                    ray.kill(ray.get_actor(victim["Name"], namespace="serve"))
-                got.append(piece)
-    assert got and len(decode_video(b"".join(got))[0]) < 125  # cut short, and seen to be
-    deadline = time.time() + 120
-    while time.time() < deadline:  # the replacement
-        if _post(data={"steps": "1"}).status_code == 200:
-            break
-        time.sleep(1)
-    else:
-        pytest.fail("no Generator replica answered within 120 s of the kill")
-    assert [a["ActorID"] for a in _generator_replicas()] != [victim["ActorID"]]
-
-
 def _open_session(data=None, headers=None) -> requests.Response:
     return requests.post(f"{URL}/v1/sessions", files={"image": ("face.png", _png())},
                          data={"steps": "1", "seed": "5", **(data or {})}, headers=headers,
@@ -481,6 +453,10 @@ def test_sessions_beyond_capacity_get_429_and_deleted_ones_free_it(endpoint):
     assert "max_sessions=4" in full.json()["error"]["message"]
     bad = _open_session(data={"sample_rate": "12345"})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "sample_rate"
+    for data, field in (({"audio_format": "webm", "sample_rate": "16000"}, "sample_rate"),
+                        ({"audio_format": "mp3"}, "audio_format")):
+        bad = _open_session(data=data)
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == field, bad.text
     for r in opened:
         assert requests.delete(f"{URL}/v1/sessions/{r.json()['session_id']}",
                                timeout=10).status_code == 204
@@ -540,6 +516,20 @@ def test_two_sessions_in_parallel_get_what_each_gets_alone(endpoint):
         assert got.shape == want.shape and [c["index"] for c in chunks] == list(range(count))
         # batched and alone differ only in float rounding, below what H.264 keeps
         assert np.abs(got.astype(int) - want).mean() < 0.5, np.abs(got.astype(int) - want).max()
+
+
+def test_a_session_takes_a_browsers_webm_opus_recording(endpoint):
+    """audio_format=webm: the socket takes a MediaRecorder's pieces (cut anywhere), decodes them
+    where they arrive, and answers as for the same sound in PCM16."""
+    from test_live import _speech_like, _webm_opus
+
+    r = _open_session(data={"audio_format": "webm"})
+    info = r.json()
+    assert r.status_code == 200 and (info["sample_rate"], info["audio_format"]) == (48000, "webm")
+    fmp4, chunks = _stream(info["ws_url"], _webm_opus(_speech_like(2.0, 48000)))
+    count = 1 + (50 - info["first_chunk_frames"]) // info["chunk_frames"]
+    assert [c["index"] for c in chunks] == list(range(count))
+    assert len(_frames(fmp4)) == info["first_chunk_frames"] + (count - 1) * info["chunk_frames"]
 
 
 def test_a_quiet_client_still_gets_video(endpoint):
@@ -651,3 +641,47 @@ def test_the_live_page_plays_the_avatar_from_a_fake_microphone(endpoint, tmp_pat
     assert state["error"] == "" and state["live"] == "live", (state, console)
     assert state["width"] == 32 and state["time"] > 0.5
     assert state["latency"].endswith("ms)") and state["first"].endswith(" s")
+
+
+def test_a_stream_cut_by_a_lost_generator_is_seen_as_cut_and_the_replica_replaced(endpoint):
+    """The Generator replica is killed while it streams: the client must get a truncated body
+    (no final chunk), not a clean 200 of fewer frames; a live session it held ends with a close
+    code that says so, and can be created again; Serve starts a replacement. Last in the
+    module: the replacement must be up before the endpoint is torn down."""
+    import json
+
+    import ray
+    from websockets.sync.client import connect
+
+    files = {"image": ("face.png", _png()), "audio": ("speech.wav", _wav(5.0))}
+    (victim,) = _generator_replicas()
+    session = _open_session().json()
+    ws = connect(f"ws://127.0.0.1:8000{session['ws_url']}", max_size=None)
+    assert json.loads(ws.recv(timeout=30))["type"] == "start"
+    ws.recv(timeout=30)
+    got = []
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        with requests.post(f"{URL}/v1/generate/stream", files=files, data={"steps": "50"},
+                           stream=True, timeout=120) as r:
+            assert r.status_code == 200
+            for piece in r.iter_content(chunk_size=None):
+                if not got:
+                    ray.kill(ray.get_actor(victim["Name"], namespace="serve"))
+                got.append(piece)
+    assert got and len(decode_video(b"".join(got))[0]) < 125  # cut short, and seen to be
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the replacement
+        if _post(data={"steps": "1"}).status_code == 200:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("no Generator replica answered within 120 s of the kill")
+    assert [a["ActorID"] for a in _generator_replicas()] != [victim["ActorID"]]
+    ws.send(b"\x00\x00" * 16000)  # a chunk's sound for the session the dead replica held
+    with pytest.raises(Exception) as closed:
+        ws.recv(timeout=60)
+    # 4404 once Serve knows the replica is gone (the router sends the call to the new one,
+    # which does not hold it), 1011 if the call reached the dead one.
+    assert closed.value.rcvd.code in (4404, 1011), closed.value
+    assert "create another" in closed.value.rcvd.reason
+    assert _open_session().status_code == 200

@@ -60,12 +60,15 @@ class SoundGate:
 
 
 class IdleClock:
-    """Silence for a client that has stopped sending: once a session's sound has started, the
-    sound received is kept within `idle_after_s` of the wall clock by silence filled in, so the
-    avatar goes on (listening, not frozen) while nobody speaks, and the video stays live.
+    """Silence for a client that has gone quiet, so the avatar goes on (listening, not frozen)
+    and the video stays live while nobody speaks.
 
-    A client sending faster than real time (a file) is never filled in; one that pauses is
-    filled in after `idle_after_s`, then every `step_s` (a chunk's length) while it stays quiet.
+    Quiet means no message for `idle_after_s` once the session's sound has started; then, and
+    every `step_s` (a chunk's length) while it stays quiet, silence is filled in up to the wall
+    clock, at most `idle_after_s + step_s` at a time (a server slower than real time gets no
+    backlog of silence). A client ahead of the clock (a file sent at once) gets none until the
+    clock has caught up with its sound. Waiting is for the socket's next message, so a client
+    is never kept waiting by silence.
     """
 
     def __init__(self, input_rate: int, idle_after_s: float, step_s: float):
@@ -81,21 +84,21 @@ class IdleClock:
         self.samples += samples
         self.idle = False
 
-    def wait_s(self, now: float) -> float | None:
-        """How long to wait for the client before filling in (None: not started, no limit)."""
+    def wait_s(self) -> float | None:
+        """How long to wait for the client's next message before filling in (None: no limit,
+        before the sound has started or with filling off)."""
         if self.started is None or self.idle_after_s <= 0:
             return None
-        due = self.started + self.samples / self.input_rate + (
-            self.step_s if self.idle else self.idle_after_s)
-        return max(0.0, due - now)
+        return self.step_s if self.idle else self.idle_after_s
 
     def fill(self, now: float) -> bytes:
-        """PCM16 silence up to the clock (empty when the client is not behind)."""
-        behind = int((now - self.started) * self.input_rate) - self.samples
+        """The client was quiet: PCM16 silence up to the clock (empty if it is not behind)."""
+        self.idle = True
+        behind = min(int((now - self.started) * self.input_rate) - self.samples,
+                     int((self.idle_after_s + self.step_s) * self.input_rate))
         if behind <= 0:
             return b""
         self.samples += behind
-        self.idle = True
         return b"\x00\x00" * behind
 
 
@@ -114,9 +117,12 @@ class LiveSession:
     """Audio in (`feed`), chunks out (`chunks`); `init` is the MP4 init segment to send first."""
 
     def __init__(self, gen: AvatarGenerator, image: np.ndarray, sampling: Sampling,
-                 input_rate: int):
+                 input_rate: int, audio_format: str = "pcm16"):
         cfg = gen.cfg
         self.fps, self.rate, self.input_rate = gen.fps, cfg.audio.sample_rate, input_rate
+        # What the client sends: decoded to PCM16 where it arrives (onestep.live.webm) before
+        # it reaches `feed`.
+        self.audio_format = audio_format
         self.render = LiveRender(gen, image, sampling)
         self.mp4 = FragmentedMP4(image.shape[1], image.shape[0], gen.fps, self.rate)
         self._resampler = (av.AudioResampler(format="flt", layout="mono", rate=self.rate)

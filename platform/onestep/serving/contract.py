@@ -14,6 +14,7 @@ import copy
 from pydantic import BaseModel, Field
 
 from onestep.serving.validation import (
+    AUDIO_FORMATS,
     AUDIO_SCALE_RANGE,
     FILES,
     MIN_RESOLUTION,
@@ -22,6 +23,7 @@ from onestep.serving.validation import (
     SAMPLE_RATES,
     SEED_RANGE,
     SESSION_PARAMETERS,
+    WEBM_RATE,
     Limits,
 )
 
@@ -83,6 +85,8 @@ class SessionResponse(BaseModel):
     ws_url: str = Field(description="the session's WebSocket, relative to this server")
     fps: int
     sample_rate: int = Field(description="the rate of the PCM16 mono messages to send")
+    audio_format: str = Field(description="what the socket's binary messages hold: pcm16 or "
+                                          "webm")
     first_chunk_frames: int = Field(description="video frames in the first chunk")
     chunk_frames: int = Field(description="video frames in each later chunk")
     mime_type: str = Field(description="the stream's type for MediaSource.addSourceBuffer",
@@ -137,8 +141,14 @@ def _fields(limits: Limits, model: dict) -> dict:
                        "multipleOf": 2, "default": model["resolution"],
                        "description": "Side of the returned square video in pixels (even, "
                                       "for H.264)."},
-        "sample_rate": {**integer, "enum": sorted(SAMPLE_RATES), "default": 16000,
-                        "description": "Rate of the session's PCM16 mono audio messages (Hz)."},
+        "sample_rate": {**integer, "enum": sorted(SAMPLE_RATES),
+                        "description": "Rate of the session's PCM16 mono audio messages (Hz); "
+                                       f"16000 by default, {WEBM_RATE} (the only one) for "
+                                       "webm."},
+        "audio_format": {"type": "string", "enum": list(AUDIO_FORMATS), "default": "pcm16",
+                         "description": "The socket's binary messages: PCM16 mono samples, or "
+                                        "the pieces of a MediaRecorder's audio/webm;codecs=opus "
+                                        "recording, in order."},
     }
     return properties
 

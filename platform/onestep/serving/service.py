@@ -117,7 +117,8 @@ class AvatarService:
     def open_session(self, req: SessionRequest) -> LiveSession:
         sampling = Sampling.from_config(self.cfg, steps=req.steps, seed=req.seed,
                                         audio_scale=req.audio_scale, ref_scale=req.ref_scale)
-        return LiveSession(self.generator, req.image, sampling, req.sample_rate)
+        return LiveSession(self.generator, req.image, sampling, req.sample_rate,
+                           req.audio_format)
 
     def mp4_stream(self, req: GenerationRequest) -> Mp4Stream:
         return Mp4Stream(req, self.cfg.synth.fps, self.cfg.audio.sample_rate)

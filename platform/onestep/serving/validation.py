@@ -23,8 +23,12 @@ IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
 AUDIO_CONTAINERS = {"wav", "flac", "mp3", "ogg", "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"}
 FILES = ("image", "audio")
 PARAMETERS = ("steps", "seed", "audio_scale", "ref_scale", "fps", "resolution")
-SESSION_PARAMETERS = ("steps", "seed", "audio_scale", "ref_scale", "sample_rate")
+SESSION_PARAMETERS = ("steps", "seed", "audio_scale", "ref_scale", "sample_rate", "audio_format")
 SAMPLE_RATES = {8000, 16000, 22050, 24000, 32000, 44100, 48000}  # a live session's PCM16
+# A live session's audio messages: PCM16 mono at sample_rate, or a browser MediaRecorder's
+# audio/webm;codecs=opus pieces (Opus decodes at 48 kHz).
+AUDIO_FORMATS = ("pcm16", "webm")
+WEBM_RATE = 48000
 SEED_RANGE = (0, 2 ** 31 - 1)
 AUDIO_SCALE_RANGE = REF_SCALE_RANGE = (0.0, 20.0)
 MIN_RESOLUTION = 16
@@ -87,6 +91,7 @@ class SessionRequest:
     audio_scale: float | None
     ref_scale: float | None
     sample_rate: int
+    audio_format: str = "pcm16"
 
 
 def _check_size(data: bytes, field: str, max_mb: float) -> None:
@@ -215,15 +220,23 @@ def validate_session(image: bytes, params: dict, limits: Limits, resolution: int
     if unknown:
         raise RequestError(422, unknown[0], "unknown parameter; expected "
                                             f"{', '.join(SESSION_PARAMETERS)}")
-    rate = _number(params.get("sample_rate"), "sample_rate", int, 8000, 48000) or 16000
+    audio_format = params.get("audio_format", "pcm16")
+    if audio_format not in AUDIO_FORMATS:
+        raise RequestError(422, "audio_format", f"expected one of {', '.join(AUDIO_FORMATS)}, "
+                                                f"got {audio_format[:40]!r}")
+    default_rate = WEBM_RATE if audio_format == "webm" else 16000
+    rate = _number(params.get("sample_rate"), "sample_rate", int, 8000, 48000) or default_rate
     if rate not in SAMPLE_RATES:
         raise RequestError(422, "sample_rate", f"expected one of {sorted(SAMPLE_RATES)} Hz, got "
                                                f"{rate}")
+    if audio_format == "webm" and rate != WEBM_RATE:
+        raise RequestError(422, "sample_rate", f"webm (Opus) sound is {WEBM_RATE} Hz, got {rate}")
     request = SessionRequest(
         None, _number(params.get("steps"), "steps", int, 1, limits.max_steps),
         _number(params.get("seed"), "seed", int, *SEED_RANGE),
         _number(params.get("audio_scale"), "audio_scale", float, *AUDIO_SCALE_RANGE),
-        _number(params.get("ref_scale"), "ref_scale", float, *REF_SCALE_RANGE), rate)
+        _number(params.get("ref_scale"), "ref_scale", float, *REF_SCALE_RANGE), rate,
+        audio_format)
     stage("image")
     fmt = _image_format(image, limits.max_image_megapixels)
     if fmt not in IMAGE_FORMATS:
