@@ -76,6 +76,7 @@ LATENCY_BUCKETS = [0.1, 0.3, 1, 3, 10, 30, 100]
 RETRY_AFTER_S = 5
 METRIC_FIELDS = {*FILES, *PARAMETERS, "body", "authorization", "server"}
 HEALTH_WAIT_S = 2
+SESSION_INBOX = 256  # a session's audio messages read ahead of its chunks (10 s of 40 ms ones)
 
 
 @app.exception_handler(HTTPException)
@@ -210,16 +211,18 @@ class Generator:
                 "chunk_frames": session.chunk_frames,
                 "idle_video_after_s": self.sessions.idle_video_after_s}
 
-    async def feed_session(self, audio: bytes, *, session_id: str) -> list[dict]:
-        """A piece of the session's sound in; every chunk it completes out, each as its media
-        segment and what the client is told of it. A malformed piece: AudioMessageError."""
+    async def feed_session(self, audio: bytes, arrived: float, *, session_id: str
+                           ) -> list[dict]:
+        """A piece of the session's sound in (`arrived` at the ingress then, time.time()); every
+        chunk it completes out, each as its media segment and what the client is told of it. A
+        malformed piece: AudioMessageError."""
         entry = self.sessions.get(session_id)
         if entry.busy:
             raise RuntimeError(f"session {session_id}: a call of it is still running")
         entry.busy = True
         try:
             session = entry.session
-            session.feed(audio)
+            session.feed(audio, arrived)
             chunks = []
             while session.ready:
                 latent = await self._denoise(session.next_job())
@@ -534,23 +537,40 @@ class AvatarAPI:
         await socket.send_bytes(stream["init"])
         limit = self.limits.max_audio_message_kb * 1024
 
-        async def forward(audio: bytes) -> None:
+        async def forward(audio: bytes, arrived: float) -> None:
             """Sound on to the gate; the chunks it completes back to the client."""
             sound = gate.add(audio)
             if sound is None:  # the next chunk's sound is not all in
                 return
-            chunks = await self.generator.feed_session.remote(sound, session_id=session_id)
+            chunks = await self.generator.feed_session.remote(sound, arrived,
+                                                              session_id=session_id)
             gate.chunks += len(chunks)
             for chunk in chunks:
                 await socket.send_bytes(chunk.pop("segment"))
                 await socket.send_json({"type": "chunk", **chunk})
 
+        # Messages are read as they arrive, while chunks are generated, so that each is
+        # timed on arrival (chunk latency counts queueing here too); the bounded inbox pushes
+        # back on a client sending faster than its chunks are made.
+        inbox: asyncio.Queue = asyncio.Queue(maxsize=SESSION_INBOX)
+
+        async def read() -> None:
+            try:
+                while True:
+                    message = await socket.receive()
+                    await inbox.put((message, time.time()))
+                    if message["type"] == "websocket.disconnect":
+                        return
+            except Exception:  # the connection is gone
+                await inbox.put(({"type": "websocket.disconnect"}, time.time()))
+
+        reader = asyncio.create_task(read())
         try:
             while True:
                 try:
-                    message = await asyncio.wait_for(socket.receive(), clock.wait_s())
+                    message, arrived = await asyncio.wait_for(inbox.get(), clock.wait_s())
                 except TimeoutError:  # the client has gone quiet: silence, so the video goes on
-                    await forward(clock.fill(time.monotonic()))
+                    await forward(clock.fill(time.monotonic()), time.time())
                     continue
                 if message["type"] == "websocket.disconnect":
                     break
@@ -575,7 +595,7 @@ class AvatarAPI:
                     await socket.send_json({"type": "error", "message": str(e)})
                     continue
                 clock.heard(len(audio) // 2, time.monotonic())
-                await forward(audio)
+                await forward(audio, arrived)
         except WebSocketDisconnect:
             pass
         except SessionGone as e:
@@ -585,6 +605,7 @@ class AvatarAPI:
             await socket.close(code=1011, reason="the generator holding this session was lost; "
                                                  "create another")
         finally:
+            reader.cancel()
             try:
                 await self.generator.close_session.remote(session_id=session_id)
             except Exception:  # its replica is gone: so is its state

@@ -62,8 +62,9 @@ def test_the_schema_is_openapi_3_1_and_says_what_the_server_enforces(endpoint):
     session = schema["paths"]["/v1/sessions"]["post"]
     form = session["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert set(form["properties"]) == {"image", "steps", "seed", "audio_scale", "ref_scale",
-                                       "sample_rate"} and form["required"] == ["image"]
-    assert 48000 in form["properties"]["sample_rate"]["enum"]
+                                       "sample_rate", "audio_format"}
+    assert form["required"] == ["image"] and 48000 in form["properties"]["sample_rate"]["enum"]
+    assert form["properties"]["audio_format"]["enum"] == ["pcm16", "webm"]
     assert "Retry-After" in session["responses"]["429"]["headers"]
     models = schema["paths"]["/v1/models"]["get"]["responses"]["200"]["content"]
     assert models["application/json"]["schema"]["$ref"] == "#/components/schemas/ModelsResponse"

@@ -141,8 +141,9 @@ class LiveSession:
         r = self.render
         return (r.chunk - r.motion) * r.gen.codec.temporal_factor
 
-    def feed(self, message: bytes) -> None:
-        """A binary message of PCM16 mono samples at the session's input rate."""
+    def feed(self, message: bytes, arrived: float | None = None) -> None:
+        """A binary message of PCM16 mono samples at the session's input rate; `arrived`: when
+        it reached the server (time.time(); now if not given), what chunk latency counts from."""
         check_pcm16(message)
         if not message:
             return
@@ -155,7 +156,7 @@ class LiveSession:
             sound = (np.concatenate([p.to_ndarray()[0] for p in pieces]) if pieces
                      else np.zeros(0, np.float32))
         self.render.push(sound)
-        self._arrived.append((self.render.received, time.perf_counter()))
+        self._arrived.append((self.render.received, time.time() if arrived is None else arrived))
 
     @property
     def ready(self) -> bool:
@@ -172,10 +173,10 @@ class LiveSession:
         frames = r.accept(latent)
         segment = self.mp4.segment(frames, r.take_sound())
         needed = int(round(r.emitted * self.rate / self.fps))
-        completed = next((t for n, t in self._arrived if n >= needed), time.perf_counter())
+        completed = next((t for n, t in self._arrived if n >= needed), time.time())
         self._arrived = [(n, t) for n, t in self._arrived if n > needed]
         chunk = Chunk(self.chunks_sent, segment, len(frames), len(frames) / self.fps,
-                      time.perf_counter() - completed)
+                      time.time() - completed)
         self.chunks_sent += 1
         return chunk
 
