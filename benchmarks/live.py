@@ -88,10 +88,19 @@ class Client(threading.Thread):
         self.error: str | None = None
         self.info: dict = {}
 
-    def open(self) -> None:
-        r = requests.post(f"{URL}/v1/sessions", files={"image": ("face.png", self.portrait)},
-                          data={"steps": str(self.steps), "seed": "0",
-                                "sample_rate": str(self.rate)}, timeout=120)
+    def open(self, patience_s: float = 120.0) -> None:
+        """POST /v1/sessions; at capacity (429) again after its Retry-After, as a client
+        should, for at most `patience_s` (each refusal is counted)."""
+        deadline = time.perf_counter() + patience_s
+        self.refused = 0
+        while True:
+            r = requests.post(f"{URL}/v1/sessions", files={"image": ("face.png", self.portrait)},
+                              data={"steps": str(self.steps), "seed": "0",
+                                    "sample_rate": str(self.rate)}, timeout=120)
+            if r.status_code != 429 or time.perf_counter() > deadline:
+                break
+            self.refused += 1
+            time.sleep(float(r.headers.get("Retry-After", 1)))
         r.raise_for_status()
         self.info = r.json()
 
@@ -137,22 +146,23 @@ class Client(threading.Thread):
 
     def measures(self) -> dict:
         """First-video time, per-chunk latency (client and server), real-time factor."""
-        if not self.chunks or not self.sent:
+        chunks, sent = list(self.chunks), list(self.sent)  # both grow while the session runs
+        if not chunks or not sent:
             return {"chunks": 0}
         fps = self.info["fps"]
-        first_sent = self.sent[0][1]
-        covered = np.cumsum([c["frames"] for c in self.chunks]) / fps  # seconds of sound needed
-        sent_s = np.array([s for s, _ in self.sent])
-        sent_t = np.array([t for _, t in self.sent])
+        first_sent = sent[0][1]
+        covered = np.cumsum([c["frames"] for c in chunks]) / fps  # seconds of sound needed
+        sent_s = np.array([s for s, _ in sent])
+        sent_t = np.array([t for _, t in sent])
         client = [c["received"] - sent_t[min(np.searchsorted(sent_s, need - 1e-9),
                                              len(sent_t) - 1)]
-                  for c, need in zip(self.chunks, covered, strict=True)]
+                  for c, need in zip(chunks, covered, strict=True)]
         video_s = covered[-1]
-        return {"chunks": len(self.chunks), "video_s": float(video_s),
-                "first_video_s": self.chunks[0]["received"] - first_sent,
+        return {"chunks": len(chunks), "video_s": float(video_s),
+                "first_video_s": chunks[0]["received"] - first_sent,
                 "client_latency_s": client,
-                "server_latency_s": [c["latency_s"] for c in self.chunks],
-                "rtf": float(video_s / (self.chunks[-1]["received"] - first_sent))}
+                "server_latency_s": [c["latency_s"] for c in chunks],
+                "rtf": float(video_s / (chunks[-1]["received"] - first_sent))}
 
 
 def _session_run(portrait, pcm, rate, steps: int, n: int, paced: bool) -> list[dict]:
@@ -227,7 +237,8 @@ def autoscaling(args, portrait, pcm, rate, wav) -> dict:
     from serve.app import from_config
 
     serve.run(from_config(args.config, checkpoint=args.checkpoint,
-                          sessions={"max_sessions": 4, "target_sessions": args.target,
+                          sessions={"max_sessions": args.max_sessions,
+                                    "target_sessions": args.target,
                                     "idle_timeout_s": 60},
                           deployments={"Generator": {"autoscaling_config": {
                               "min_replicas": 1, "max_replicas": args.max_replicas}}}),
@@ -275,6 +286,7 @@ def autoscaling(args, portrait, pcm, rate, wav) -> dict:
                if c.error is not None or c.close_code != 1000]
     latencies = [x for c in clients for x in c.measures().get("client_latency_s", [])]
     return {"samples": samples, "dropped": dropped, "sessions": len(clients),
+            "refused_429": sum(c.refused for c in clients),
             "peak_replicas": max(s["replicas"] for s in samples),
             "end_replicas": samples[-1]["replicas"],
             "client_latency_s_p50": _pct(latencies, 50),
@@ -345,6 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live-steps", type=int, default=1, help="steps of part 2's sessions")
     p.add_argument("--max-replicas", type=int, default=2)
     p.add_argument("--target", type=int, default=2, help="target_sessions per replica")
+    p.add_argument("--max-sessions", type=int, default=3,
+                   help="max_sessions per replica in part 2 (beyond it: 429, retried)")
+    p.add_argument("--parts", nargs="+", choices=["capacity", "autoscaling"],
+                   default=["capacity", "autoscaling"],
+                   help="without capacity, its rows are kept from --out's JSON")
     p.add_argument("--peak", type=int, default=4)
     p.add_argument("--ramp-every", type=float, default=8.0)
     p.add_argument("--hold", type=float, default=40.0)
@@ -361,7 +378,12 @@ def main(argv: list[str] | None = None) -> int:
              log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": 8000})
-        rows = capacity(args, portrait, pcm, rate)
+        if "capacity" in args.parts:
+            rows, capacity_command = capacity(args, portrait, pcm, rate), None
+        else:
+            earlier = json.loads(Path(args.out).with_suffix(".json").read_text())
+            rows = earlier["rows"]["capacity"]
+            capacity_command = earlier["rows"].get("capacity_command") or earlier["command"]
         scaled = autoscaling(args, portrait, pcm, rate, wav)
     finally:
         serve.shutdown()
@@ -381,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
               "architecture). Sound: held-out SynthTalk speech, PCM16 at "
               f"{rate} Hz in 40 ms messages. {args.seconds:g} s of sound per capacity session.",
               "", "## One replica", "",
+              *([f"(Measured by `{capacity_command}`.)", ""] if capacity_command else []),
               "| steps | sessions | real-time factor min / mean | first video p50 | "
               "chunk latency p50 / p99 (client) | (server) | errors |",
               "|---|---|---|---|---|---|---|"]
@@ -397,9 +420,13 @@ def main(argv: list[str] | None = None) -> int:
               "## Replicas follow sessions", "",
               f"Sessions ({args.live_steps} step, paced) open one every {args.ramp_every:g} s up "
               f"to {args.peak}, stay {args.hold:g} s, then close one every {args.ramp_every:g} "
-              f"s; target_sessions={args.target}, 1–{args.max_replicas} replicas.", "",
+              f"s; target_sessions={args.target}, max_sessions={args.max_sessions} (a client "
+              f"refused with 429 opens again after Retry-After), 1–{args.max_replicas} "
+              "replicas.", "",
               f"- replicas: peak **{scaled['peak_replicas']}**, at the end "
               f"**{scaled['end_replicas']}**",
+              f"- refused at capacity (429, then opened after Retry-After): "
+              f"{scaled['refused_429']}",
               f"- dropped sessions: **{len(scaled['dropped'])}** of {scaled['sessions']}"
               + (f" ({'; '.join(scaled['dropped'])})" if scaled["dropped"] else ""),
               f"- chunk latency (client) p50 / p99: {1000 * scaled['client_latency_s_p50']:.0f}"
@@ -409,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["The live page (GET /) in Debian's Chromium with a fake microphone, during "
                   "part 2 (one session more than the clients'):", "", f"![the live page]({Path(scaled['screenshot']).name})", ""]
     plot(out, scaled)
-    save(out, meta, {"capacity": rows, "sustained": sustained, "autoscaling": scaled}, lines)
+    save(out, meta, {"capacity": rows, "capacity_command": capacity_command or meta["command"],
+                     "sustained": sustained, "autoscaling": scaled}, lines)
     return 1 if scaled["dropped"] else 0
 
 

@@ -22,7 +22,6 @@ from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
 import yaml
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.openapi.utils import get_openapi
@@ -42,8 +41,8 @@ from starlette.exceptions import HTTPException
 
 from onestep.checkpoint import check_export, resolve_checkpoint
 from onestep.generate import ChunkJob
-from onestep.live.session import AudioMessageError, IdleClock, SoundGate, check_pcm16
-from onestep.live.webm import OpusWebM
+from onestep.live.incoming import IncomingSound
+from onestep.live.session import AudioMessageError
 from onestep.serving import contract, docs_page, isolation
 from onestep.serving.service import AvatarService
 from onestep.serving.sessions import SessionGone, SessionRouter, SessionsFull, SessionTable
@@ -528,23 +527,18 @@ class AvatarAPI:
         except SessionGone:
             await socket.close(code=4404, reason=f"session {session_id[:60]} is not running")
             return
-        webm = OpusWebM() if stream["audio_format"] == "webm" else None
-        gate = SoundGate(stream["input_rate"], stream["fps"], stream["first_chunk_frames"],
-                         stream["chunk_frames"])
-        clock = IdleClock(stream["input_rate"], stream["idle_video_after_s"],
-                          stream["chunk_frames"] / stream["fps"])
+        sound = IncomingSound(**{k: v for k, v in stream.items() if k != "init"})
         await socket.send_json({"type": "start", "session_id": session_id})
         await socket.send_bytes(stream["init"])
         limit = self.limits.max_audio_message_kb * 1024
 
-        async def forward(audio: bytes, arrived: float) -> None:
-            """Sound on to the gate; the chunks it completes back to the client."""
-            sound = gate.add(audio)
-            if sound is None:  # the next chunk's sound is not all in
+        async def forward(pcm: bytes | None, arrived: float) -> None:
+            """A chunk's sound on to the replica; the chunks it makes back to the client."""
+            if pcm is None:  # the next chunk's sound is not all in
                 return
-            chunks = await self.generator.feed_session.remote(sound, arrived,
+            chunks = await self.generator.feed_session.remote(pcm, arrived,
                                                               session_id=session_id)
-            gate.chunks += len(chunks)
+            sound.sent(len(chunks))
             for chunk in chunks:
                 await socket.send_bytes(chunk.pop("segment"))
                 await socket.send_json({"type": "chunk", **chunk})
@@ -568,9 +562,9 @@ class AvatarAPI:
         try:
             while True:
                 try:
-                    message, arrived = await asyncio.wait_for(inbox.get(), clock.wait_s())
+                    message, arrived = await asyncio.wait_for(inbox.get(), sound.wait_s())
                 except TimeoutError:  # the client has gone quiet: silence, so the video goes on
-                    await forward(clock.fill(time.monotonic()), time.time())
+                    await forward(sound.quiet(time.monotonic()), time.time())
                     continue
                 if message["type"] == "websocket.disconnect":
                     break
@@ -587,15 +581,11 @@ class AvatarAPI:
                                             f"{len(audio)} bytes is over {limit} bytes"})
                     continue
                 try:
-                    if webm is not None:  # decoded here: PCM16 at 48 kHz from now on
-                        sound = webm.feed(audio)
-                        audio = (np.clip(sound, -1, 1) * 32767).astype("<i2").tobytes()
-                    check_pcm16(audio)
+                    pcm = sound.message(audio, time.monotonic())
                 except AudioMessageError as e:
                     await socket.send_json({"type": "error", "message": str(e)})
                     continue
-                clock.heard(len(audio) // 2, time.monotonic())
-                await forward(audio, arrived)
+                await forward(pcm, arrived)
         except WebSocketDisconnect:
             pass
         except SessionGone as e:
