@@ -115,6 +115,31 @@ def png_bytes(size=(50, 40), mode="RGB", fmt="PNG") -> bytes:
     return buf.getvalue()
 
 
+def offline_browser(pw, *args: str):
+    """Debian's Chromium (Playwright, no browser download) with no way out but 127.0.0.1: every
+    other host resolves to nowhere and any other connection goes to a dead proxy."""
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "Debian's chromium is needed for this test: `make test` installs it"
+    return pw.chromium.launch(executable_path=path, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1", *args])
+
+
+def confine(page, outside: list) -> None:
+    """Any request the page makes beyond the server is aborted and recorded in `outside`."""
+    def gate(route):
+        if route.request.url.startswith(SERVE_URL):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()
+
+    page.route("**/*", gate)
+
+
 class ServedApp:
     """The application of serve/config.yaml on a tiny (untrained) generator, at SERVE_URL."""
 

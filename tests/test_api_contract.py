@@ -3,7 +3,6 @@ documentation page in a real browser with no network beyond 127.0.0.1."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from importlib.metadata import version
@@ -13,7 +12,7 @@ import pytest
 import requests
 from openapi_spec_validator import validate
 
-from conftest import SERVE_LIMITS, SERVE_URL as URL, png_bytes, wav_bytes
+from conftest import SERVE_LIMITS, SERVE_URL as URL, confine, offline_browser, png_bytes, wav_bytes
 from onestep.serving.contract import generation_form
 from onestep.serving.validation import FILES, PARAMETERS, Limits
 
@@ -102,12 +101,6 @@ def test_a_fuzzer_finds_no_server_error_and_no_answer_outside_the_schema(endpoin
     assert report, "schemathesis wrote an empty report"
 
 
-def _chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert path, "Debian's chromium is needed for this test: `make test` installs it"
-    return path
-
-
 def test_docs_work_offline_and_try_it_out_plays_the_video(endpoint, tmp_path):
     """Swagger UI in Debian's Chromium (driven by Playwright, no browser download) with no way
     out but 127.0.0.1: every other host resolves to nowhere, any other connection goes to a
@@ -120,21 +113,10 @@ def test_docs_work_offline_and_try_it_out_plays_the_video(endpoint, tmp_path):
     (tmp_path / "speech.wav").write_bytes(wav_bytes(1.0))
     outside = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=_chromium(), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-            "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1"])
+        browser = offline_browser(pw)
         try:
             page = browser.new_page()
-
-            def gate(route):
-                if route.request.url.startswith(URL):
-                    return route.continue_()
-                outside.append(route.request.url)
-                return route.abort()
-
-            page.route("**/*", gate)
+            confine(page, outside)
             page.goto(f"{URL}/docs")
             for op in ("generate_v1_generate_post", "generate_stream_v1_generate_stream_post"):
                 block = page.locator(f"#operations-default-{op}")

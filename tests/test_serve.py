@@ -14,7 +14,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import ROOT, SERVE_URL as URL, png_bytes as _png, wav_bytes as _wav
+from conftest import ROOT, SERVE_URL as URL, confine, offline_browser, png_bytes as _png, wav_bytes as _wav
 from onestep.media import decode_video, load_audio
 from onestep.serving.validation import Limits
 
@@ -590,31 +590,19 @@ def test_the_live_page_plays_the_avatar_from_a_fake_microphone(endpoint, tmp_pat
     currentTime advances), and shows the latency. No request leaves 127.0.0.1."""
     from playwright.sync_api import sync_playwright
 
-    from test_api_contract import _chromium
-
     (tmp_path / "face.png").write_bytes(_png((64, 64)))
     (tmp_path / "mic.wav").write_bytes(_wav(4.0, sr=48000, channels=1))
     outside = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=_chromium(), args=[
-            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
-            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        browser = offline_browser(
+            pw, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={tmp_path / 'mic.wav'}",
-            "--autoplay-policy=no-user-gesture-required",
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-            "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1"])
+            "--autoplay-policy=no-user-gesture-required")
         try:
             page = browser.new_page(viewport={"width": 820, "height": 720})
             console = []
             page.on("console", lambda m: console.append(m.text))
-
-            def gate(route):
-                if route.request.url.startswith(URL):
-                    return route.continue_()
-                outside.append(route.request.url)
-                return route.abort()
-
-            page.route("**/*", gate)
+            confine(page, outside)
             page.goto(f"{URL}/")
             page.set_input_files("#portrait", str(tmp_path / "face.png"))
             page.click("#start")
