@@ -122,7 +122,7 @@ def test_a_session_streams_fmp4_with_the_sound_it_was_sent(generator):
 
 
 def test_the_gate_lets_sound_through_once_per_chunk():
-    from onestep.live.session import SoundGate
+    from onestep.live.incoming import SoundGate
 
     gate = SoundGate(input_rate=16000, fps=25, first_chunk_frames=8, chunk_frames=6)
     piece = b"\x00\x00" * 640  # 40 ms
@@ -134,7 +134,7 @@ def test_the_gate_lets_sound_through_once_per_chunk():
 
 
 def test_the_idle_clock_fills_in_silence_only_for_a_quiet_client_behind_the_clock():
-    from onestep.live.session import IdleClock
+    from onestep.live.incoming import IdleClock
 
     clock = IdleClock(input_rate=16000, idle_after_s=1.0, step_s=0.24)
     assert clock.wait_s() is None  # nothing heard yet: no filling in
