@@ -90,7 +90,7 @@ def test_a_fuzzer_finds_no_server_error_and_no_answer_outside_the_schema(endpoin
            "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [str(st), "run", f"{URL}/openapi.json", "--checks", checks, "--seed", "0",
-         "--max-examples", "40", "--workers", "2", "--request-timeout", "60",
+         "--max-examples", "25", "--workers", "2", "--request-timeout", "60",
          "--generation-database", "none", "--no-color",
          "--report", "json", "--report-json-path", str(tmp_path / "report.json")],
         capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
