@@ -182,6 +182,11 @@ class Generator:
         stats = self.sessions.stats()
         return {k: float(stats[k]) for k in ("sessions", "target_sessions", "started_at")}
 
+    async def session_room(self) -> None:
+        """SessionsFull if this replica, the one holding the fewest sessions (SessionRouter),
+        has no room: then none has."""
+        self.sessions.check_room()
+
     async def open_session(self, req: SessionRequest) -> dict:
         """A new live session on this replica: its id (which names the replica) and what the
         client needs to play it. SessionsFull at capacity."""
@@ -482,9 +487,12 @@ class AvatarAPI:
             form = await self._form(request, ("image",), SESSION_PARAMETERS,
                                     self.limits.max_image_mb + 1)
             s = await self._model_info()
-            req = await asyncio.to_thread(validate_session_isolated, form["image"],
-                                          form["params"], self.limits, s["resolution"])
             try:
+                # Full replicas answer before the portrait costs a child process to validate:
+                # clients retrying at capacity must not take CPU from the running sessions.
+                await self.generator.session_room.remote()
+                req = await asyncio.to_thread(validate_session_isolated, form["image"],
+                                              form["params"], self.limits, s["resolution"])
                 opened = await self.generator.open_session.remote(req)
             except SessionsFull as e:
                 raise RequestError(429, "server", _cause(e)) from None

@@ -451,6 +451,9 @@ def test_sessions_beyond_capacity_get_429_and_deleted_ones_free_it(endpoint):
     full = _open_session()
     assert full.status_code == 429 and full.headers["Retry-After"]
     assert "max_sessions=4" in full.json()["error"]["message"]
+    # At capacity the answer comes before any validation (no child process is spent on it).
+    assert _open_session(data={"sample_rate": "12345"}).status_code == 429
+    requests.delete(f"{URL}/v1/sessions/{opened.pop().json()['session_id']}", timeout=10)
     bad = _open_session(data={"sample_rate": "12345"})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "sample_rate"
     for data, field in (({"audio_format": "webm", "sample_rate": "16000"}, "sample_rate"),

@@ -109,11 +109,15 @@ class SessionTable:
         return {"sessions": len(self.entries), "target_sessions": self.target_sessions,
                 "started_at": self.started_at, "at": time.time()}
 
-    def reserve(self) -> str:
-        """A new session's id, or SessionsFull."""
+    def check_room(self) -> None:
+        """SessionsFull if this replica holds `max_sessions` already."""
         if len(self.entries) >= self.max_sessions:
             raise SessionsFull(f"{len(self.entries)} sessions are running on this replica, the "
                                f"most it holds (max_sessions={self.max_sessions})")
+
+    def reserve(self) -> str:
+        """A new session's id, or SessionsFull."""
+        self.check_room()
         session_id = f"{self.replica}.{secrets.token_urlsafe(12)}"
         self.entries[session_id] = Entry(None)
         return session_id
