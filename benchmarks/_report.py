@@ -37,12 +37,16 @@ EVAL_COLUMNS = [("sync", "lip-sync ↑", 3), ("abs_offset_frames", "abs. offset 
                 ("nfe_per_chunk", "NFE/chunk", 0), ("compute_s_per_video_s", "CPU s / video s", 3)]
 
 
-def eval_table(rows: dict[str, dict]) -> list[str]:
+# With `jobs/evaluate.py --long-seconds`: the jumps at chunk hand-overs of long generations.
+SEAM_COLUMNS = [("boundary_jump", "seam: appearance ↓", 2), ("motion_jump", "seam: motion ↓", 2)]
+
+
+def eval_table(rows: dict[str, dict], columns: list[tuple] = EVAL_COLUMNS) -> list[str]:
     """Markdown table lines: one row per model name → its evaluation metrics."""
-    lines = ["| model | " + " | ".join(c[1] for c in EVAL_COLUMNS) + " |",
-             "|---|" + "---|" * len(EVAL_COLUMNS)]
+    lines = ["| model | " + " | ".join(c[1] for c in columns) + " |",
+             "|---|" + "---|" * len(columns)]
     for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.{d}f}" for k, _, d in EVAL_COLUMNS)
+        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.{d}f}" for k, _, d in columns)
                      + " |")
     return lines
 

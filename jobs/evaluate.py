@@ -12,7 +12,8 @@ ground-truth bounds, best A/V offset, Fréchet distance on mouth-reader features
 (required for ingested footage, which has no labels): the lip-sync expert's LSE-C / LSE-D /
 offset with the same bounds (without labels, the Fréchet distance is on its video embeddings).
 Always: PSNR, SSIM (Gaussian, as published), identity similarity, flicker, NFE and compute
-seconds per second of video. With --arcface: identity similarity by ArcFace (an ONNX file);
+seconds per second of video. With --long-seconds: how much the video jumps where chunks hand
+over in generations that long (OSA-LCM's chunk-boundary problem), in appearance and in motion. With --arcface: identity similarity by ArcFace (an ONNX file);
 without it only a thumbnail proxy, named as such. With --fid: FID on the Inception papers use
 (weights converted once by jobs/convert_weights.py inception); with --fvd: FVD on Kinetics-400
 I3D (jobs/convert_weights.py i3d); without them neither is reported, and the report names the
@@ -39,6 +40,7 @@ from onestep.evaluation.run import (
     evaluate,
     is_labelled,
     load_eval_clips,
+    long_video_metrics,
     write_contact_sheet,
     write_report,
 )
@@ -57,6 +59,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--audio-scale", type=float, default=None)
     p.add_argument("--ref-scale", type=float, default=None)
+    p.add_argument("--rolling-noise", type=float, default=None,
+                   help="rolling sampling: later chunks start from the previous one noised to "
+                        "this level (default: the export's sample.rolling_noise; 0: off)")
+    p.add_argument("--rolling-first-chunk", choices=["gaussian", "reference"], default=None,
+                   help="when rolling, the first chunk from Gaussian noise (combined rolling "
+                        "sampling) or from the noised portrait (default: the export's)")
+    p.add_argument("--long-seconds", type=float, default=0.0,
+                   help="also generate this long from --long-clips portraits and measure the "
+                        "jumps where chunks hand over (OSA-LCM's long videos; 0: not)")
+    p.add_argument("--long-clips", type=int, default=2)
     p.add_argument("--reader", default="runs/mouth_reader.safetensors",
                    help="mouth reader weights (trained and saved here if missing)")
     p.add_argument("--reader-clips", type=int, default=160,
@@ -107,11 +119,15 @@ def main(argv: list[str] | None = None) -> None:
                 notes.append(f"Mouth reader held-out correlation with ground truth: "
                              f"{ceiling:.3f}.")
             sampling = Sampling.from_config(cfg, steps=args.steps, audio_scale=args.audio_scale,
-                                            ref_scale=args.ref_scale)
+                                            ref_scale=args.ref_scale,
+                                            rolling_noise=args.rolling_noise,
+                                            rolling_first_chunk=args.rolling_first_chunk)
             name = name or Path(uri).name
-            generated = []
-            results[name] = evaluate(AvatarGenerator(model, cfg), sampling, clips, reader,
-                                     generated, **scorers)
+            generated, generator = [], AvatarGenerator(model, cfg)
+            results[name] = evaluate(generator, sampling, clips, reader, generated, **scorers)
+            if args.long_seconds:
+                results[name].update(long_video_metrics(generator, sampling, clips,
+                                                        args.long_seconds, args.long_clips))
             videos[name] = generated[0]
             if args.untrained and "untrained" not in results:
                 torch.manual_seed(cfg.data.seed)
@@ -135,6 +151,12 @@ def main(argv: list[str] | None = None) -> None:
                   f"({args.arcface}; whole face crops, not landmark-aligned). " if arcface else "")
                  + "Identity proxy: cosine similarity of 8×8 colour thumbnails to the reference, "
                  "not a face-recognition score.")
+    if args.long_seconds:
+        notes.append(f"Seams: on {min(args.long_clips, len(clips))} generations of "
+                     f"{args.long_seconds:g} s (held-out portraits, their audio then the next "
+                     "clips'), the mean change across chunk hand-overs over the mean change "
+                     "inside chunks, of frames (appearance) and of frame differences (motion); "
+                     "1 is seamless.")
     if scorer is not None:
         notes.append(f"Lip-sync expert: {args.sync} ({args.sync_kind}), scored as SyncNet is "
                      f"(offset search ±{scorer.cfg.max_offset} frames).")

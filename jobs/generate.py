@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--audio-scale", type=float, default=None)
     p.add_argument("--ref-scale", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--rolling-noise", type=float, default=None,
+                   help="rolling sampling's noise level (default: from config; 0: off)")
+    p.add_argument("--rolling-first-chunk", choices=["gaussian", "reference"], default=None)
     p.add_argument("--s3-endpoint-url", default="")
     args = p.parse_args(argv)
     cli.setup_logging()
@@ -40,7 +43,9 @@ def main(argv: list[str] | None = None) -> None:
         image = load_image(args.image, cfg.resolution)
         audio = load_audio(args.audio, cfg.audio.sample_rate)
         sampling = Sampling.from_config(cfg, steps=args.steps, audio_scale=args.audio_scale,
-                                        ref_scale=args.ref_scale, seed=args.seed)
+                                        ref_scale=args.ref_scale, seed=args.seed,
+                                        rolling_noise=args.rolling_noise,
+                                        rolling_first_chunk=args.rolling_first_chunk)
     except (CheckpointError, StorageError, MediaError, ValueError) as e:
         sys.exit(f"error: {e}")
     gen = AvatarGenerator(model, cfg)

@@ -18,6 +18,17 @@ def test_dotted_overrides_are_typed():
     assert cfg.model.depth == 6 and cfg.train.lr == 1e-3 and cfg.model.patch == [1, 4, 4]
 
 
+def test_words_are_words_and_only_true_and_false_are_booleans(tmp_path):
+    # YAML 1.1 (PyYAML's) reads off/on/yes/no as booleans; a choice named "off" must survive.
+    assert load_config("tiny", ["fada.gt_weighting=off"]).fada.gt_weighting == "off"
+    path = tmp_path / "mine.yaml"
+    path.write_text("fada: {gt_weighting: off}\ntrain: {use_gpu: true}\n")
+    cfg = load_config(str(path))
+    assert cfg.fada.gt_weighting == "off" and cfg.train.use_gpu is True
+    with pytest.raises(ConfigError, match="train.use_gpu: expected true or false, got 'yes'"):
+        load_config("tiny", ["train.use_gpu=yes"])
+
+
 def test_unknown_key_names_the_key_and_valid_keys():
     with pytest.raises(ConfigError) as e:
         load_config("tiny", ["model.detph=6"])

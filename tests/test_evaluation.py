@@ -116,10 +116,18 @@ def test_the_table_judges_each_model_against_the_first():
 
 
 def test_boundary_jump_sees_where_chunks_hand_over():
-    # 8-frame chunks overlapping by 2: new chunks start at frames 8, 14, 20, ...
+    starts = [8, 14, 20]  # 8-frame chunks overlapping by 2
     ramp = np.arange(26, dtype=np.float64)[:, None, None, None] * np.ones((26, 4, 4, 3))
-    assert M.boundary_jump(ramp, 8, 2) == pytest.approx(1.0)  # smooth motion: no seam
+    assert M.boundary_jump(ramp, starts) == pytest.approx(1.0)  # smooth motion: no seam
+    assert M.boundary_jump(ramp, starts, order=2) == 1.0  # no acceleration anywhere
     jumpy = ramp.copy()
-    for start in (8, 14, 20):
+    for start in starts:
         jumpy[start:] += 5.0  # each chunk starts 5 levels off where the last one ended
-    assert M.boundary_jump(jumpy, 8, 2) == pytest.approx(6.0)  # 1 + 5 across, 1 inside
+    assert M.boundary_jump(jumpy, starts) == pytest.approx(6.0)  # 1 + 5 across, 1 inside
+    # Motion: a jittering ramp (second differences ±1 everywhere); the seams add ±5 to the
+    # two second differences that span each of them.
+    jitter = ramp + 0.5 * (np.arange(26) % 2)[:, None, None, None]
+    assert M.boundary_jump(jitter, starts, order=2) == pytest.approx(1.0)
+    for start in starts:
+        jitter[start:] += 5.0
+    assert M.boundary_jump(jitter, starts, order=2) == pytest.approx(4.0)  # |±1 ∓ 5| over 1

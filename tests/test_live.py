@@ -149,10 +149,11 @@ def test_the_idle_clock_fills_in_silence_only_for_a_quiet_client_behind_the_cloc
     assert clock.wait_s() == 1.0
 
 
-def _webm_opus(sound: np.ndarray, rate: int = 48000) -> bytes:
-    """A MediaRecorder-like recording: Opus in WebM, 20 ms packets."""
+def _webm_opus(sound: np.ndarray, rate: int = 48000, cluster_ms: int = 5000) -> bytes:
+    """A MediaRecorder-like recording: Opus in WebM, 20 ms packets, a Cluster per `cluster_ms`."""
     out = io.BytesIO()
-    with av.open(out, "w", format="webm") as box:
+    with av.open(out, "w", format="webm",
+                 options={"cluster_time_limit": str(cluster_ms)}) as box:
         stream = box.add_stream("libopus", rate=rate)
         stream.layout = "mono"
         for i in range(0, len(sound), 960):
@@ -179,3 +180,28 @@ def test_webm_opus_pieces_cut_anywhere_decode_to_the_sound_recorded():
     vorbis = data.replace(b"A_OPUS", b"A_VORB")
     with pytest.raises(WebMError, match="codec 'A_VORB': expected A_OPUS"):
         OpusWebM().feed(vorbis)
+
+
+def test_a_mangled_webm_piece_costs_its_sound_and_reading_goes_on_at_the_next_cluster():
+    from onestep.live.webm import CLUSTER, OpusWebM, WebMError
+
+    sound = _speech_like(3.0, 48000)
+    data = _webm_opus(sound, cluster_ms=500)
+    third = [i for i in range(len(data)) if data.startswith(CLUSTER.to_bytes(4, "big"), i)][2]
+    mangled = data[:third] + b"\x00\x00" + data[third:]  # no EBML element starts with 0
+    webm, got, errors = OpusWebM(), [], []
+    for i in range(0, len(mangled), 333):
+        try:
+            got.append(webm.feed(mangled[i:i + 333]))
+        except WebMError as e:
+            errors.append(str(e))
+    assert errors == [f"malformed WebM: no EBML length marker at byte {third} of the stream"]
+    whole, got = OpusWebM().feed(data), np.concatenate(got)
+    lost = len(whole) - len(got)
+    assert 0 < lost < 0.25 * 48000  # what the failing piece completed, no more
+    tail = 48000  # from the third cluster on, the sound comes out as it went in
+    assert np.corrcoef(got[-tail:], whole[-tail:])[0, 1] > 0.99
+    refused = OpusWebM()  # not WebM at all: refused for good, nothing kept
+    for piece in (b"RIFF\x00\x00\x00\x00WAVE", data):
+        with pytest.raises(WebMError, match="does not start with an EBML header"):
+            refused.feed(piece)

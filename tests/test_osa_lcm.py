@@ -41,6 +41,42 @@ def test_rolling_sampling_starts_like_plain_sampling_then_edits_the_previous_chu
     assert not np.array_equal(plain[chunk:], rolling[chunk:])  # later ones: from the past
 
 
+def test_plain_rolling_sampling_starts_from_the_portrait():
+    """`rolling_first_chunk=reference` (the paper's plain rolling sampling): the first chunk too
+    is an edit, of the portrait held still; barely noised, the edit is the portrait itself."""
+    gen = _generator()
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    audio = np.zeros(16000, np.float32)
+    combined, _ = gen.generate(image, audio, Sampling.from_config(gen.cfg, rolling_noise=0.7))
+    plain, _ = gen.generate(image, audio, Sampling.from_config(
+        gen.cfg, rolling_noise=0.7, rolling_first_chunk="reference"))
+    chunk = gen.cfg.data.frames
+    assert not np.array_equal(combined[:chunk], plain[:chunk])
+    still, _ = gen.generate(image, audio, Sampling.from_config(
+        gen.cfg, rolling_noise=1e-4, rolling_first_chunk="reference"))
+    assert np.abs(still.astype(int) - image).max() <= 2  # every chunk: the portrait, rolled on
+    with pytest.raises(ConfigError, match="sample.rolling_first_chunk: expected gaussian or "
+                                          "reference"):
+        load_config("tiny", ["sample.rolling_first_chunk=first"])
+
+
+def test_long_generations_are_measured_at_their_chunk_hand_overs():
+    from onestep.evaluation.run import EvalClip, long_video_metrics
+    from onestep.generate import chunk_starts
+
+    gen = _generator()
+    rng = np.random.default_rng(0)
+    clips = [EvalClip(f"c{i}", rng.integers(0, 256, (32, 32, 3)).astype(np.uint8),
+                      rng.normal(0, 0.1, 16000).astype(np.float32), np.zeros((25, 32, 32, 3)),
+                      None) for i in range(2)]
+    out = long_video_metrics(gen, Sampling.from_config(gen.cfg), clips, seconds=3.0, count=1)
+    # 3 s of audio (the first clip's second, then the first again): 75 frames in chunks.
+    frames, motion = gen.cfg.data.frames, gen.cfg.data.motion_frames
+    assert out["long_chunks"] == len(chunk_starts(75, frames, motion)) > 3
+    assert out["long_seconds"] == 3.0
+    assert all(np.isfinite(out[k]) and out[k] > 0 for k in ("boundary_jump", "motion_jump"))
+
+
 def test_the_avatar_discriminator_trains_its_heads_only_and_passes_gradients_through():
     from onestep.model.avatar_discriminator import AvatarDiscriminator
     from onestep.model.dit import Conditions
@@ -73,8 +109,11 @@ def test_eft_windows_must_hold_two_chunks():
                                           r"− data.motion_frames = 14 for phase eft"):
         OSALCMStage.resolve_sources(load_config("tiny", [
             "train.stage=osa_lcm", "osa_lcm.phase=eft", "osa_lcm.student=x"]))
-    with pytest.raises(ConfigError, match="osa_lcm.student: expected the Adv-LCM export"):
-        load_config("tiny", ["train.stage=osa_lcm", "osa_lcm.phase=eft", "data.frames=14"])
+    for phase in ("eft", "ft"):  # the editing fine-tune and its plain baseline
+        with pytest.raises(ConfigError, match=f"osa_lcm.student: expected the Adv-LCM export "
+                                              f"that phase {phase} fine-tunes"):
+            load_config("tiny", ["train.stage=osa_lcm", f"osa_lcm.phase={phase}",
+                                 "data.frames=14"])
 
 
 @pytest.mark.integration

@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from onestep import integrity
-from onestep.config import Config, ConfigError, from_dict
+from onestep.config import Config, ConfigError, from_dict, read_yaml
 from onestep.model import build_model
 from onestep.storage import Location, resolve
 
@@ -194,7 +194,7 @@ def read_config(uri: str, endpoint_url: str = "") -> Config:
 
 def _parse_config(text: bytes, uri: str) -> Config:
     try:
-        return from_dict(yaml.safe_load(text))
+        return from_dict(read_yaml(text))
     except (yaml.YAMLError, ConfigError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{uri}/{CONFIG}: not a valid onestep config "
                               f"({str(e).splitlines()[0][:200]})") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,6 +293,9 @@ class FlowConfig(Section):
                  (self.mouth_weight > 0, "flow.mouth_weight", "> 0 (1: unweighted)"))
 
 
+ROLLING_FIRST_CHUNK = ("gaussian", "reference")
+
+
 @dataclass
 class SampleConfig(Section):
     """Sampling: Euler steps and multi-condition CFG (FADA Eq. 9)."""
@@ -304,15 +308,23 @@ class SampleConfig(Section):
     # Euler steps per equal time window, from noise (a FADA student straightened its flow
     # window by window, PeRFlow); they sum to `steps`. Empty: `steps` uniform steps, shifted.
     window_steps: list[int] = field(default_factory=list)
-    # Combined rolling sampling (OSA-LCM): the first chunk from Gaussian noise, every later one
-    # from the previous chunk's latent noised to this level, `steps` steps from there. 0: off.
+    # Rolling sampling (OSA-LCM §4.2): every chunk after the first starts from the previous
+    # chunk's latent noised to this level, `steps` steps from there. 0: off.
     rolling_noise: float = 0.0
+    # Where the first chunk starts when rolling: `gaussian` (the paper's combined rolling
+    # sampling) or `reference`, the reference latent repeated over the chunk and noised to
+    # `rolling_noise` (its plain rolling sampling, which the appendix finds ghosting).
+    rolling_first_chunk: str = "gaussian"
 
     def check(self, cfg: Config) -> None:
         _require((not self.window_steps or (min(self.window_steps) >= 1
                                             and sum(self.window_steps) == self.steps),
                   "sample.window_steps", f"empty, or step counts ≥ 1 summing to sample.steps="
-                  f"{self.steps}"))
+                  f"{self.steps}"),
+                 (self.rolling_first_chunk in ROLLING_FIRST_CHUNK, "sample.rolling_first_chunk",
+                  " or ".join(ROLLING_FIRST_CHUNK)),
+                 (0 <= self.rolling_noise <= 1, "sample.rolling_noise",
+                  "in [0, 1] (0: every chunk from Gaussian noise)"))
 
 
 @dataclass
@@ -541,16 +553,20 @@ class FADAConfig(Section):
              "> 0 and below fada.gt_dead_ratio"))
 
 
+OSA_LCM_PHASES = ("adv_lcm", "eft", "ft")
+
+
 @dataclass
 class OSALCMConfig(Section):
     """Stage `osa_lcm` (OSA-LCM §4): adversarial latent consistency distillation from a frozen
-    teacher (phase `adv_lcm`), then the editing fine-tune (phase `eft`). The paper's loss
+    teacher (phase `adv_lcm`), then the editing fine-tune (phase `eft`; phase `ft` is the
+    paper's plain fine-tune baseline, see the stage). The paper's loss
     weights and thresholds are lost from our copy of its text; these defaults are LCM's where it
     has one (Huber c, target decay) and ours otherwise."""
 
     teacher: str = ""  # teacher checkpoint or run; required (the ODE and the discriminator)
-    phase: str = "adv_lcm"  # adv_lcm | eft
-    student: str = ""  # eft: the Adv-LCM export it fine-tunes (adv_lcm starts from the teacher)
+    phase: str = "adv_lcm"  # adv_lcm | eft | ft
+    student: str = ""  # eft, ft: the Adv-LCM export fine-tuned (adv_lcm starts from the teacher)
     steps: int = 1  # the exported student's sampling steps
     discretisation_steps: int = 50  # the teacher ODE's grid from t = 1 to 0
     skip: int = 5  # grid points from t_{n+k} to t_n (the skipping interval k)
@@ -579,9 +595,10 @@ class OSALCMConfig(Section):
 
     def check(self, cfg: Config) -> None:
         _require(
-            (self.phase in ("adv_lcm", "eft"), "osa_lcm.phase", "'adv_lcm' or 'eft'"),
-            (self.phase != "eft" or bool(self.student) or cfg.train.stage != "osa_lcm",
-             "osa_lcm.student", "the Adv-LCM export that phase eft fine-tunes (--student)"),
+            (self.phase in OSA_LCM_PHASES, "osa_lcm.phase", " or ".join(OSA_LCM_PHASES)),
+            (self.phase == "adv_lcm" or bool(self.student) or cfg.train.stage != "osa_lcm",
+             "osa_lcm.student", f"the Adv-LCM export that phase {self.phase} fine-tunes "
+             "(--student)"),
             (1 <= self.skip < self.discretisation_steps, "osa_lcm.skip",
              "in [1, osa_lcm.discretisation_steps)"),
             (len(self.disc_noise) == 2 and 0 <= self.disc_noise[0] <= self.disc_noise[1] <= 1,
@@ -593,11 +610,12 @@ class OSALCMConfig(Section):
              "[low, high] with 0 < low ≤ high ≤ 1"))
 
     def check_eft_window(self, cfg: Config) -> None:
-        """Training phase eft: a window holds the previous fragment and the next (its export
+        """Training phases eft, ft: a window holds the previous fragment and the next (its export
         samples single fragments, so this is no rule of the config itself)."""
         _require((cfg.data.frames == 2 * self.fragment_frames - cfg.data.motion_frames,
                   "data.frames", f"2 × osa_lcm.fragment_frames − data.motion_frames = "
-                  f"{2 * self.fragment_frames - cfg.data.motion_frames} for phase eft (a window "
+                  f"{2 * self.fragment_frames - cfg.data.motion_frames} for phase {self.phase} "
+                  "(a window "
                   "holds the previous fragment and the next)"))
 
 
@@ -932,12 +950,31 @@ def with_values(cfg: Config, values: dict[str, Any]) -> Config:
     return from_dict(_merge(cfg.to_dict(), patch))
 
 
+class YAMLLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans, true and false only. PyYAML reads YAML 1.1, where on,
+    off, yes and no are booleans too, so `fada.gt_weighting=off` reached a text field as
+    False and was refused."""
+
+
+YAMLLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+YAMLLoader.add_implicit_resolver("tag:yaml.org,2002:bool",
+                                 re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+
+
+def read_yaml(text: str | bytes) -> Any:
+    """Config YAML (a file, a saved config, an override's value), see YAMLLoader."""
+    return yaml.load(text, Loader=YAMLLoader)  # a SafeLoader: builds plain data only
+
+
 def parse_override(text: str) -> dict[str, Any]:
     """`model.depth=4` → {"model": {"depth": 4}}; the value is parsed as YAML."""
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. model.depth=4")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = read_yaml(raw) if raw.strip() else ""
     out: dict[str, Any] = {}
     node = out
     parts = key.strip().split(".")
@@ -976,7 +1013,7 @@ def load_config(name_or_path: str = "tiny", overrides: list[str] | None = None) 
     """Load a preset or YAML file, apply dotted overrides, validate."""
     path = resolve_config_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     if not isinstance(data, dict):

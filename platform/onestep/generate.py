@@ -48,6 +48,7 @@ class Sampling:
     window_steps: tuple[int, ...] = ()  # the model's steps per time window (sample.window_steps)
     takes_guidance: bool = False  # the model takes the scales as an input (FADA §3.3)
     rolling_noise: float = 0.0  # later chunks start from the previous one noised to this level
+    rolling_first_chunk: str = "gaussian"  # or from the reference latent, noised (sample.*)
 
     @classmethod
     def from_config(cls, cfg: Config, **overrides) -> Sampling:
@@ -55,7 +56,8 @@ class Sampling:
         command line overrides. Other step counts than the model's windows sum to are uniform."""
         s = cfg.sample
         base = cls(s.steps, s.audio_scale, s.ref_scale, s.timestep_shift, s.seed,
-                   tuple(s.window_steps), bool(cfg.model.guidance_input), s.rolling_noise)
+                   tuple(s.window_steps), bool(cfg.model.guidance_input), s.rolling_noise,
+                   s.rolling_first_chunk)
         for k, v in overrides.items():
             if v is not None:
                 setattr(base, k, v)
@@ -179,10 +181,14 @@ class Render:
         shape = (1, self.gen.codec.latent_channels, n, *cond.ref.shape[-2:])
         noise = torch.randn(shape, generator=self.rng).to(self.gen.device)
         level = self.sampling.rolling_noise
-        if level > 0 and self.previous is not None:  # combined rolling sampling (OSA-LCM)
-            start = add_noise(self.previous, noise, torch.tensor([level], device=noise.device))
-            return ChunkJob(cond, start, self.sampling, level)
-        return ChunkJob(cond, noise, self.sampling)
+        if level > 0 and self.previous is not None:  # rolling sampling (OSA-LCM)
+            past = self.previous
+        elif level > 0 and self.sampling.rolling_first_chunk == "reference":
+            past = self.ref[:, :, None].expand(shape)  # no past yet: the portrait, still
+        else:
+            return ChunkJob(cond, noise, self.sampling)
+        start = add_noise(past, noise, torch.tensor([level], device=noise.device))
+        return ChunkJob(cond, start, self.sampling, level)
 
     def _motion_latent(self) -> torch.Tensor | None:
         """The previous chunk's last M latent frames, placed in this chunk's first M frames."""

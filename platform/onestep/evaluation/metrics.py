@@ -77,20 +77,21 @@ def flicker(frames: np.ndarray) -> float:
     return float(np.abs(np.diff(frames.astype(np.float64), axis=0)).mean())
 
 
-def boundary_jump(frames: np.ndarray, chunk_frames: int, motion_frames: int) -> float:
+def boundary_jump(frames: np.ndarray, starts: list[int], order: int = 1) -> float:
     """How much more a video changes where one generated chunk hands over to the next than
-    between frames inside a chunk: the mean absolute change across each boundary over the mean
-    within chunks (1: seamless; OSA-LCM's chunk-boundary problem shows as > 1).
+    inside a chunk (1: seamless; OSA-LCM's chunk-boundary problem shows as > 1).
 
-    A generator emits a chunk's first `chunk_frames` frames, then `chunk_frames −
-    motion_frames` new frames per chunk (the rest continue the previous chunk), so boundaries
-    fall after frame chunk_frames − 1, then every chunk_frames − motion_frames frames."""
-    if len(frames) < 2:
+    `starts`: the first frame of every chunk after the first. Order 1 compares frame
+    differences (appearance: a seam in colour or position); order 2 compares the changes of
+    the frame differences (motion: a head that moves, stops and moves again). A difference of
+    order n spans n + 1 frames, so the ones that span a hand-over are "at" it and the ratio is
+    the mean absolute difference at hand-overs over the mean of all the others."""
+    if len(frames) < order + 1:
         return 1.0
-    change = np.abs(np.diff(frames.astype(np.float64), axis=0)).mean(axis=tuple(
-        range(1, frames.ndim)))  # change[i]: frame i → i + 1
-    step = chunk_frames - motion_frames
-    at = np.arange(chunk_frames - 1, len(change), step)
+    change = np.abs(np.diff(frames.astype(np.float64), n=order, axis=0)).mean(axis=tuple(
+        range(1, frames.ndim)))  # change[i] spans frames i … i + order
+    at = np.unique([i for s in starts for i in range(s - order, s)
+                    if 0 <= i < len(change)]).astype(int)
     inside = np.setdiff1d(np.arange(len(change)), at)
     if not len(at) or not len(inside) or change[inside].mean() == 0:
         return 1.0

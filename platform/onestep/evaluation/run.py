@@ -165,6 +165,31 @@ def evaluate(generator: AvatarGenerator, sampling: Sampling, clips: list[EvalCli
     return out
 
 
+def long_video_metrics(generator: AvatarGenerator, sampling: Sampling, clips: list[EvalClip],
+                       seconds: float, count: int = 2) -> dict:
+    """Chunk hand-overs of long generations: the portraits of the first `count` clips, each
+    driven by `seconds` of held-out audio (its clip's, then the next clips'), and how much more
+    the video jumps where one chunk hands over to the next than inside a chunk, in appearance
+    (frame differences) and in motion (their changes); see metrics.boundary_jump. Held-out
+    clips are a few seconds long, fewer chunks than a long video has; a one-step student's
+    seams show only here."""
+    rate = generator.cfg.audio.sample_rate
+    need, jumps = int(round(seconds * rate)), {"boundary_jump": [], "motion_jump": []}
+    for i in range(min(count, len(clips))):
+        audio, j = [], i
+        while sum(map(len, audio)) < need:
+            audio.append(clips[j % len(clips)].audio)
+            j += 1
+        chunks = list(generator.stream(clips[i].reference, np.concatenate(audio)[:need],
+                                       sampling))
+        frames = np.concatenate(chunks)
+        starts = np.cumsum([len(c) for c in chunks])[:-1].tolist()
+        jumps["boundary_jump"].append(M.boundary_jump(frames, starts, order=1))
+        jumps["motion_jump"].append(M.boundary_jump(frames, starts, order=2))
+    return {"long_seconds": seconds, "long_chunks": len(chunks),
+            **{k: float(np.mean(v)) for k, v in jumps.items()}}
+
+
 def write_contact_sheet(videos: dict[str, np.ndarray], path: Path, count: int = 12,
                         scale: int = 3) -> None:
     """A PNG with one row of evenly spaced frames per video, named on the left: artefacts,
@@ -198,7 +223,8 @@ TABLE = [("sync", "lip-sync corr ↑"), ("sync_shuffled_audio", "shuffled-audio 
          ("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"), ("frechet", "Fréchet ↓"), ("fid", "FID ↓"),
          ("fvd", "FVD ↓"),
          ("identity_arcface", "ArcFace identity ↑"), ("identity", "identity proxy ↑"),
-         ("flicker", "flicker"), ("nfe_per_chunk", "NFE/chunk"),
+         ("flicker", "flicker"), ("boundary_jump", "seam: appearance ↓"),
+         ("motion_jump", "seam: motion ↓"), ("nfe_per_chunk", "NFE/chunk"),
          ("compute_s_per_video_s", "compute s / video s")]
 
 

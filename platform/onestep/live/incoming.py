@@ -87,7 +87,7 @@ class IncomingSound:
     """`message(data, now)` for each binary message, `quiet(now)` when none came for `wait_s()`;
     each returns the PCM16 to send on (all of the next chunk's sound), or None while it is not
     all in. `sent(n)` after the replica answered with n chunks. A malformed message raises
-    AudioMessageError and changes nothing."""
+    AudioMessageError and adds no sound (a WebM stream goes on at its next Cluster)."""
 
     def __init__(self, audio_format: str, input_rate: int, fps: int, first_chunk_frames: int,
                  chunk_frames: int, idle_video_after_s: float):

@@ -7,6 +7,10 @@ for bytes; this reads the EBML elements (Matroska's encoding) incrementally inst
 parsed as far as it goes, the rest waits for the next one, and each complete block's Opus packet
 goes to FFmpeg's decoder (PyAV). Only what a recorder writes is read: one Opus track, blocks
 without lacing; anything else is refused by name.
+
+A stream that is not Opus in WebM is refused for good. A malformed element inside a good one (a
+piece lost or mangled on its way) is refused once, then reading goes on from the next Cluster,
+Matroska's point to resynchronise at: the sound up to there is lost, the session is not.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def _vint(buf: bytes | bytearray, i: int, marker: bool) -> tuple[int, int] | Non
         return None
     first = buf[i]
     if first == 0:
-        raise WebMError(f"malformed WebM: no EBML length marker at byte {i}")
+        raise WebMError("malformed WebM: no EBML length marker")
     length = 9 - first.bit_length()
     if i + length > len(buf):
         return None
@@ -59,41 +63,87 @@ class OpusWebM:
         self._decoder: av.CodecContext | None = None
         self._private = b""
         self._mono = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+        self._lost = False  # after a malformed element: skipping to the next Cluster
+        self._refused: WebMError | None = None  # not Opus in WebM: every piece is refused
+        self._dropped = 0  # bytes of the stream before the buffer
 
     def feed(self, piece: bytes) -> np.ndarray:
+        if self._refused is not None:
+            raise WebMError(str(self._refused))
         self._buf += piece
-        out, i = [], 0
-        while True:
-            head = _vint(self._buf, i, marker=True)
-            size = head and _vint(self._buf, i + head[1], marker=False)
-            if not size:
-                break
-            element, start = head[0], i + head[1] + size[1]
-            if not self._started:
-                if element != EBML:
-                    raise WebMError("not WebM: the stream does not start with an EBML header")
-                self._started = True
-            if element in CONTAINERS:
-                i = start  # read its children in place
-                continue
-            if size[0] < 0 or size[0] > MAX_ELEMENT:
-                raise WebMError(f"WebM element 0x{element:X} of {'unknown' if size[0] < 0 else size[0]}"
-                                f" size: a recorder's audio elements are under {MAX_ELEMENT} bytes")
-            if start + size[0] > len(self._buf):
-                break  # the rest of it comes with a later piece
-            payload = bytes(self._buf[start:start + size[0]])
-            i = start + size[0]
-            if element == CODEC_ID:
-                self._codec_id = payload.rstrip(b"\0").decode("ascii", "replace")
-                if self._codec_id != "A_OPUS":
-                    raise WebMError(f"WebM track codec {self._codec_id!r}: expected A_OPUS "
-                                    "(MediaRecorder's audio/webm;codecs=opus)")
-            elif element == CODEC_PRIVATE:
-                self._private = payload
-            elif element in (SIMPLE_BLOCK, BLOCK):
-                out += self._decode(payload)
-        del self._buf[:i]
+        if self._lost and not self._next_cluster():
+            return np.zeros(0, np.float32)
+        out: list[np.ndarray] = []
+        try:
+            self._drop(self._read(out))
+        except WebMError as e:
+            if self._codec_id != "A_OPUS":  # not a recorder's Opus: nothing to go on with
+                self._refused, self._buf = e, bytearray()
+                raise
+            at, self._lost = self._dropped + e.at, True
+            self._drop(e.at + 1)
+            raise WebMError(f"{e} at byte {at} of the stream") from None
         return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def _drop(self, n: int) -> None:
+        del self._buf[:n]
+        self._dropped += n
+
+    def _next_cluster(self) -> bool:
+        """Drop bytes up to the next Cluster's ID; False while none has come (its first bytes
+        may end the buffer, so those are kept)."""
+        at = self._buf.find(CLUSTER.to_bytes(4, "big"))
+        if at < 0:
+            self._drop(max(0, len(self._buf) - 3))
+            return False
+        self._drop(at)
+        self._lost = False
+        return True
+
+    def _read(self, out: list[np.ndarray]) -> int:
+        """Decode every complete block in the buffer into `out`; → the bytes consumed. A
+        WebMError's `at` is where the element it refuses starts."""
+        i = 0
+        while True:
+            try:
+                step = self._element(i, out)
+            except WebMError as e:
+                e.at = i
+                raise
+            if step is None:
+                return i
+            i = step
+
+    def _element(self, i: int, out: list[np.ndarray]) -> int | None:
+        """Read the element at `i` (a container's header, or a whole element) → where the next
+        one starts; None if the buffer ends inside it."""
+        head = _vint(self._buf, i, marker=True)
+        size = head and _vint(self._buf, i + head[1], marker=False)
+        if not size:
+            return None
+        element, start = head[0], i + head[1] + size[1]
+        if not self._started:
+            if element != EBML:
+                raise WebMError("not WebM: the stream does not start with an EBML header")
+            self._started = True
+        if element in CONTAINERS:
+            return start  # its children are read in place
+        if size[0] < 0 or size[0] > MAX_ELEMENT:
+            raise WebMError(f"WebM element 0x{element:X} of {'unknown' if size[0] < 0 else size[0]}"
+                            f" size: a recorder's audio elements are under {MAX_ELEMENT} bytes")
+        if start + size[0] > len(self._buf):
+            return None  # the rest of it comes with a later piece
+        payload = bytes(self._buf[start:start + size[0]])
+        if element == CODEC_ID:
+            self._codec_id = payload.rstrip(b"\0").decode("ascii", "replace")
+            if self._codec_id != "A_OPUS":
+                raise WebMError(f"WebM track codec {self._codec_id!r}: expected A_OPUS "
+                                "(MediaRecorder's audio/webm;codecs=opus)")
+        elif element == CODEC_PRIVATE:
+            self._private = payload
+        elif element in (SIMPLE_BLOCK, BLOCK):
+            out += self._decode(payload)
+        return start + size[0]
 
     def _decode(self, block: bytes) -> list[np.ndarray]:
         track = _vint(block, 0, marker=False)

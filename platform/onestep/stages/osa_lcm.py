@@ -14,6 +14,12 @@ consecutive generation chunks (overlapping by the motion frames), and the studen
 turn the first, noised to an SDEdit level, into the second in one step, conditioned on the
 second's audio and motion frames. At inference that is combined rolling sampling
 (`sample.rolling_noise`): every chunk after the first starts from the previous one, noised.
+
+Phase `ft`, the paper's plain fine-tune baseline ("Adv-LCM (+FT)"): the same windows, budget and
+losses as `eft`, but the next fragment is generated from Gaussian noise, not edited from the
+previous one. What EFT adds over further training is then the edit alone. (The main text's
+timestep range for it is lost from our copy; its appendix describes it as "adding purely
+Gaussian noise inputs to predict videos", which is what this does.)
 """
 
 from __future__ import annotations
@@ -47,30 +53,31 @@ class OSALCMStage(Stage):
     frozen = ("teacher", "target")
     targets = ("target",)
     backward_together = ("generator", "discriminator")  # the adversarial loss goes through D
-    headline = ("consistency", "edit", "g_adv", "d_loss")
+    headline = ("consistency", "edit", "fine_tune", "g_adv", "d_loss")
     sources = ("osa_lcm.teacher", "osa_lcm.student")
     teacher_source = "osa_lcm.teacher"
 
     @classmethod
     def frozen_networks(cls, cfg: Config) -> tuple[str, ...]:
-        """The editing fine-tune learns from the data alone: no teacher step, no target network
-        (the discriminator keeps its own frozen copy of the teacher's blocks)."""
-        return () if cfg.osa_lcm.phase == "eft" else cls.frozen
+        """The fine-tunes learn from the data alone: no teacher step, no target network (the
+        discriminator keeps its own frozen copy of the teacher's blocks)."""
+        return cls.frozen if cfg.osa_lcm.phase == "adv_lcm" else ()
 
     @staticmethod
     def resolve_sources(cfg: Config) -> list[str]:
         o = cfg.osa_lcm
-        if o.phase == "eft":
+        if o.phase != "adv_lcm":
             o.check_eft_window(cfg)
         o.teacher, source = pin_teacher(cfg, "osa_lcm.teacher", o.teacher)
         lines = [f"teacher: {o.teacher}"] + inherit(cfg, source, o.teacher)
-        if o.phase == "eft":
+        if o.phase != "adv_lcm":
             o.student, student = pin(cfg, "osa_lcm.student", o.student)
             if student.train.stage != "osa_lcm":
                 raise ValueError(f"osa_lcm.student: {o.student} is an export of stage "
-                                 f"{student.train.stage!r}; phase eft fine-tunes an Adv-LCM "
-                                 "(stage osa_lcm)")
-            lines.append(f"editing fine-tune of: {o.student}")
+                                 f"{student.train.stage!r}; phase {o.phase} fine-tunes an "
+                                 "Adv-LCM (stage osa_lcm)")
+            what = "editing fine-tune" if o.phase == "eft" else "plain fine-tune"
+            lines.append(f"{what} of: {o.student}")
         return lines
 
     @staticmethod
@@ -83,7 +90,7 @@ class OSALCMStage(Stage):
 
     def build_networks(self) -> dict[str, torch.nn.Module]:
         o = self.cfg.osa_lcm
-        if o.phase == "eft":
+        if o.phase != "adv_lcm":
             (trunk,), (student,) = (load_networks(self.cfg, uri, 1) for uri in (o.teacher,
                                                                              o.student))
             networks = {"generator": student}
@@ -105,11 +112,14 @@ class OSALCMStage(Stage):
 
     def export_config(self, step: int) -> Config:
         """Sampled in `osa_lcm.steps` steps without CFG: the teacher's guidance is in the ODE
-        the student learnt; after the editing fine-tune in chunks of its fragments, rolling."""
+        the student learnt; after a fine-tune in chunks of its fragments, rolling after the
+        editing fine-tune."""
         o = self.cfg.osa_lcm
         out = student_config(self.cfg, o.steps)
+        if o.phase != "adv_lcm":
+            out.data.frames = o.fragment_frames
         if o.phase == "eft":
-            out.data.frames, out.sample.rolling_noise = o.fragment_frames, o.rolling_noise
+            out.sample.rolling_noise = o.rolling_noise
         return out
 
     def _fragments(self, batch: dict):
@@ -150,6 +160,9 @@ class OSALCMStage(Stage):
             lo, hi = o.eft_timestep
             t_from = lo + (hi - lo) * torch.rand(x0.shape[0], generator=rng)
             x_from = add_noise(x_prev, torch.randn(x0.shape, generator=rng), t_from)
+        elif o.phase == "ft":  # the same fragment, from noise
+            _, x0, cond = self._fragments(batch)
+            t_from, x_from = torch.ones(x0.shape[0]), torch.randn(x0.shape, generator=rng)
         else:
             x0, cond = self.prepare(batch)
             noise, t_from, t_to = self._consistency_point(x0, rng)
@@ -162,10 +175,10 @@ class OSALCMStage(Stage):
             return disc(add_noise(x, torch.randn(x.shape, generator=rng), t_d), t_d, cond)
 
         if step % 2 == 0:  # the generator's turn
-            if o.phase == "eft":  # one step from the noised previous fragment to the next
+            if o.phase != "adv_lcm":  # one step to the next fragment, edited or from noise
                 pred = x0_prediction(velocity, x_from, t_from)
                 loss = huber(pred, x0, o.huber_c)
-                logs = {"edit": loss.mean().detach()}
+                logs = {"edit" if o.phase == "eft" else "fine_tune": loss.mean().detach()}
             else:
                 loss, pred = consistency_loss(
                     velocity, lambda x, t: engines["target"](x, t, cond),

@@ -15,7 +15,7 @@ import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from onestep.config import Config, from_dict
+from onestep.config import Config, from_dict, read_yaml
 from onestep.storage import Location, resolve
 from onestep.sweep.slots import open_slots, trial_slot
 from onestep.sweep.space import (
@@ -81,9 +81,7 @@ def load_base(cfg: Config) -> Config:
     if not saved.exists():
         raise SweepStateError(f"{experiment(cfg).uri}: no sweep to resume (no {BASE_CONFIG}); "
                               "start it without --resume")
-    import yaml
-
-    return from_dict(yaml.safe_load(saved.read_bytes()))
+    return from_dict(read_yaml(saved.read_bytes()))
 
 
 def run_sweep(cfg: Config, resume: bool = False) -> tune.ResultGrid:

@@ -24,12 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from safetensors.torch import load_file
 
 from onestep.audio_features import MfccEncoder
 from onestep.checkpoint import CONFIG, WEIGHTS, fetched
-from onestep.config import SYNC_FRAMES, AudioConfig, SyncConfig, from_dict
+from onestep.config import SYNC_FRAMES, AudioConfig, SyncConfig, from_dict, read_yaml
 from onestep.sync.model import SyncExpert, SyncNetV2
 from onestep.tensor_files import check_state, read_safetensors, read_torch_tensors, write_tensors
 
@@ -142,7 +141,7 @@ def load_scorer(cfg: SyncConfig, endpoint_url: str = "") -> SyncScorer:
         model.load_state_dict(state, strict=False)
         return SyncScorer(model, cfg)
     with fetched(cfg.weights, endpoint_url) as path:
-        trained = from_dict(yaml.safe_load((path / CONFIG).read_text())).sync
+        trained = from_dict(read_yaml((path / CONFIG).read_text())).sync
         state = load_file(str(path / WEIGHTS))
     model = build_expert(trained)
     check_state(state, model, cfg.weights, SyncExpertError)
