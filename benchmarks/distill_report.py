@@ -8,7 +8,9 @@ targets — the 1-step generator within 10% of the teacher's lip-sync and within
 Fréchet distance, progressive 1-step better than direct 1-step, and (with --speed) the 1-step
 generator at least 100× faster than the teacher end to end — and plots lip-sync and Fréchet
 distance per model (PNG). The first row named `teacher` is the reference. With --ablation (the
-output of benchmarks/ablations.py) the ablation rows follow in a table of their own.
+output of benchmarks/ablations.py) the ablation rows follow in a table of their own; with --fada
+and --osa-lcm (benchmarks/fada.py's and benchmarks/osa_lcm.py's ledgers, scored on the same
+held-out clips with the same reader) the three recipes' students follow side by side.
 """
 
 from __future__ import annotations
@@ -20,8 +22,32 @@ import shlex
 import sys
 from pathlib import Path
 
+import fada
+import osa_lcm
 from _report import eval_table, plot_sync_frechet, save
 from ablations import markdown as ablation_markdown
+
+TURBOTALK_ROWS = ("teacher", "DMD 4-step", "progressive 1-step", "direct 1-step")
+
+
+def recipes(rows: dict, ledgers: dict) -> list[str]:
+    """The three recipes' students in one table: TurboTalk's from this report's evaluations,
+    FADA's and OSA-LCM's from their benchmarks' ledgers (what is not run yet is named)."""
+    table = {k if k == "teacher" else f"TurboTalk: {k}": rows[k]
+             for k in TURBOTALK_ROWS if k in rows}
+    missing = []
+    for recipe, (module, path) in ledgers.items():
+        data = json.loads(Path(path).read_text())
+        for key, name in module.DISTILL_ROWS.items():
+            if key in data["rows"]:
+                table[f"{recipe}: {name}"] = data["rows"][key]["metrics"]
+            else:
+                missing.append(f"{recipe}: {name}")
+    lines = ["## The three recipes side by side", "",
+             ("The same teacher, held-out clips and mouth reader; each recipe's rows come from "
+              "its benchmark (" + ", ".join(f"`{p}`" for _, p in ledgers.values()) + "), "
+              "whose commands and budgets they record."), "", *eval_table(table), ""]
+    return lines + ([f"Not run yet: {'; '.join(missing)}.", ""] if missing else [])
 
 
 def main() -> None:
@@ -30,6 +56,8 @@ def main() -> None:
     p.add_argument("--eval", action="append", required=True)
     p.add_argument("--ablation", default=None, help="benchmarks/ablations.py output (JSON)")
     p.add_argument("--speed", default=None)
+    p.add_argument("--fada", default=None, help="benchmarks/fada.py's ledger (JSON)")
+    p.add_argument("--osa-lcm", default=None, help="benchmarks/osa_lcm.py's ledger (JSON)")
     p.add_argument("--notes", default=None, help="markdown appended (training commands, reading)")
     p.add_argument("--out", default="reports/distill")
     args = p.parse_args()
@@ -71,6 +99,10 @@ def main() -> None:
         lines += [f"| {r['model']} | {r['nfe_per_chunk']} | {r['wall_s_per_video_s']:.4f} | "
                   f"{r['speedup_vs_first']:.1f}× |" for r in speed["rows"]]
         lines.append("")
+    ledgers = {name: (module, path) for name, module, path in (
+        ("FADA", fada, args.fada), ("OSA-LCM", osa_lcm, args.osa_lcm)) if path}
+    if ledgers:
+        lines += recipes(rows, ledgers)
     out = Path(args.out)
     if args.ablation:
         plot = Path(args.ablation).with_suffix(".png")

@@ -63,6 +63,10 @@ ROWS = {
     "one-step": (ONE, "1-step adversarial student of FADA-Fast", "adversarial",
                  ["adversarial.phases=[1]"], [], None, "cfg-tokens"),
 }
+# The rows reports/distill.md shows beside the other recipes' (benchmarks/distill_report.py).
+DISTILL_ROWS = {"adaptive": "FADA-Balanced (6 steps, multi-CFG)",
+                "cfg-tokens": "FADA-Fast (6 steps, guidance tokens)",
+                "one-step": "FADA-Fast → adversarial 1-step"}
 AUDIO_SCALES, REF_SCALES = (1.0, 2.0, 4.0, 6.5), (1.0, 1.5, 2.0, 3.0)
 CURVE_MODELS = {"teacher": "teacher", "cfg-tokens": "FADA-Fast", "one-step": "1-step"}
 LOCAL_KEYS = ("run.root", "run.s3_endpoint_url", "data.uri")

@@ -70,6 +70,10 @@ ROWS = {
     "eft-crs-0.9": (SECOND, "+ EFT, combined rolling sampling, noise 0.9", [],
                     ["--rolling-noise", "0.9"], "eft", None),
 }
+# The rows reports/distill.md shows beside the other recipes' (benchmarks/distill_report.py).
+DISTILL_ROWS = {"adv-lcm-4": "Adv-LCM, 4 steps", "adv-lcm-2": "Adv-LCM, 2 steps",
+                "adv-lcm": "Adv-LCM, 1 step", "eft": "Adv-LCM + EFT, 1 step (OSA-LCM)",
+                "eft-crs": "OSA-LCM, combined rolling sampling"}
 COLUMNS = [*EVAL_COLUMNS[:-2], *SEAM_COLUMNS, *EVAL_COLUMNS[-2:]]
 LOCAL_KEYS = ("run.root", "run.s3_endpoint_url", "data.uri")
 

@@ -130,8 +130,9 @@ def test_synthtalk_tiers_and_fada_config_errors():
     ]:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
             load_config("tiny", [override])
-    with pytest.raises(ConfigError, match="model.guidance_input: expected empty for model.kind"):
-        load_config("tiny", ["model.kind=wan", "model.guidance_input=tokens"])
+    with pytest.raises(ConfigError, match="model.guidance_input: expected '', 'scalar', 'layer' "
+                                          "or 'tokens'"):
+        load_config("tiny", ["model.kind=wan", "model.guidance_input=token"])
 
 
 def _scales_act(export: str, nfe: int) -> None:

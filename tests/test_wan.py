@@ -101,6 +101,44 @@ def test_round_trip_to_diffusers_and_back(tmp_path):
         save_diffusers(model, AUDIO, tmp_path / "exported")
 
 
+@pytest.mark.parametrize("kind", ["scalar", "layer", "tokens"])
+def test_a_wan_fada_student_takes_guidance_scales_and_starts_as_its_teacher(tmp_path, kind):
+    """FADA §3.3 on Wan: the teacher's weights load into a student with a guidance input that
+    adds nothing at first; once trained, the scales change its velocity; diffusers' layout
+    keeps it (its modules in the side file) and the error without scales names the input."""
+    from onestep.model.wan import WanDiT
+
+    teacher = load_wan(_saved(tmp_path, i2v=True), AUDIO).eval()
+    student = WanDiT(teacher.arch, guidance_input=kind, **AUDIO).eval()
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    assert not unexpected and missing and all("guidance" in k for k in missing)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 3, 8, 8, generator=g)
+    cond = Conditions(ref=torch.randn(2, 16, 8, 8, generator=g),
+                      audio=torch.randn(2, 12, 10, generator=g),
+                      motion=torch.zeros(2, 16, 3, 8, 8), motion_mask=torch.zeros(2, 1, 3, 8, 8),
+                      image=torch.randn(2, 5, 8, generator=g))
+    t = torch.tensor([0.5, 0.5])
+    with torch.no_grad():
+        for a, b in zip(teacher.blocks, student.blocks):  # trained audio, equal in both
+            b.audio_gate.weight.copy_(a.audio_gate.weight.normal_())
+        plain = teacher(x, t, cond)
+        at = lambda a, r: student(x, t, Conditions(  # noqa: E731
+            **{**vars(cond), "guidance": torch.tensor([[a, r], [a, r]])}))
+        assert (at(2.0, 1.0) - plain).abs().max() <= 1e-5  # adds nothing yet
+        for name, p in student.named_parameters():  # as if trained
+            if "guidance" in name:
+                p.normal_(0, 0.2)
+        assert (at(2.0, 1.0) - at(5.0, 1.5)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=f"model.guidance_input={kind}\\): sample it with "
+                                         "audio and reference scales"):
+        student(x, t, cond)
+    save_diffusers(student, AUDIO, tmp_path / "student")
+    back = load_wan(str(tmp_path / "student"), {})
+    assert back.guidance is not None and back.guidance.kind == kind
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in back.state_dict().items())
+
+
 def test_original_release_folder_and_single_file_load_as_diffusers_does(tmp_path):
     """Wan's own release (a WanModel config.json, its own parameter names) and a single
     original-layout .safetensors (no config: architecture from shapes, heads of 128) give the
@@ -319,3 +357,12 @@ def test_wan_teacher_fine_tunes_diffusers_weights_as_a_ray_job(ray_cluster, tmp_
     generate.main(["--checkpoint", str(export), "--image", str(tmp_path / "face.png"), "--audio",
                    str(tmp_path / "speech.wav"), "--out", str(tmp_path / "wan.mp4")])
     assert (tmp_path / "wan.mp4").stat().st_size > 1000
+
+    # FADA from that Wan teacher: the student takes the guidance scales through its own layer.
+    fada = [f"{k}={v}" for k, v in (kv.split("=", 1) for kv in sets) if k != "run.name"]
+    distill.main(["--stage", "fada", "--teacher", str(export), "--set", "run.name=wan-fada",
+                  "--set", "fada.solver_steps=1", *(a for kv in fada for a in ("--set", kv))])
+    student = tmp_path / "runs" / "wan-fada" / "exports" / "6step"
+    assert read_config(str(student)).model.guidance_input == "tokens"
+    learnt = load_file(str(student / "model.safetensors"))
+    assert learnt["blocks.0.guidance_attn.out.weight"].abs().max() > 0  # it trained from zero

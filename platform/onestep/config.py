@@ -268,9 +268,7 @@ class ModelConfig(Section):
             (not self.image_encoder or self.kind == "wan", "model.image_encoder",
              "empty unless model.kind is 'wan' (an I2V network with image attention)"),
             (self.guidance_input in ("", "scalar", "layer", "tokens"), "model.guidance_input",
-             "'', 'scalar', 'layer' or 'tokens'"),
-            (not self.guidance_input or self.kind == "dit", "model.guidance_input",
-             "empty for model.kind wan (guidance as an input exists for onestep's DiT only)"))
+             "'', 'scalar', 'layer' or 'tokens'"))
 
 
 @dataclass

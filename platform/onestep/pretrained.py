@@ -16,7 +16,8 @@ both shapes). A text-to-video checkpoint (16 input channels) loads into onestep'
 layout with the condition channels zero-initialised, so it still starts as the pretrained model.
 
 `save_diffusers` writes a onestep Wan model back in that layout, loadable by diffusers, with
-onestep's own modules (audio, the stored prompt) in a side file next to it.
+onestep's own modules (audio, the stored prompt, a FADA student's guidance input) in a side file
+next to it.
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ SHOWN = 5  # mismatching keys listed in an error
 
 
 def is_onestep_key(key: str) -> bool:
-    """Parameters onestep adds to Wan (absent from a diffusers checkpoint)."""
-    return key.startswith(("audio_adapter.", "null_audio", "prompt")) or ".audio_" in key
+    """Parameters onestep adds to Wan (absent from a diffusers checkpoint): audio, the stored
+    prompt, and a FADA student's guidance input."""
+    return (key.startswith(("audio_adapter.", "null_audio", "prompt", "guidance."))
+            or ".audio_" in key or ".guidance_" in key)
 
 
 def _cache_root() -> Path:
@@ -282,11 +285,13 @@ def load_wan(uri: str, audio: dict, endpoint_url: str = "", i2v: bool = True) ->
     arch = dataclasses.replace(found.arch)
     if i2v and arch.in_channels == arch.out_channels:
         arch.in_channels = 2 * arch.out_channels + MASK_CHANNELS
+    guidance = ""
     if not found.original and found.loc.join(SIDE_FILE).exists():
         folder = _local(found.loc, [SIDE_FILE])
         with safe_open(str(folder / SIDE_FILE), "pt") as f:
             audio = {**audio, **json.loads(f.metadata().get("onestep_audio", "{}"))}
-    model = WanDiT(arch, **audio)
+            guidance = f.metadata().get("onestep_guidance", "")
+    model = WanDiT(arch, guidance_input=guidance, **audio)
     _load_into(model, found)
     return model
 
@@ -382,5 +387,6 @@ def save_diffusers(model: WanDiT, audio: dict, out: Path) -> None:
                                           **model.arch.to_dict()}, indent=2))
     save_file(wan, str(tmp / WEIGHTS), metadata={"format": "pt"})
     save_file(ours, str(tmp / SIDE_FILE),
-              metadata={"format": "pt", "onestep_audio": json.dumps(audio)})
+              metadata={"format": "pt", "onestep_audio": json.dumps(audio),
+                        "onestep_guidance": model.guidance.kind if model.guidance else ""})
     tmp.rename(out)

@@ -79,7 +79,7 @@ def build_model(cfg: Config) -> VideoDiT | WanDiT:
                          "checkpoint, or drop model.image_encoder")
     if m.kind == "wan":
         return WanDiT(wan_arch(cfg, channels), prompt_tokens=m.prompt_tokens,
-                      **audio_arguments(cfg))
+                      guidance_input=m.guidance_input, **audio_arguments(cfg))
     return VideoDiT(latent_channels=channels, dim=m.dim, depth=m.depth, heads=m.heads,
                     mlp_ratio=m.mlp_ratio, patch=tuple(m.patch), guidance_input=m.guidance_input,
                     **audio_arguments(cfg))

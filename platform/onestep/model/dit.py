@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from onestep.model.audio_adapter import AudioAdapter
-from onestep.model.guidance import GuidanceEmbedding
+from onestep.model.guidance import GuidanceEmbedding, guidance_context
 from onestep.model.rope import apply_rope, rope_angles
 
 
@@ -232,15 +232,7 @@ class VideoDiT(nn.Module):
                                 self.null_audio.expand_as(audio), audio)
 
         t_emb = self.t_embed(timestep_embedding(t, 256))
-        guidance = None
-        if self.guidance is not None:
-            if cond.guidance is None:
-                raise ValueError(f"this network takes guidance scales as an input "
-                                 f"(model.guidance_input={self.guidance.kind}): sample it with "
-                                 "audio and reference scales")
-            guidance = self.guidance(cond.guidance.to(t_emb.dtype))
-            if not self.guidance.attends:
-                t_emb, guidance = t_emb + guidance, None
+        t_emb, guidance = guidance_context(self.guidance, cond.guidance, t_emb)
         angles = rope_angles(grid, self.dim // self.heads).to(x.device)
         kept = []
         for i, blk in enumerate(self.blocks[:max(layers) + 1] if layers else self.blocks):

@@ -69,3 +69,17 @@ class GuidanceEmbedding(nn.Module):
             return eq9_coefficients(guidance)[..., None] * self.tokens.to(guidance.dtype)
         out = self.mlp(scale_features(guidance).to(self.mlp[0].weight.dtype))
         return out if self.kind == "scalar" else out[:, None]
+
+
+def guidance_context(embedding: GuidanceEmbedding | None, guidance: torch.Tensor | None,
+                     t_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A network's guidance input → (its timestep embedding, offset by `scalar`; the context
+    tokens its blocks' guidance cross-attention reads, or None)."""
+    if embedding is None:
+        return t_emb, None
+    if guidance is None:
+        raise ValueError(f"this network takes guidance scales as an input "
+                         f"(model.guidance_input={embedding.kind}): sample it with audio and "
+                         "reference scales")
+    out = embedding(guidance.to(t_emb.dtype))
+    return (t_emb, out) if embedding.attends else (t_emb + out, None)

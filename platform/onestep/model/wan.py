@@ -14,7 +14,9 @@ tokens of the reference; the I2V input [noisy latent, 4-channel mask, condition 
 
 onestep adds, in every block after the cross-attention, audio cross-attention per latent frame
 (TurboTalk Eq. 1–2) behind a timestep gate that starts at zero: at step 0 the model is exactly the
-pretrained Wan. Time is onestep's t ∈ [0, 1] (1 = noise); Wan's timestep is 1000·t, and both
+pretrained Wan. A FADA student (`guidance_input`) also takes the guidance scales (FADA §3.3,
+onestep.model.guidance): a guidance cross-attention after the audio one, or an offset of the
+timestep embedding, each starting at zero, so it starts as the network it was made from. Time is onestep's t ∈ [0, 1] (1 = noise); Wan's timestep is 1000·t, and both
 predict the velocity ε − x₀.
 """
 
@@ -29,6 +31,7 @@ from torch import nn
 
 from onestep.model.audio_adapter import AudioAdapter
 from onestep.model.dit import Attention, Block, Conditions, timestep_embedding
+from onestep.model.guidance import GuidanceEmbedding, guidance_context
 from onestep.model.rope import apply_rope_interleaved, rope_angles
 
 # A latent frame's 4 video frames: Wan's I2V mask has one channel for each.
@@ -128,7 +131,7 @@ class WanAttention(nn.Module):
 
 
 class WanBlock(Block):
-    def __init__(self, arch: WanArch):
+    def __init__(self, arch: WanArch, guidance_attn: bool = False):
         super().__init__()
         dim, heads, eps = arch.dim, arch.num_attention_heads, arch.eps
         self.norm1 = LayerNorm32(dim, eps, elementwise_affine=False)
@@ -146,8 +149,14 @@ class WanBlock(Block):
         self.audio_gate = nn.Linear(dim, dim)
         nn.init.zeros_(self.audio_gate.weight)
         nn.init.zeros_(self.audio_gate.bias)
+        if guidance_attn:  # FADA §3.3's guidance layer, adding nothing until it has learnt to
+            self.guidance_norm = nn.LayerNorm(dim, eps=eps)
+            self.guidance_attn = Attention(dim, heads)
+            nn.init.zeros_(self.guidance_attn.out.weight)
+            nn.init.zeros_(self.guidance_attn.out.bias)
 
-    def forward(self, x, t_emb, modulation, text, image, audio_tokens, angles, frames: int):
+    def forward(self, x, t_emb, modulation, text, image, audio_tokens, angles, frames: int,
+                guidance_tokens=None):
         shift, scale, gate, c_shift, c_scale, c_gate = (
             self.scale_shift_table + modulation.float()).chunk(6, dim=1)
         h = (self.norm1(x.float()) * (1 + scale) + shift).type_as(x)
@@ -157,6 +166,8 @@ class WanBlock(Block):
         per_frame = self.audio_norm(x).reshape(b * frames, n // frames, d)
         heard = self.audio_attn(per_frame, audio_tokens.reshape(b * frames, -1, d))
         x = x + self.audio_gate(F.silu(t_emb))[:, None] * heard.reshape(b, n, d)
+        if guidance_tokens is not None:
+            x = x + self.guidance_attn(self.guidance_norm(x), guidance_tokens)
         h = (self.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
         return (x.float() + self.ffn(h).float() * c_gate).type_as(x)
 
@@ -199,7 +210,7 @@ class WanDiT(nn.Module):
 
     def __init__(self, arch: WanArch, audio_feature_dim: int, audio_per_frame: int,
                  audio_context: int = 2, audio_tokens: int = 4, audio_dim: int = 128,
-                 prompt_tokens: int = 512):
+                 prompt_tokens: int = 512, guidance_input: str = ""):
         super().__init__()
         if arch.pos_embed_seq_len is not None:
             raise ValueError("Wan FLF2V (pos_embed_seq_len) is not supported: onestep "
@@ -216,7 +227,9 @@ class WanDiT(nn.Module):
         self.patch_embedding = nn.Conv3d(arch.in_channels, self.dim, kernel_size=self.patch,
                                          stride=self.patch)
         self.condition_embedder = _ConditionEmbedder(arch)
-        self.blocks = nn.ModuleList(WanBlock(arch) for _ in range(arch.num_layers))
+        self.guidance = GuidanceEmbedding(guidance_input, self.dim) if guidance_input else None
+        attends = self.guidance is not None and self.guidance.attends
+        self.blocks = nn.ModuleList(WanBlock(arch, attends) for _ in range(arch.num_layers))
         self.norm_out = LayerNorm32(self.dim, arch.eps, elementwise_affine=False)
         self.proj_out = nn.Linear(self.dim, arch.out_channels * math.prod(self.patch))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, self.dim) / self.dim ** 0.5)
@@ -254,10 +267,12 @@ class WanDiT(nn.Module):
         return audio
 
     def trunk(self, inp: torch.Tensor, t: torch.Tensor, audio_tokens: torch.Tensor,
-              image: torch.Tensor | None = None, prompt: torch.Tensor | None = None
+              image: torch.Tensor | None = None, prompt: torch.Tensor | None = None,
+              guidance: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int]]:
         """Tokens after the last block, the time embedding and the token grid, from an
-        assembled input (B, in_channels, F, H, W)."""
+        assembled input (B, in_channels, F, H, W); `guidance` (B, 2): the scales, for a network
+        that takes them."""
         b, _, n_frames, h, w = inp.shape
         pf, ph, pw = self.patch
         grid = (n_frames // pf, h // ph, w // pw)
@@ -267,6 +282,7 @@ class WanDiT(nn.Module):
         tokens = self.patch_embedding(inp).flatten(2).transpose(1, 2)
         emb = self.condition_embedder
         t_emb = emb.time_embedder(timestep_embedding(t, self.arch.freq_dim))
+        t_emb, guidance_tokens = guidance_context(self.guidance, guidance, t_emb)
         modulation = emb.time_proj(F.silu(t_emb)).unflatten(1, (6, -1))
         prompt = self.prompt.expand(b, -1, -1) if prompt is None else prompt
         text = emb.text_embedder(prompt.to(tokens.dtype))
@@ -274,7 +290,8 @@ class WanDiT(nn.Module):
             image = emb.image_embedder(image.to(tokens.dtype))
         angles = rope_angles(grid, self.dim // self.heads).to(inp.device)
         for blk in self.blocks:
-            tokens = blk(tokens, t_emb, modulation, text, image, audio_tokens, angles, grid[0])
+            tokens = blk(tokens, t_emb, modulation, text, image, audio_tokens, angles, grid[0],
+                         guidance_tokens)
         return tokens, t_emb, grid
 
     def head(self, tokens: torch.Tensor, t_emb: torch.Tensor, grid: tuple[int, int, int]
@@ -297,7 +314,8 @@ class WanDiT(nn.Module):
         image = cond.image
         if image is not None and cond.drop_ref is not None:
             image = image * (~cond.drop_ref).float()[:, None, None]
-        return self.trunk(self._inputs(x, cond), t, self._audio_tokens(cond), image)
+        return self.trunk(self._inputs(x, cond), t, self._audio_tokens(cond), image,
+                          guidance=cond.guidance)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
         """Velocity. x (B, C, F, h, w) latent, t (B,) in [0, 1] (1 = pure noise)."""

@@ -46,7 +46,6 @@ class FADAStage(Stage):
         f.teacher, source = pin_teacher(cfg, "fada.teacher", f.teacher)
         lines = [f"teacher: {f.teacher}"] + inherit(cfg, source, f.teacher)
         cfg.model.guidance_input = "" if f.cfg_mode == "none" else f.cfg_mode
-        cfg.model.check(cfg)  # e.g. a Wan network has no guidance input
         return lines + [f"student: {sum(f.steps_per_window)} steps in {f.windows} windows "
                         f"{f.steps_per_window}, guidance "
                         + ("as multi-CFG (3 evaluations per step)" if f.cfg_mode == "none"
