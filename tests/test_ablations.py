@@ -116,3 +116,27 @@ def test_the_fada_report_fills_in_rows_and_guidance_curves(tmp_path):
     assert "Not run yet: PeRFlow, high tier only; + moderate and low clips" in md
     assert "| FADA-Fast | 1 | 1 | 0.550 |" in md and "| teacher | 6.5 | 1 | 0.700 |" in md
     assert (tmp_path / "fada-scales.png").stat().st_size > 10_000
+
+
+def test_osa_lcm_report_shows_the_seams_of_every_model_and_what_is_missing(tmp_path):
+    import osa_lcm
+
+    setup = {**SETUP, "long_seconds": 20.0, "long_clips": 2, "clips": 640}
+    seams = {**METRICS, "boundary_jump": 1.8, "motion_jump": 2.4}
+    ledger = osa_lcm.Ledger(tmp_path / "osa_lcm.json", setup, "python benchmarks/osa_lcm.py a")
+    ledger.record("references", "teacher", {"name": "teacher (multi-CFG)", "evaluate": "e-t",
+                                            "metrics": {**seams, "boundary_jump": 1.1}})
+    ledger.record("rows", "eft", {"name": osa_lcm.ROWS["eft"][1], "train": "python train-eft",
+                                  "evaluate": "e-eft", "metrics": seams})
+    md = (tmp_path / "osa_lcm.md").read_text()
+    assert "seams on 2 generations of 20 s" in md
+    assert "| seam: appearance ↓ | seam: motion ↓ |" in md
+    assert "| teacher (multi-CFG) | 0.600 |" in md and "| 1.10 | 2.40 |" in md
+    assert "| + EFT, sampled from Gaussian (OSA-LCM) | 0.600 |" in md and "| 1.80 | 2.40 |" in md
+    assert "Not run yet: LCM (consistency loss only); + avatar discriminator" in md
+    assert "python train-eft" in md and "e-eft" in md
+    # The rows reports/distill.md takes are rows of their benchmarks.
+    import fada
+
+    assert set(osa_lcm.DISTILL_ROWS) <= set(osa_lcm.ROWS)
+    assert set(fada.DISTILL_ROWS) <= set(fada.ROWS)
