@@ -102,6 +102,27 @@ def test_the_avatar_discriminator_trains_its_heads_only_and_passes_gradients_thr
         AvatarDiscriminator(build_model(cfg), (2,))
 
 
+def test_eft_windows_without_a_past_start_from_the_reference_held_still():
+    from onestep.stages.osa_lcm import OSALCMStage
+
+    cfg = load_config("tiny", ["train.stage=osa_lcm", "osa_lcm.phase=eft", "osa_lcm.student=x",
+                               "data.frames=14", "osa_lcm.eft_reference_prob=0.5"])
+    stage = OSALCMStage(cfg)
+    g = torch.Generator().manual_seed(0)
+    batch = {"video": torch.rand(8, 3, 14, 32, 32, generator=g) * 2 - 1,
+             "ref": torch.rand(8, 3, 32, 32, generator=g) * 2 - 1,
+             "audio": torch.randn(8, 14 * 2, 8, generator=g),  # 2 features per frame
+             "use_motion": torch.ones(8, dtype=torch.bool)}
+    x_prev, x_next, cond = stage._fragments(batch, torch.Generator().manual_seed(1))
+    x, _ = stage.prepare(batch)
+    held = (x_prev == cond.ref[:, :, None]).flatten(1).all(1)  # the reference in every frame
+    past = (x_prev == x[:, :, :8]).flatten(1).all(1)  # the window's first fragment
+    assert 0 < int(held.sum()) < 8 and bool((held ^ past).all())
+    assert torch.equal(x_next, x[:, :, 6:14])
+    has_motion = cond.motion_mask.flatten(1).amax(1) > 0  # a start of video has no past frames
+    assert torch.equal(has_motion, past)
+
+
 def test_eft_windows_must_hold_two_chunks():
     from onestep.stages.osa_lcm import OSALCMStage
 

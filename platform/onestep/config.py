@@ -588,6 +588,10 @@ class OSALCMConfig(Section):
     # F = `fragment_frames` frames overlapping by M = data.motion_frames. The export samples
     # chunks of F frames with combined rolling sampling at `rolling_noise`.
     eft_timestep: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    # Share of windows trained as a video's start: no past, the reference latent repeated as
+    # the previous fragment (the paper: "the probability without any past frames is extremely
+    # low"; its value is lost from our copy).
+    eft_reference_prob: float = 0.05
     fragment_frames: int = 8
     rolling_noise: float = 0.7
 
@@ -605,7 +609,8 @@ class OSALCMConfig(Section):
             (0 < self.target_decay < 1, "osa_lcm.target_decay", "in (0, 1)"),
             (len(self.eft_timestep) == 2
              and 0 < self.eft_timestep[0] <= self.eft_timestep[1] <= 1, "osa_lcm.eft_timestep",
-             "[low, high] with 0 < low ≤ high ≤ 1"))
+             "[low, high] with 0 < low ≤ high ≤ 1"),
+            (0 <= self.eft_reference_prob <= 1, "osa_lcm.eft_reference_prob", "in [0, 1]"))
 
     def check_eft_window(self, cfg: Config) -> None:
         """Training phases eft, ft: a window holds the previous fragment and the next (its export

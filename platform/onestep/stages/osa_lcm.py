@@ -12,7 +12,10 @@ Generator and discriminator update on alternate steps.
 Phase `eft` (§4.2), the editing fine-tune of an Adv-LCM export: a training window holds two
 consecutive generation chunks (overlapping by the motion frames), and the student learns to
 turn the first, noised to an SDEdit level, into the second in one step, conditioned on the
-second's audio and motion frames. At inference that is combined rolling sampling
+second's audio and motion frames. A small share of windows (`eft_reference_prob`) play the start
+of a video, where there is no past: the first fragment is the reference latent repeated and the
+second has no motion frames, as the paper trains for too few past frames (what plain rolling
+sampling's first chunk, `sample.rolling_first_chunk=reference`, asks of the model). At inference that is combined rolling sampling
 (`sample.rolling_noise`): every chunk after the first starts from the previous one, noised.
 
 Phase `ft`, the paper's plain fine-tune baseline ("Adv-LCM (+FT)"): the same windows, budget and
@@ -122,19 +125,24 @@ class OSALCMStage(Stage):
             out.sample.rolling_noise = o.rolling_noise
         return out
 
-    def _fragments(self, batch: dict):
-        """A window → (previous fragment, next fragment, the next one's conditions)."""
+    def _fragments(self, batch: dict, rng: torch.Generator):
+        """A window → (previous fragment, next fragment, the next one's conditions); without a
+        past (`eft_reference_prob`), the previous fragment is the reference, held still."""
         o, codec = self.cfg.osa_lcm, self.codec
         x, cond = self.prepare(batch)
         frames = codec.latent_frames(o.fragment_frames)
         motion = codec.latent_frames(self.cfg.data.motion_frames) if self.cfg.data.motion_frames \
             else 0
         offset, per = frames - motion, cond.audio.shape[1] // x.shape[2]
-        x_next = x[:, :, offset:offset + frames]
+        x_prev, x_next = x[:, :, :frames], x[:, :, offset:offset + frames]
+        no_past = (torch.rand(x.shape[0], generator=rng) < o.eft_reference_prob).to(x.device)
+        x_prev = torch.where(no_past[:, None, None, None, None],
+                             cond.ref[:, :, None].expand_as(x_prev), x_prev)
         cond = make_conditions(cond.ref, cond.audio[:, offset * per:(offset + frames) * per],
                                frames, motion, motion_latent=x_next,
-                               use_motion=batch["use_motion"], image=cond.image)
-        return x[:, :, :frames], x_next, cond
+                               use_motion=batch["use_motion"].to(x.device).bool() & ~no_past,
+                               image=cond.image)
+        return x_prev, x_next, cond
 
     def _consistency_point(self, x0: torch.Tensor, rng: torch.Generator):
         """(noise, t_{n+k}, t_n) per sample on the discretised ODE."""
@@ -156,12 +164,12 @@ class OSALCMStage(Stage):
         o = self.cfg.osa_lcm
         student, disc = engines["generator"], engines["discriminator"]
         if o.phase == "eft":
-            x_prev, x0, cond = self._fragments(batch)
+            x_prev, x0, cond = self._fragments(batch, rng)
             lo, hi = o.eft_timestep
             t_from = lo + (hi - lo) * torch.rand(x0.shape[0], generator=rng)
             x_from = add_noise(x_prev, torch.randn(x0.shape, generator=rng), t_from)
         elif o.phase == "ft":  # the same fragment, from noise
-            _, x0, cond = self._fragments(batch)
+            _, x0, cond = self._fragments(batch, rng)
             t_from, x_from = torch.ones(x0.shape[0]), torch.randn(x0.shape, generator=rng)
         else:
             x0, cond = self.prepare(batch)
