@@ -14,7 +14,8 @@ Curves: lip-sync and Fréchet distance of the teacher, FADA-Fast and its 1-step 
 audio scale varies (reference scale at its default), then as the reference scale varies — does
 the student follow the teacher? Rows, references and curve points are recorded one by one in
 <out>.json (benchmarks/_ledger.py), so the report fills up across calls; a call with another
-teacher, reader, data or budget is refused rather than mixed in.
+teacher, reader, data or budget is refused rather than mixed in. A reading of the
+results, written by a person, goes in <out>-reading.md; the report includes it as it is.
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ def markdown(data: dict, path: Path) -> list[str]:
             lines.append(f"| {CURVE_MODELS[e['model']]} | {e['audio']:g} | {e['ref']:g} | "
                          f"{m['sync']:.3f} | {m['frechet']:.3f} | {m['nfe_per_chunk']:.0f} |")
         lines += ["", f"![metrics against the scales]({path.stem}-scales.png)", ""]
+    notes = path.with_name(f"{path.stem}-reading.md")  # written by a person, kept as is
+    lines += [notes.read_text(), ""] if notes.exists() else []
     lines += ["Commands of every model (training, then evaluation):", ""]
     for group in ("references", "rows", "curves"):
         for entry in data.get(group, {}).values():

@@ -16,7 +16,8 @@ model of another recipe included, is also measured on `--long-seconds` generatio
 in appearance and in motion where chunks hand over, over the change inside chunks
 (onestep.evaluation.metrics.boundary_jump), the problem EFT exists to solve. Rows are recorded
 one by one in <out>.json (benchmarks/_ledger.py), so the report fills up across calls; a call
-with another teacher, reader, data or budget is refused rather than mixed in.
+with another teacher, reader, data or budget is refused rather than mixed in. A reading of the
+results, written by a person, goes in <out>-reading.md; the report includes it as it is.
 """
 
 from __future__ import annotations
@@ -111,7 +112,10 @@ def markdown(data: dict, path: Path) -> list[str]:
         lines += [*eval_table(done, COLUMNS), ""] if done else []
         lines += [f"Not run yet: {'; '.join(missing)}.", ""] if missing else []
     lines += [f"![lip-sync and Fréchet distance of every row]({path.with_suffix('.png').name})",
-              "", "Commands of every model (training, then evaluation):", ""]
+              ""]
+    notes = path.with_name(f"{path.stem}-reading.md")  # written by a person, kept as is
+    lines += [notes.read_text(), ""] if notes.exists() else []
+    lines += ["Commands of every model (training, then evaluation):", ""]
     for group in ("references", "rows"):
         for entry in data.get(group, {}).values():
             lines += [f"    {c}" for c in (entry.get("train"), entry["evaluate"]) if c]
