@@ -41,6 +41,7 @@ from onestep.evaluation.run import (
     is_labelled,
     load_eval_clips,
     long_video_metrics,
+    report_path,
     write_contact_sheet,
     write_report,
 )
@@ -167,8 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     write_report(results, Path(args.out), f"onestep evaluation ({what})", command,
                  "\n\n".join(notes))
     write_contact_sheet({"ground truth": clips[0].clean_frames, **videos},
-                        Path(args.out).with_suffix(".png"))
-    print(Path(args.out).with_suffix(".md").read_text())
+                        report_path(Path(args.out), ".png"))
+    print(report_path(Path(args.out), ".md").read_text())
 
 
 if __name__ == "__main__":

@@ -247,6 +247,12 @@ def markdown_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def report_path(out: Path, suffix: str) -> Path:
+    """<out><suffix>: `out` names the report without its suffix, and may hold dots of its own
+    ("eval-noise-0.5"), which Path.with_suffix would take for one."""
+    return out.with_name(out.name + suffix)
+
+
 def write_report(results: dict[str, dict], out: Path, title: str, command: str,
                  notes: str = "") -> None:
     """JSON + markdown, written atomically, with the command that produced them."""
@@ -256,7 +262,7 @@ def write_report(results: dict[str, dict], out: Path, title: str, command: str,
             (".json", json.dumps({"meta": meta, "results": results}, indent=2)),
             (".md", (f"# {title}\n\nCommand: `{command}`  \nDate: {meta['date']}\n\n"
                     f"{markdown_table(results)}\n\n{notes}\n"))):
-        path = out.with_suffix(suffix)
-        tmp = path.with_suffix(suffix + ".tmp")
+        path = report_path(out, suffix)
+        tmp = report_path(out, suffix + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)
