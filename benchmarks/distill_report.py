@@ -43,10 +43,15 @@ def recipes(rows: dict, ledgers: dict) -> list[str]:
                 table[f"{recipe}: {name}"] = data["rows"][key]["metrics"]
             else:
                 missing.append(f"{recipe}: {name}")
+    budgets = "; ".join(f"{recipe}: {json.loads(Path(path).read_text())['setup']['clips']:,} "
+                        "clips per trained row" for recipe, (_, path) in ledgers.items())
     lines = ["## The three recipes side by side", "",
              ("The same teacher, held-out clips and mouth reader; each recipe's rows come from "
               "its benchmark (" + ", ".join(f"`{p}`" for _, p in ledgers.values()) + "), "
-              "whose commands and budgets they record."), "", *eval_table(table), ""]
+              "whose commands they record. Budgets differ: TurboTalk's rows are this report's "
+              f"(the adversarial stage at 2,560 clips); {budgets}. Like for like, TurboTalk's "
+              "direct 4→1 at 640 clips is in reports/osa_lcm.md's references."), "",
+             *eval_table(table), ""]
     return lines + ([f"Not run yet: {'; '.join(missing)}.", ""] if missing else [])
 
 
