@@ -12,7 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from onestep.storage import resolve
+from _report import EVAL_COLUMNS, eval_table
+
+from onestep.checkpoint import checkpoint_names
+from onestep.storage import Location, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,3 +108,71 @@ def run_job(job: str, args: list[str], what: str) -> None:
     code = subprocess.run([sys.executable, str(ROOT / "jobs" / job), *args], check=False).returncode
     if code:
         sys.exit(f"error: {what} exited with {code}; run this script again to continue")
+
+
+def section_tables(spec: dict, rows: dict, columns: list[tuple] = EVAL_COLUMNS) -> list[str]:
+    """A table per section of a benchmark's rows (`spec`: key → (section, name, ...)), in the
+    spec's order, each followed by the rows it has not recorded yet."""
+    lines = []
+    for section in dict.fromkeys(v[0] for v in spec.values()):
+        done = {v[1]: rows[k]["metrics"] for k, v in spec.items()
+                if v[0] == section and k in rows}
+        missing = [v[1] for k, v in spec.items() if v[0] == section and k not in rows]
+        lines += [f"## {section}", ""]
+        lines += [*eval_table(done, columns), ""] if done else []
+        lines += [f"Not run yet: {'; '.join(missing)}.", ""] if missing else []
+    return lines
+
+
+def closing_lines(data: dict, path: Path, groups: tuple[str, ...]) -> list[str]:
+    """A report's end: the reading a person wrote (<out>-reading.md, kept as it is), then the
+    commands of every model of `groups`."""
+    notes = path.with_name(f"{path.stem}-reading.md")
+    lines = [notes.read_text(), ""] if notes.exists() else []
+    lines += ["Commands of every model (training, then evaluation):", ""]
+    for group in groups:
+        for entry in data.get(group, {}).values():
+            lines += [f"    {c}" for c in (entry.get("train"), entry["evaluate"]) if c]
+    return lines + [""]
+
+
+def train_row(name: str, cmd: list[str], export: str, run: Location, endpoint: str) -> str:
+    """Train a row with `jobs/distill.py cmd` unless its `export` exists already (resuming its
+    `run` where it has checkpoints, after an interruption) → the command, for the report."""
+    train = shlex.join(["python", "jobs/distill.py", *cmd])
+    if not resolve(export, endpoint).join("config.yaml").exists():
+        resume = bool(checkpoint_names(run))
+        print(f"# {name}{' (resumed)' if resume else ''}\n{train}", flush=True)
+        run_job("distill.py", [*cmd, *(["--resume"] if resume else [])], f"the run for {name!r}")
+    return train
+
+
+def named_metrics(data: dict, spec: dict) -> dict[str, dict]:
+    """Model name → metrics: the references, then the recorded rows in the spec's order."""
+    rows = [data["rows"][k] for k in spec if k in data["rows"]]
+    return {e["name"]: e["metrics"] for e in [*data["references"].values(), *rows]}
+
+
+def write_markdown(path: Path, lines: list[str]) -> None:
+    """<path>.md (path: the ledger's JSON), written atomically."""
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path.with_suffix(".md"))
+
+
+LOCAL_KEYS = ("run.root", "run.s3_endpoint_url", "data.uri")  # where, not what: not in a setup
+
+
+def distillation_setup(args, teacher: str, endpoint: str) -> dict:
+    """What a row of a distillation benchmark (fada.py, osa_lcm.py) depends on besides its own
+    switches: the teacher's and the reader's weights, the data, the budget, the evaluation and
+    the shared --set overrides. A ledger refuses rows made with another."""
+    from onestep.checkpoint import WEIGHTS
+    from onestep.shards import read_manifest
+
+    manifest = read_manifest(resolve(args.data, endpoint))
+    return {"teacher_sha256": sha256(resolve(teacher, endpoint).join(WEIGHTS).uri, endpoint),
+            "reader_sha256": sha256(args.reader, endpoint), "clips": args.clips,
+            "data": {k: manifest.get(k) for k in ("num_clips", "shards", "source", "tiers")},
+            "eval_clips": args.eval_clips,
+            "settings": sorted(o for o in args.overrides if o.split("=")[0] not in LOCAL_KEYS)}

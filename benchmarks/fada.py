@@ -26,15 +26,12 @@ import sys
 from pathlib import Path
 
 import _ledger
-from _ledger import sha256
 from _report import eval_table, plot_sync_frechet
 
 from onestep import cli
-from onestep.checkpoint import WEIGHTS, checkpoint_names, resolve_checkpoint
+from onestep.checkpoint import resolve_checkpoint
 from onestep.config import Config
 from onestep.evaluation.mouth_reader import load_or_train
-from onestep.shards import read_manifest
-from onestep.storage import resolve
 from onestep.train.ray_job import export_location, run_location
 
 BALANCED = "fada.cfg_mode=none"
@@ -70,7 +67,6 @@ DISTILL_ROWS = {"adaptive": "FADA-Balanced (6 steps, multi-CFG)",
                 "one-step": "FADA-Fast → adversarial 1-step"}
 AUDIO_SCALES, REF_SCALES = (1.0, 2.0, 4.0, 6.5), (1.0, 1.5, 2.0, 3.0)
 CURVE_MODELS = {"teacher": "teacher", "cfg-tokens": "FADA-Fast", "one-step": "1-step"}
-LOCAL_KEYS = ("run.root", "run.s3_endpoint_url", "data.uri")
 
 
 def export_name(stage: str, cfg: Config) -> str:
@@ -79,17 +75,10 @@ def export_name(stage: str, cfg: Config) -> str:
 
 class Ledger(_ledger.Ledger):
     def written(self) -> None:
-        plot_sync_frechet(models(self.data), self.path.with_suffix(".png"))
+        plot_sync_frechet(_ledger.named_metrics(self.data, ROWS), self.path.with_suffix(".png"))
         if self.data.get("curves"):
             plot_curves(self.data["curves"], self.path.with_name(self.path.stem + "-scales.png"))
-        tmp = self.path.with_suffix(".md.tmp")
-        tmp.write_text("\n".join(markdown(self.data, self.path)))
-        tmp.replace(self.path.with_suffix(".md"))
-
-
-def models(data: dict) -> dict[str, dict]:
-    rows = [data["rows"][k] for k in ROWS if k in data["rows"]]
-    return {e["name"]: e["metrics"] for e in [*data["references"].values(), *rows]}
+        _ledger.write_markdown(self.path, markdown(self.data, self.path))
 
 
 def curve_key(model: str, audio: float, ref: float) -> str:
@@ -140,13 +129,7 @@ def markdown(data: dict, path: Path) -> list[str]:
     if refs:
         lines += ["## References", "", *eval_table({r["name"]: r["metrics"]
                                                     for r in refs.values()}), ""]
-    for section in dict.fromkeys(v[0] for v in ROWS.values()):
-        done = {v[1]: rows[k]["metrics"] for k, v in ROWS.items()
-                if v[0] == section and k in rows}
-        missing = [v[1] for k, v in ROWS.items() if v[0] == section and k not in rows]
-        lines += [f"## {section}", ""]
-        lines += [*eval_table(done), ""] if done else []
-        lines += [f"Not run yet: {'; '.join(missing)}.", ""] if missing else []
+    lines += _ledger.section_tables(ROWS, rows)
     lines += [f"![lip-sync and Fréchet distance of every row]({path.with_suffix('.png').name})",
               ""]
     if data.get("curves"):
@@ -158,13 +141,7 @@ def markdown(data: dict, path: Path) -> list[str]:
             lines.append(f"| {CURVE_MODELS[e['model']]} | {e['audio']:g} | {e['ref']:g} | "
                          f"{m['sync']:.3f} | {m['frechet']:.3f} | {m['nfe_per_chunk']:.0f} |")
         lines += ["", f"![metrics against the scales]({path.stem}-scales.png)", ""]
-    notes = path.with_name(f"{path.stem}-reading.md")  # written by a person, kept as is
-    lines += [notes.read_text(), ""] if notes.exists() else []
-    lines += ["Commands of every model (training, then evaluation):", ""]
-    for group in ("references", "rows", "curves"):
-        for entry in data.get(group, {}).values():
-            lines += [f"    {c}" for c in (entry.get("train"), entry["evaluate"]) if c]
-    return lines + [""]
+    return lines + _ledger.closing_lines(data, path, ("references", "rows", "curves"))
 
 
 def main() -> None:
@@ -187,12 +164,7 @@ def main() -> None:
     endpoint = cfg.run.s3_endpoint_url
     load_or_train(args.reader, cfg.synth, endpoint_url=endpoint)
     teacher = resolve_checkpoint(args.teacher, endpoint)
-    manifest = read_manifest(resolve(args.data, endpoint))
-    setup = {"teacher_sha256": sha256(resolve(teacher, endpoint).join(WEIGHTS).uri, endpoint),
-             "reader_sha256": sha256(args.reader, endpoint), "clips": args.clips,
-             "data": {k: manifest.get(k) for k in ("num_clips", "shards", "source", "tiers")},
-             "eval_clips": args.eval_clips,
-             "settings": sorted(o for o in args.overrides if o.split("=")[0] not in LOCAL_KEYS)}
+    setup = _ledger.distillation_setup(args, teacher, endpoint)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(out.with_suffix(".json"), setup, "python benchmarks/fada.py " + shlex.join(
@@ -218,12 +190,7 @@ def main() -> None:
                     *overrides]
             cmd = ["--stage", stage, "--teacher", args.teacher, *student, "--config", args.config,
                    *[a for s in sets for a in ("--set", s)]]
-            train = shlex.join(["python", "jobs/distill.py", *cmd])
-            if not resolve(exports[key], endpoint).join("config.yaml").exists():
-                resume = bool(checkpoint_names(run_location(cfg)))
-                print(f"# {name}{' (resumed)' if resume else ''}\n{train}", flush=True)
-                _ledger.run_job("distill.py", [*cmd, *(["--resume"] if resume else [])],
-                                f"the run for {name!r}")
+            train = _ledger.train_row(name, cmd, exports[key], run_location(cfg), endpoint)
         elif same_as not in ledger.data["rows"]:
             continue  # evaluated once the row it shares a run with has trained
         ledger.record("rows", key, {"name": name, "train": train,

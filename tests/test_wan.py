@@ -38,6 +38,18 @@ def _inputs(channels: int, i2v: bool, seed: int = 1):
     return x, t, text, image, audio
 
 
+def _i2v_batch() -> tuple[torch.Tensor, Conditions]:
+    """A noisy latent and the conditions of an I2V chunk (reference, audio, CLIP tokens), no
+    motion frames."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 3, 8, 8, generator=g)
+    cond = Conditions(ref=torch.randn(2, 16, 8, 8, generator=g),
+                      audio=torch.randn(2, 12, 10, generator=g),
+                      motion=torch.zeros(2, 16, 3, 8, 8), motion_mask=torch.zeros(2, 1, 3, 8, 8),
+                      image=torch.randn(2, 5, 8, generator=g))
+    return x, cond
+
+
 def _ours(model, x, t, text, image, audio):
     with torch.no_grad():
         return model.wan_forward(x, t, model.audio_adapter(audio), image=image, prompt=text)
@@ -112,12 +124,7 @@ def test_a_wan_fada_student_takes_guidance_scales_and_starts_as_its_teacher(tmp_
     student = WanDiT(teacher.arch, guidance_input=kind, **AUDIO).eval()
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
     assert not unexpected and missing and all("guidance" in k for k in missing)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 16, 3, 8, 8, generator=g)
-    cond = Conditions(ref=torch.randn(2, 16, 8, 8, generator=g),
-                      audio=torch.randn(2, 12, 10, generator=g),
-                      motion=torch.zeros(2, 16, 3, 8, 8), motion_mask=torch.zeros(2, 1, 3, 8, 8),
-                      image=torch.randn(2, 5, 8, generator=g))
+    x, cond = _i2v_batch()
     t = torch.tensor([0.5, 0.5])
     with torch.no_grad():
         for a, b in zip(teacher.blocks, student.blocks):  # trained audio, equal in both
@@ -215,12 +222,7 @@ def test_conditions_drive_the_i2v_input_reference_motion_and_image():
     arch = WanArch(num_attention_heads=2, attention_head_dim=12, in_channels=36, text_dim=32,
                    ffn_dim=40, num_layers=1, image_dim=8, added_kv_proj_dim=24)
     model = WanDiT(arch, **{**AUDIO, "prompt_tokens": 4}).eval()
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 16, 3, 8, 8, generator=g)
-    cond = Conditions(ref=torch.randn(2, 16, 8, 8, generator=g),
-                      audio=torch.randn(2, 12, 10, generator=g),
-                      motion=torch.zeros(2, 16, 3, 8, 8), motion_mask=torch.zeros(2, 1, 3, 8, 8),
-                      image=torch.randn(2, 5, 8, generator=g))
+    x, cond = _i2v_batch()
     inp = model._inputs(x, cond)
     # No motion: the reference is the first latent frame's condition, as Wan I2V's first frame.
     assert torch.equal(inp[:, 20:, 0], cond.ref) and (inp[:, 16:20, 0] == 1).all()
