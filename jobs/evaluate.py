@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="reports/eval")
     p.add_argument("--s3-endpoint-url", default="")
     args = p.parse_args(argv if argv is not None else sys.argv[1:])
+    if args.long_seconds < 0 or args.long_clips < 1:
+        p.error(f"--long-seconds must be ≥ 0 (0: no long videos) and --long-clips ≥ 1, got "
+                f"{args.long_seconds:g} and {args.long_clips}")
     cli.setup_logging()
     results, reader, notes = {}, None, []
     videos = {}  # the first clip as each model generated it, for the contact sheet

@@ -58,6 +58,8 @@ def test_plain_rolling_sampling_starts_from_the_portrait():
     with pytest.raises(ConfigError, match="sample.rolling_first_chunk: expected gaussian or "
                                           "reference"):
         load_config("tiny", ["sample.rolling_first_chunk=first"])
+    with pytest.raises(ValueError, match=r"rolling noise must be in \[0, 1\] \(0: off\), got 2"):
+        Sampling.from_config(gen.cfg, rolling_noise=2.0)  # a request's or command line's
 
 
 def test_long_generations_are_measured_at_their_chunk_hand_overs():

@@ -63,6 +63,8 @@ class Sampling:
                 setattr(base, k, v)
         if base.steps < 1:
             raise ValueError(f"steps must be ≥ 1, got {base.steps}")
+        if not 0 <= base.rolling_noise <= 1:
+            raise ValueError(f"rolling noise must be in [0, 1] (0: off), got {base.rolling_noise}")
         if sum(base.window_steps) != base.steps:
             base.window_steps = ()
         return base
