@@ -13,8 +13,9 @@ ground-truth bounds, best A/V offset, Fréchet distance on mouth-reader features
 offset with the same bounds (without labels, the Fréchet distance is on its video embeddings).
 Always: PSNR, SSIM (Gaussian, as published), identity similarity, flicker, NFE and compute
 seconds per second of video. With --long-seconds: how much the video jumps where chunks hand
-over in generations that long (OSA-LCM's chunk-boundary problem), in appearance and in motion. With --arcface: identity similarity by ArcFace (an ONNX file);
-without it only a thumbnail proxy, named as such. With --fid: FID on the Inception papers use
+over in generations that long (OSA-LCM's chunk-boundary problem), in appearance and in motion.
+With --arcface: identity similarity by ArcFace (an ONNX file); without it only a thumbnail
+proxy, named as such. With --fid: FID on the Inception papers use
 (weights converted once by jobs/convert_weights.py inception); with --fvd: FVD on Kinetics-400
 I3D (jobs/convert_weights.py i3d); without them neither is reported, and the report names the
 network its Fréchet distance used.

@@ -16,8 +16,9 @@ onestep adds, in every block after the cross-attention, audio cross-attention pe
 (TurboTalk Eq. 1–2) behind a timestep gate that starts at zero: at step 0 the model is exactly the
 pretrained Wan. A FADA student (`guidance_input`) also takes the guidance scales (FADA §3.3,
 onestep.model.guidance): a guidance cross-attention after the audio one, or an offset of the
-timestep embedding, each starting at zero, so it starts as the network it was made from. Time is onestep's t ∈ [0, 1] (1 = noise); Wan's timestep is 1000·t, and both
-predict the velocity ε − x₀.
+timestep embedding, each starting at zero, so it starts as the network it was made from.
+Time is onestep's t ∈ [0, 1] (1 = noise); Wan's timestep is 1000·t, and both predict the
+velocity ε − x₀.
 """
 
 from __future__ import annotations

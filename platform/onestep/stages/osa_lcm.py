@@ -12,11 +12,12 @@ Generator and discriminator update on alternate steps.
 Phase `eft` (§4.2), the editing fine-tune of an Adv-LCM export: a training window holds two
 consecutive generation chunks (overlapping by the motion frames), and the student learns to
 turn the first, noised to an SDEdit level, into the second in one step, conditioned on the
-second's audio and motion frames. A small share of windows (`eft_reference_prob`) play the start
-of a video, where there is no past: the first fragment is the reference latent repeated and the
-second has no motion frames, as the paper trains for too few past frames (what plain rolling
-sampling's first chunk, `sample.rolling_first_chunk=reference`, asks of the model). At inference that is combined rolling sampling
-(`sample.rolling_noise`): every chunk after the first starts from the previous one, noised.
+second's audio and motion frames. At inference that is combined rolling sampling
+(`sample.rolling_noise`): every chunk after the first starts from the previous one, noised. A
+small share of windows (`eft_reference_prob`) play the start of a video, where there is no
+past: the first fragment is the reference latent repeated and the second has no motion frames,
+as the paper trains for too few past frames (what plain rolling sampling's first chunk,
+`sample.rolling_first_chunk=reference`, asks of the model).
 
 Phase `ft`, the paper's plain fine-tune baseline ("Adv-LCM (+FT)"): the same windows, budget and
 losses as `eft`, but the next fragment is generated from Gaussian noise, not edited from the
