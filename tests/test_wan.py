@@ -368,3 +368,37 @@ def test_wan_teacher_fine_tunes_diffusers_weights_as_a_ray_job(ray_cluster, tmp_
     assert read_config(str(student)).model.guidance_input == "tokens"
     learnt = load_file(str(student / "model.safetensors"))
     assert learnt["blocks.0.guidance_attn.out.weight"].abs().max() > 0  # it trained from zero
+
+    # OSA-LCM from it: the avatar discriminator's heads read the Wan teacher's blocks.
+    distill.main(["--stage", "osa_lcm", "--teacher", str(export), "--set", "run.name=wan-osa",
+                  "--set", "osa_lcm.disc_layers=[0, 1]", "--set", "osa_lcm.discretisation_steps=4",
+                  "--set", "osa_lcm.skip=1", *(a for kv in fada for a in ("--set", kv))])
+    consistency = tmp_path / "runs" / "wan-osa" / "exports" / "1step"
+    assert read_config(str(consistency)).model.kind == "wan"
+
+
+def test_avatar_discriminator_reads_a_wan_teachers_blocks():
+    """OSA-LCM's discriminator on a Wan teacher: the tokens it reads after the last block are the
+    trunk's own, only its heads train, and its logits reach the generator's sample."""
+    from onestep.model.avatar_discriminator import AvatarDiscriminator
+    from onestep.model.wan import WanArch, WanDiT
+
+    arch = WanArch(num_attention_heads=2, attention_head_dim=12, in_channels=36, text_dim=32,
+                   ffn_dim=40, num_layers=2, image_dim=8, added_kv_proj_dim=24)
+    torch.manual_seed(0)
+    teacher = WanDiT(arch, **{**AUDIO, "prompt_tokens": 4}).eval()
+    x, cond = _i2v_batch()
+    t = torch.tensor([0.1, 0.2])
+    with torch.no_grad():
+        last, *_ = teacher.features(x, t, cond)
+        (kept,), _, grid = teacher.block_outputs(x, t, cond, (1,))
+    assert torch.equal(kept, last) and grid == (3, 4, 4)
+
+    disc = AvatarDiscriminator(teacher, (0, 1), width=8)
+    assert {n.split(".")[0] for n, p in disc.named_parameters() if p.requires_grad} == {"heads"}
+    x.requires_grad_(True)
+    assert torch.equal(disc(x, t, cond), torch.zeros(2))  # zero-initialised heads
+    for head in disc.heads:
+        torch.nn.init.normal_(head.out.weight, std=0.1)
+    disc(x, t, cond).sum().backward()
+    assert float(x.grad.abs().sum()) > 0

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from onestep.model.dit import Conditions, VideoDiT
+from onestep.model.wan import WanDiT
 
 
 class _Head(nn.Module):
@@ -39,11 +40,8 @@ class _Head(nn.Module):
 
 
 class AvatarDiscriminator(nn.Module):
-    def __init__(self, trunk: VideoDiT, layers: tuple[int, ...], width: int = 64):
+    def __init__(self, trunk: VideoDiT | WanDiT, layers: tuple[int, ...], width: int = 64):
         super().__init__()
-        if not isinstance(trunk, VideoDiT):
-            raise ValueError("osa_lcm: the avatar discriminator reads onestep's DiT's blocks; "
-                             "model.kind wan is not supported yet")
         depth = len(trunk.blocks)
         if not layers or not all(0 <= i < depth for i in layers):
             raise ValueError(f"osa_lcm.disc_layers: expected block indices in [0, {depth}), "

@@ -274,6 +274,14 @@ class WanDiT(nn.Module):
         """Tokens after the last block, the time embedding and the token grid, from an
         assembled input (B, in_channels, F, H, W); `guidance` (B, 2): the scales, for a network
         that takes them."""
+        tokens, t_emb, grid, _ = self._run_blocks(inp, t, audio_tokens, image, prompt, guidance)
+        return tokens, t_emb, grid
+
+    def _run_blocks(self, inp: torch.Tensor, t: torch.Tensor, audio_tokens: torch.Tensor,
+                    image: torch.Tensor | None, prompt: torch.Tensor | None,
+                    guidance: torch.Tensor | None, layers: tuple[int, ...] = ()):
+        """`trunk`'s (tokens, time embedding, grid) and the tokens after each block of
+        `layers`; with `layers`, the blocks after the last of them are skipped."""
         b, _, n_frames, h, w = inp.shape
         pf, ph, pw = self.patch
         grid = (n_frames // pf, h // ph, w // pw)
@@ -290,10 +298,13 @@ class WanDiT(nn.Module):
         if image is not None:
             image = emb.image_embedder(image.to(tokens.dtype))
         angles = rope_angles(grid, self.dim // self.heads).to(inp.device)
-        for blk in self.blocks:
+        kept = []
+        for i, blk in enumerate(self.blocks[:max(layers) + 1] if layers else self.blocks):
             tokens = blk(tokens, t_emb, modulation, text, image, audio_tokens, angles, grid[0],
                          guidance_tokens)
-        return tokens, t_emb, grid
+            if i in layers:
+                kept.append(tokens)
+        return tokens, t_emb, grid, kept
 
     def head(self, tokens: torch.Tensor, t_emb: torch.Tensor, grid: tuple[int, int, int]
              ) -> torch.Tensor:
@@ -311,12 +322,26 @@ class WanDiT(nn.Module):
         1000·t), with the audio tokens of each latent frame."""
         return self.head(*self.trunk(inp, t, audio_tokens, image, prompt))
 
+    def _image(self, cond: Conditions) -> torch.Tensor | None:
+        """The CLIP image tokens, zeroed where the reference is dropped."""
+        if cond.image is not None and cond.drop_ref is not None:
+            return cond.image * (~cond.drop_ref).float()[:, None, None]
+        return cond.image
+
     def features(self, x: torch.Tensor, t: torch.Tensor, cond: Conditions):
-        image = cond.image
-        if image is not None and cond.drop_ref is not None:
-            image = image * (~cond.drop_ref).float()[:, None, None]
-        return self.trunk(self._inputs(x, cond), t, self._audio_tokens(cond), image,
+        return self.trunk(self._inputs(x, cond), t, self._audio_tokens(cond), self._image(cond),
                           guidance=cond.guidance)
+
+    def block_outputs(self, x: torch.Tensor, t: torch.Tensor, cond: Conditions,
+                      layers: tuple[int, ...]
+                      ) -> tuple[list[torch.Tensor], torch.Tensor, tuple[int, int, int]]:
+        """The tokens (B, N, D) after each block in `layers`, the audio tokens (B, F', T, D)
+        and the token grid, as `VideoDiT.block_outputs`: what OSA-LCM's discriminator heads
+        read."""
+        audio = self._audio_tokens(cond)
+        *_, grid, kept = self._run_blocks(self._inputs(x, cond), t, audio, self._image(cond),
+                                          None, cond.guidance, layers)
+        return kept, audio, grid
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
         """Velocity. x (B, C, F, h, w) latent, t (B,) in [0, 1] (1 = pure noise)."""
