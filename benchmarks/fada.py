@@ -32,6 +32,7 @@ from onestep import cli
 from onestep.checkpoint import resolve_checkpoint
 from onestep.config import Config
 from onestep.evaluation.mouth_reader import load_or_train
+from onestep.storage import resolve
 from onestep.train.ray_job import export_location, run_location
 
 BALANCED = "fada.cfg_mode=none"
@@ -79,6 +80,30 @@ class Ledger(_ledger.Ledger):
         if self.data.get("curves"):
             plot_curves(self.data["curves"], self.path.with_name(self.path.stem + "-scales.png"))
         _ledger.write_markdown(self.path, markdown(self.data, self.path))
+
+
+def _retrain_for_curves(args, ledger: Ledger, key: str, export: str, endpoint: str) -> bool:
+    """A recorded row is trained again when its curve points are still missing and its export
+    is gone (runs do not outlive the machine they were trained on): with the same command, and
+    its row is recorded again, so that the row and its curve points describe one model."""
+    if args.no_curves or key not in CURVE_MODELS or _curves_done(ledger, key):
+        return False
+    if resolve(export, endpoint).join("config.yaml").exists():
+        return False
+    print(f"# {CURVE_MODELS[key]} has curve points to record but its export {export} is gone: "
+          "training its row again with the same command", flush=True)
+    return True
+
+
+def _curves_done(ledger: Ledger, model: str) -> bool:
+    return all(ledger.has("curves", curve_key(model, a, r) + f"@{varied}")
+               for varied, a, r in curve_points())
+
+
+def curve_points() -> list[tuple[str, float, float]]:
+    """Figure 3: the audio scale varies at reference 1; Figure 4: the reference scale varies at
+    audio 2."""
+    return [("audio", a, 1.0) for a in AUDIO_SCALES] + [("ref", 2.0, r) for r in REF_SCALES]
 
 
 def curve_key(model: str, audio: float, ref: float) -> str:
@@ -180,7 +205,10 @@ def main() -> None:
         run_key = same_as or key
         cfg.train.stage, cfg.run.name = stage, f"{args.prefix}-{run_key}"
         exports[key] = export_location(cfg, export_name(stage, cfg)).uri
-        if (args.only and key not in args.only) or ledger.has("rows", key):
+        if args.only and key not in args.only:
+            continue
+        if ledger.has("rows", key) and not _retrain_for_curves(args, ledger, key, exports[key],
+                                                               endpoint):
             continue
         train = None
         if same_as is None:
@@ -203,9 +231,7 @@ def main() -> None:
         for model in CURVE_MODELS:
             if model != "teacher" and model not in ledger.data["rows"]:
                 continue
-            points = [("audio", a, 1.0) for a in AUDIO_SCALES] + [
-                ("ref", 2.0, r) for r in REF_SCALES]
-            for varied, audio, ref in points:
+            for varied, audio, ref in curve_points():
                 key = curve_key(model, audio, ref) + f"@{varied}"
                 if ledger.has("curves", key):
                     continue

@@ -120,6 +120,8 @@ def test_sweep_interrupted_resumed_and_reported(s3_endpoint, bucket, tmp_path, t
     trials = f"s3://{bucket}/runs/lam-warmup/trials"
     done_before = checkpoint_names(resolve(f"{trials}/{first}"))
 
+    # What a person wrote of the sweep so far is kept when the report is rewritten.
+    (tmp_path / "sweep-reading.md").write_text("## Reading\n\nOne trial in: nothing yet.\n")
     with open(log2, "w") as out:
         resumed = subprocess.run(SWEEP + args + ["--resume"], stdout=out,
                                  stderr=subprocess.STDOUT, env=own_ray, cwd=tmp_path, timeout=600)
@@ -140,7 +142,8 @@ def test_sweep_interrupted_resumed_and_reported(s3_endpoint, bucket, tmp_path, t
     best = min(finished, key=lambda r: r["val_score"])
     assert report["best"]["trial"] == best["trial"]
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
-    assert "**Best**" in (tmp_path / "sweep.md").read_text()
+    markdown = (tmp_path / "sweep.md").read_text()
+    assert "**Best**" in markdown and markdown.rstrip().endswith("One trial in: nothing yet.")
 
     # The best configuration is a config jobs/distill.py takes as it is.
     best_cfg = load_config(str(tmp_path / "sweep-best.yaml"))

@@ -117,8 +117,9 @@ def pending(rows: list[dict], cfg: Config) -> int:
 
 
 def write(exp: Location, base: Config, out: Path, command: str) -> tuple[list[dict], Path | None]:
-    """<out>.md, <out>.json, <out>.png and, once a trial has finished, <out>-best.yaml (also
-    kept beside the sweep's state as best.yaml)."""
+    """<out>.md (ending with <out>-reading.md where a person wrote one), <out>.json, <out>.png
+    and, once a trial has finished, <out>-best.yaml (also kept beside the sweep's state as
+    best.yaml)."""
     rows = collect(exp, base)
     best = best_row(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -155,6 +156,9 @@ def write(exp: Location, base: Config, out: Path, command: str) -> tuple[list[di
                   f"{best.get('val_frechet', float('nan')):.4f}). Train it with "
                   f"`python jobs/distill.py --config {best_path}`.", ""]
     lines += [f"![metrics against {label(keys[0], keys)}]({out.with_suffix('.png').name})", ""]
+    reading = out.with_name(f"{out.name}-reading.md")
+    if reading.exists():  # what a person made of it, kept as it is across rewrites
+        lines += [reading.read_text(), ""]
     _atomic(out.with_suffix(".md"), "\n".join(lines))
     _atomic(out.with_suffix(".json"), json.dumps(
         {"command": command, "date": date, "experiment": exp.uri, "best": best, "trials": rows},
