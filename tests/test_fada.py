@@ -98,6 +98,30 @@ def test_a_student_starts_as_its_teacher_at_every_scale_and_runs_once_per_step(k
         student(x, t, cond)
 
 
+def test_the_guidance_input_learns_at_its_own_rate_also_after_a_resume():
+    from types import SimpleNamespace
+
+    from onestep.stages.fada import FADAStage
+    from onestep.train.engine import lr_lambda, param_groups, reset_peak_lr
+
+    cfg = load_config("tiny", tiny_overrides(**{
+        "train.stage": "fada", "fada.teacher": "x", "model.guidance_input": "tokens",
+        "fada.guidance_lr_scale": 10}))
+    model = build_model(cfg)
+    groups = param_groups(model, 1e-4, FADAStage(cfg).lr_scales("generator"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    fast = next(g for g in groups if g["lr_scale"] == 10)
+    assert fast["lr"] == pytest.approx(1e-3)
+    assert sorted(names[id(p)] for p in fast["params"]) == sorted(
+        n for n in names.values() if "guidance" in n)
+    assert sum(len(g["params"]) for g in groups) == len(names)
+    # A resume puts every group back at the configured peak × its own scale.
+    opt = torch.optim.AdamW(groups)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    reset_peak_lr(SimpleNamespace(lr_scheduler=sched), 2e-4)
+    assert sorted(sched.base_lrs) == pytest.approx([2e-4, 2e-3])
+
+
 def test_per_sample_scales_are_eq9_for_each_sample_and_the_tokens_combine_as_it_does():
     torch.manual_seed(0)
     model = build_model(load_config("tiny", tiny_overrides())).eval()

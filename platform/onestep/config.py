@@ -521,6 +521,10 @@ class FADAConfig(Section):
     # flow under condition dropout and samples with multi-CFG, 3 evaluations per step
     # (FADA-Balanced).
     cfg_mode: str = "tokens"
+    # The guidance input's learning rate ÷ fada.lr. It starts at zero and Adam moves a weight by
+    # about its rate per update, so a short run leaves it near zero: a student that ignores the
+    # scales it is given (reports/fada.md, Figures 3–4).
+    guidance_lr_scale: float = 1.0
     audio_scale_range: list[float] = field(default_factory=lambda: [1.0, 4.0])
     ref_scale_range: list[float] = field(default_factory=lambda: [1.0, 2.0])
     # Mixed supervision (§3.2): a ground-truth loss on clips of `gt_tiers`, weighted per sample
@@ -816,7 +820,7 @@ POSITIVE = (
     "adversarial.lr", "adversarial.disc_lr", "model.text_dim", "model.prompt_tokens",
     "ingest.detect_fps", "ingest.detect_width", "ingest.crop_scale", "ingest.max_jump",
     "sync.size", "sync.width", "sync.embed_dim", "sync.max_offset", "sync.temperature",
-    "fada.windows", "fada.solver_steps", "fada.lr", "osa_lcm.steps",
+    "fada.windows", "fada.solver_steps", "fada.lr", "fada.guidance_lr_scale", "osa_lcm.steps",
     "osa_lcm.discretisation_steps", "osa_lcm.huber_c", "osa_lcm.lr", "osa_lcm.disc_lr",
     "osa_lcm.disc_width")
 NON_NEGATIVE = (

@@ -107,6 +107,12 @@ class Stage:
         """(learning rate, training steps per optimiser step) of a trained network."""
         return self.cfg.train.lr, 1
 
+    def lr_scales(self, name: str) -> dict[str, float]:
+        """Parameter-name fragments of a trained network → multipliers of its learning rate:
+        for layers the stage adds at zero, which would otherwise move no faster than any
+        pretrained weight (Adam moves a weight by about its rate per step)."""
+        return {}
+
     def train_step(self, batch: dict, engines: dict, rng: torch.Generator,
                    step: int) -> dict:
         """One training step: the stage's losses on `batch`, each trained network (`engines`,

@@ -69,6 +69,11 @@ class FADAStage(Stage):
     def optimizer(self, name: str) -> tuple[float, int]:
         return self.cfg.fada.lr, 1
 
+    def lr_scales(self, name: str) -> dict[str, float]:
+        """The guidance input (embedding, and each block's guidance layer and its norm) is
+        new and starts at zero."""
+        return {"guidance": self.cfg.fada.guidance_lr_scale}
+
     def milestone(self, step: int, total_steps: int) -> str | None:
         return f"{sum(self.cfg.fada.steps_per_window)}step" if step == total_steps else None
 

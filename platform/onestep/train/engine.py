@@ -133,10 +133,23 @@ def _safe_checkpoint_engine(ds_config_params):
     return SafeTorchCheckpointEngine(ds_config_params)
 
 
+def param_groups(model: torch.nn.Module, lr: float, lr_scales: dict[str, float]) -> list[dict]:
+    """The trained parameters as optimiser groups: those whose name contains a key of
+    `lr_scales` at `lr` × its value (the first key that matches), the rest at `lr`."""
+    groups: dict[float, list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            scale = next((v for k, v in lr_scales.items() if k in name), 1.0)
+            groups.setdefault(scale, []).append(p)
+    return [{"params": ps, "lr": lr * scale, "lr_scale": scale} for scale, ps in groups.items()]
+
+
 def make_engine(model: torch.nn.Module, cfg: Config, lr: float | None = None,
-                trainable: bool = True, update_every: int = 1, total_clips: int | None = None):
-    """Wrap a network in a DeepSpeed engine: AdamW + schedule when trainable; otherwise an
-    inference engine whose weights ZeRO-3 still shards (a frozen teacher costs 1/N per rank)."""
+                trainable: bool = True, update_every: int = 1, total_clips: int | None = None,
+                lr_scales: dict[str, float] | None = None):
+    """Wrap a network in a DeepSpeed engine: AdamW + schedule when trainable (`lr_scales`: see
+    `param_groups`); otherwise an inference engine whose weights ZeRO-3 still shards (a frozen
+    teacher costs 1/N per rank)."""
     import deepspeed
 
     _, world_size = world()
@@ -146,9 +159,8 @@ def make_engine(model: torch.nn.Module, cfg: Config, lr: float | None = None,
         engine, *_ = deepspeed.initialize(model=model, config=ds_config(cfg, micro, False))
         engine.eval()
         return engine
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr or cfg.train.lr, betas=(0.9, 0.99),
-                            weight_decay=cfg.train.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, lr or cfg.train.lr, lr_scales or {}),
+                            betas=(0.9, 0.99), weight_decay=cfg.train.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, update_every, total_clips))
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                       config=ds_config(cfg, micro))
@@ -164,10 +176,12 @@ def reset_peak_lr(engine, lr: float) -> None:
     schedule (`last_epoch`) is kept; only the rate it scales is replaced.
     """
     sched = engine.lr_scheduler
-    sched.base_lrs = [lr] * len(sched.base_lrs)
-    sched._last_lr = [lr * fn(sched.last_epoch) for fn in sched.lr_lambdas]
-    for group, current in zip(sched.optimizer.param_groups, sched._last_lr):
-        group["initial_lr"], group["lr"] = lr, current
+    groups = sched.optimizer.param_groups
+    sched.base_lrs = [lr * group.get("lr_scale", 1.0) for group in groups]
+    sched._last_lr = [base * fn(sched.last_epoch)
+                      for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+    for group, base, current in zip(groups, sched.base_lrs, sched._last_lr):
+        group["initial_lr"], group["lr"] = base, current
 
 
 def local_shard(p: torch.nn.Parameter) -> torch.Tensor:

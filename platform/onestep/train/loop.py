@@ -190,7 +190,8 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
     for name in stage.trained:
         lr, update_every = stage.optimizer(name)
         engines[name] = make_engine(networks[name], cfg, lr, update_every=update_every,
-                                    total_clips=stage.total_clips(cfg))
+                                    total_clips=stage.total_clips(cfg),
+                                    lr_scales=stage.lr_scales(name))
     frozen = stage.frozen_networks(cfg)
     for name in frozen:
         engines[name] = make_engine(networks[name], cfg, trainable=False)
