@@ -59,6 +59,8 @@ ROWS = {
     "cfg-layer": (CFG, "+ guidance layer", "fada", ["fada.cfg_mode=layer"], [], None, None),
     "cfg-tokens": (CFG, "+ guidance layer with tokens (FADA-Fast)", "fada",
                    ["fada.cfg_mode=tokens"], [], None, None),
+    "cfg-tokens-fast": (CFG, "FADA-Fast, its guidance input at 30× the rate", "fada",
+                        ["fada.cfg_mode=tokens", "fada.guidance_lr_scale=30"], [], None, None),
     "one-step": (ONE, "1-step adversarial student of FADA-Fast", "adversarial",
                  ["adversarial.phases=[1]"], [], None, "cfg-tokens"),
 }
@@ -67,7 +69,8 @@ DISTILL_ROWS = {"adaptive": "FADA-Balanced (6 steps, multi-CFG)",
                 "cfg-tokens": "FADA-Fast (6 steps, guidance tokens)",
                 "one-step": "FADA-Fast → adversarial 1-step"}
 AUDIO_SCALES, REF_SCALES = (1.0, 2.0, 4.0, 6.5), (1.0, 1.5, 2.0, 3.0)
-CURVE_MODELS = {"teacher": "teacher", "cfg-tokens": "FADA-Fast", "one-step": "1-step"}
+CURVE_MODELS = {"teacher": "teacher", "cfg-tokens": "FADA-Fast", "one-step": "1-step",
+                "cfg-tokens-fast": "FADA-Fast, guidance 30× rate"}
 
 
 def export_name(stage: str, cfg: Config) -> str:
