@@ -110,6 +110,7 @@ def test_the_guidance_input_learns_at_its_own_rate_also_after_a_resume():
     model = build_model(cfg)
     groups = param_groups(model, 1e-4, FADAStage(cfg).lr_scales("generator"))
     names = {id(p): n for n, p in model.named_parameters()}
+    assert groups[0]["lr_scale"] == 1.0  # the rate the loop logs is the first group's
     fast = next(g for g in groups if g["lr_scale"] == 10)
     assert fast["lr"] == pytest.approx(1e-3)
     assert sorted(names[id(p)] for p in fast["params"]) == sorted(

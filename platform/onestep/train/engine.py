@@ -135,13 +135,15 @@ def _safe_checkpoint_engine(ds_config_params):
 
 def param_groups(model: torch.nn.Module, lr: float, lr_scales: dict[str, float]) -> list[dict]:
     """The trained parameters as optimiser groups: those whose name contains a key of
-    `lr_scales` at `lr` × its value (the first key that matches), the rest at `lr`."""
-    groups: dict[float, list] = {}
+    `lr_scales` at `lr` × its value (the first key that matches), the rest at `lr`, first (the
+    rate the loop logs is the first group's)."""
+    groups: dict[float, list] = {1.0: []}
     for name, p in model.named_parameters():
         if p.requires_grad:
             scale = next((v for k, v in lr_scales.items() if k in name), 1.0)
             groups.setdefault(scale, []).append(p)
-    return [{"params": ps, "lr": lr * scale, "lr_scale": scale} for scale, ps in groups.items()]
+    return [{"params": ps, "lr": lr * scale, "lr_scale": scale}
+            for scale, ps in groups.items() if ps]
 
 
 def make_engine(model: torch.nn.Module, cfg: Config, lr: float | None = None,
