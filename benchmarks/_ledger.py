@@ -136,11 +136,15 @@ def closing_lines(data: dict, path: Path, groups: tuple[str, ...]) -> list[str]:
     return lines + [""]
 
 
+def export_exists(export: str, endpoint: str) -> bool:
+    return resolve(export, endpoint).join("config.yaml").exists()
+
+
 def train_row(name: str, cmd: list[str], export: str, run: Location, endpoint: str) -> str:
     """Train a row with `jobs/distill.py cmd` unless its `export` exists already (resuming its
     `run` where it has checkpoints, after an interruption) → the command, for the report."""
     train = shlex.join(["python", "jobs/distill.py", *cmd])
-    if not resolve(export, endpoint).join("config.yaml").exists():
+    if not export_exists(export, endpoint):
         resume = bool(checkpoint_names(run))
         print(f"# {name}{' (resumed)' if resume else ''}\n{train}", flush=True)
         run_job("distill.py", [*cmd, *(["--resume"] if resume else [])], f"the run for {name!r}")

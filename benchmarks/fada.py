@@ -32,7 +32,6 @@ from onestep import cli
 from onestep.checkpoint import resolve_checkpoint
 from onestep.config import Config
 from onestep.evaluation.mouth_reader import load_or_train
-from onestep.storage import resolve
 from onestep.train.ray_job import export_location, run_location
 
 BALANCED = "fada.cfg_mode=none"
@@ -91,7 +90,7 @@ def _retrain_for_curves(args, ledger: Ledger, key: str, export: str, endpoint: s
     its row is recorded again, so that the row and its curve points describe one model."""
     if args.no_curves or key not in CURVE_MODELS or _curves_done(ledger, key):
         return False
-    if resolve(export, endpoint).join("config.yaml").exists():
+    if _ledger.export_exists(export, endpoint):
         return False
     print(f"# {CURVE_MODELS[key]} has curve points to record but its export {export} is gone: "
           "training its row again with the same command", flush=True)
@@ -99,7 +98,7 @@ def _retrain_for_curves(args, ledger: Ledger, key: str, export: str, endpoint: s
 
 
 def _curves_done(ledger: Ledger, model: str) -> bool:
-    return all(ledger.has("curves", curve_key(model, a, r) + f"@{varied}")
+    return all(ledger.has("curves", curve_key(model, a, r, varied))
                for varied, a, r in curve_points())
 
 
@@ -109,8 +108,8 @@ def curve_points() -> list[tuple[str, float, float]]:
     return [("audio", a, 1.0) for a in AUDIO_SCALES] + [("ref", 2.0, r) for r in REF_SCALES]
 
 
-def curve_key(model: str, audio: float, ref: float) -> str:
-    return f"{model}@audio{audio:g}@ref{ref:g}"
+def curve_key(model: str, audio: float, ref: float, varied: str) -> str:
+    return f"{model}@audio{audio:g}@ref{ref:g}@{varied}"
 
 
 def plot_curves(curves: dict, path: Path) -> None:
@@ -235,7 +234,7 @@ def main() -> None:
             if model != "teacher" and model not in ledger.data["rows"]:
                 continue
             for varied, audio, ref in curve_points():
-                key = curve_key(model, audio, ref) + f"@{varied}"
+                key = curve_key(model, audio, ref, varied)
                 if ledger.has("curves", key):
                     continue
                 name = f"{CURVE_MODELS[model]} at audio {audio:g}, reference {ref:g}"

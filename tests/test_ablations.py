@@ -108,7 +108,7 @@ def test_the_fada_report_fills_in_rows_and_guidance_curves(tmp_path):
     ledger.data["curves"] = {}
     for model, audio, sync in (("teacher", 1.0, 0.5), ("teacher", 6.5, 0.7),
                                ("cfg-tokens", 1.0, 0.55)):
-        ledger.record("curves", fada.curve_key(model, audio, 1.0) + "@audio",
+        ledger.record("curves", fada.curve_key(model, audio, 1.0, "audio"),
                       {"model": model, "varied": "audio", "audio": audio, "ref": 1.0,
                        "evaluate": "e", "metrics": {**METRICS, "sync": sync}})
     md = path.with_suffix(".md").read_text()
