@@ -62,6 +62,30 @@ def test_round_trip_through_yaml(tmp_path):
     assert from_dict(cfg.to_dict()) == cfg
 
 
+def test_teacher_and_student_flags_reach_every_registered_stage(monkeypatch):
+    """--teacher/--student follow the registry's `sources`: a new stage is reached without an
+    edit to the command-line code."""
+    import argparse
+
+    from onestep import cli, stages
+    from onestep.stages.base import Stage
+
+    class NewStage(Stage):
+        sources = ("newstage.teacher", "newstage.student")
+
+    monkeypatch.setitem(stages.STAGES, "newstage", NewStage)
+    args = argparse.Namespace(stage="fada", teacher="runs/t", student="runs/s")
+    overrides = cli.stage_overrides(args)
+    assert overrides[0] == "train.stage=fada"
+    assert {"dmd.teacher=runs/t", "fada.teacher=runs/t", "osa_lcm.teacher=runs/t",
+            "newstage.teacher=runs/t", "adversarial.student=runs/s",
+            "newstage.student=runs/s"} <= set(overrides)
+    assert "model.pretrained=runs/t" not in overrides  # the teacher stage's source is no teacher
+    parser = argparse.ArgumentParser()
+    cli.add_stage_args(parser)
+    assert "newstage" in parser.format_help()  # the help names what the flags set
+
+
 def test_cli_reports_config_errors_without_a_traceback():
     import subprocess
     import sys

@@ -223,7 +223,9 @@ def test_trials_fit_the_cluster_and_validate_before_asha_decides():
     assert concurrency(cfg, {"CPU": 16}) == 3
     with pytest.raises(ConfigError, match="one trial needs 5 CPUs"):
         concurrency(cfg, {"CPU": 4})  # would deadlock its data pipeline: refuse clearly
-    with pytest.raises(ConfigError, match="train.stage: the sync stage has no validation"):
+    with pytest.raises(ConfigError, match=r"train.stage: stage sync trains a sync_expert, "
+                       r"which has no validation score to rank trials by; sweep a generator "
+                       r"stage \(teacher, dmd, adversarial, fada, osa_lcm\)"):
         sweep_ready(load_config("tiny", ["train.stage=sync", "audio.encoder=mfcc",
                                          "audio.feature_rate=100", "data.frames=41"]))
     too_rare = load_config("tiny", ["train.stage=adversarial", "validation.every_clips=100000"])

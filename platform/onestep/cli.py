@@ -31,21 +31,29 @@ def add_stage_args(parser: argparse.ArgumentParser, default_stage: str | None = 
                         help="recipe stage (default: " + (default_stage or "the config's "
                         "train.stage") + ")")
     parser.add_argument("--teacher", default=None,
-                        help="teacher checkpoint or run (sets the <stage>.teacher of every "
-                        "distillation stage)")
+                        help="teacher checkpoint or run (sets " + ", ".join(source_keys("teacher"))
+                        + ")")
     parser.add_argument("--student", default=None,
                         help="the student checkpoint or run a stage starts from (sets "
-                        "adversarial.student, osa_lcm.student)")
+                        + ", ".join(source_keys("student")) + ")")
+
+
+def source_keys(role: str) -> list[str]:
+    """The `<section>.<role>` keys of every registered stage's `sources`: what --teacher or
+    --student sets. Read from the registry, so that a new stage taking a teacher is reached
+    without an edit here."""
+    from onestep.stages import STAGES
+
+    return [key for stage in STAGES.values() for key in stage.sources
+            if key.endswith("." + role)]
 
 
 def stage_overrides(args: argparse.Namespace) -> list[str]:
     """The overrides add_stage_args' arguments stand for."""
     extra = [f"train.stage={args.stage}"] if args.stage else []
-    if args.teacher:
-        extra += [f"{stage}.teacher={args.teacher}"
-                  for stage in ("dmd", "adversarial", "fada", "osa_lcm")]
-    if args.student:
-        extra += [f"{stage}.student={args.student}" for stage in ("adversarial", "osa_lcm")]
+    for role in ("teacher", "student"):
+        if getattr(args, role):
+            extra += [f"{key}={getattr(args, role)}" for key in source_keys(role)]
     return extra
 
 

@@ -26,7 +26,25 @@ class ConfigError(ValueError):
 
 class Section:
     """A config section. It checks itself: its own fields' values, and what they require of
-    other sections (`cfg`, the whole config), so a stage's rules live beside its knobs."""
+    other sections (`cfg`, the whole config), so a stage's rules live beside its knobs.
+
+    `positive`, `non_negative` and `fractions` name the fields that cannot train (or generate)
+    outside (0, ∞), [0, ∞) and [0, 1]; they are checked before anything divides by them, so a
+    wrong value gets its name instead of a ZeroDivisionError. Class attributes, not fields."""
+
+    positive: tuple[str, ...] = ()
+    non_negative: tuple[str, ...] = ()
+    fractions: tuple[str, ...] = ()
+
+    def check_ranges(self, section: str) -> None:
+        for names, ok, expected in (
+                (self.positive, lambda v: v > 0, "> 0"),
+                (self.non_negative, lambda v: v >= 0, "≥ 0"),
+                (self.fractions, lambda v: 0 <= v <= 1, "in [0, 1]")):
+            for name in names:
+                value = getattr(self, name)
+                if not ok(value):
+                    raise ConfigError(f"{section}.{name}: expected {expected}, got {value}")
 
     def check(self, cfg: Config) -> None:
         """Raise a ConfigError naming the key and what was expected."""
@@ -41,6 +59,10 @@ def _require(*checks: tuple[bool, str, str]) -> None:
 @dataclass
 class SynthConfig(Section):
     """SynthTalk, the procedural talking-head data set (see onestep.synth)."""
+
+    positive = ("num_clips", "clip_seconds", "resolution", "fps", "sample_rate", "num_identities",
+                "clips_per_shard")
+    fractions = ("test_identity_fraction", "degraded_fraction")
 
     num_clips: int = 96
     clip_seconds: float = 2.4
@@ -64,6 +86,10 @@ class SynthConfig(Section):
 class IngestConfig(Section):
     """jobs/prepare_data.py --ingest: real talking-head video → face-tracked clips, each with
     quality metrics and a tier (onestep.ingest)."""
+
+    positive = ("detect_fps", "detect_width", "crop_scale", "max_jump")
+    non_negative = ("smooth_seconds", "max_sync_offset")
+    fractions = ("min_face", "scene_threshold", "test_fraction")
 
     # Face detections and scene-cut checks per second of video, on frames scaled to
     # `detect_width`: at 480 (16:9) the detector finds faces down to ~7% of the frame's height
@@ -119,6 +145,9 @@ SYNC_FRAMES = 5  # video frames one lip-sync embedding sees (SyncNet's 0.2 s)
 class DataConfig(Section):
     """How shards become training batches (Ray Data) and what one training example is."""
 
+    positive = ("frames", "windows_per_clip", "shuffle_buffer")
+    fractions = ("motion_prob",)
+
     uri: str = "data/synthtalk"  # folder or s3://bucket/prefix holding manifest.json + shards
     frames: int = 8  # F: frames per training window and per generated chunk
     motion_frames: int = 2  # M: leading frames of a chunk conditioned on the previous chunk
@@ -154,6 +183,8 @@ class EncodeConfig(Section):
     """jobs/encode.py: clip shards → latent shards, the codec and audio encoder run once per clip
     in a Ray Data actor pool (on a GPU cluster: one GPU per actor)."""
 
+    positive = ("actors", "cpus_per_actor", "references")
+
     actors: int = 1  # encoder actors (each loads the VAE and the audio encoder once)
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
@@ -169,6 +200,8 @@ class EncodeConfig(Section):
 class AudioConfig(Section):
     """Audio encoder: `logmel` needs no weights; `wav2vec2` loads a local transformers model;
     `mfcc` is SyncNet's input (feature_rate 100), what the lip-sync expert hears."""
+
+    positive = ("sample_rate", "feature_rate")
 
     encoder: str = "logmel"
     sample_rate: int = 16000
@@ -194,6 +227,8 @@ WAN_VAE_TEMPORAL = 4
 class CodecConfig(Section):
     """Latent codec between pixels and the DiT: `space_to_depth` (lossless, weight-free, one
     latent frame per video frame) or `wan_vae` (Wan2.1's causal VAE: 8× in space, 4× in time)."""
+
+    positive = ("factor",)
 
     kind: str = "space_to_depth"
     factor: int = 2  # spatial compression (wan_vae: 8)
@@ -221,6 +256,9 @@ class CodecConfig(Section):
 class ModelConfig(Section):
     """The velocity network: onestep's Wan-style DiT (`dit`) or Wan2.1's own (`wan`), both with
     reference, motion-frame and audio conditioning."""
+
+    positive = ("dim", "depth", "heads", "audio_dim", "audio_tokens", "text_dim", "prompt_tokens")
+    non_negative = ("audio_context", "ffn_dim", "image_dim")
 
     kind: str = "dit"
     # wan: a diffusers WanTransformer3DModel folder (or a Wan pipeline folder), local or s3://,
@@ -275,6 +313,8 @@ class ModelConfig(Section):
 class FlowConfig(Section):
     """Rectified-flow training: timestep distribution and condition dropout for CFG."""
 
+    fractions = ("audio_drop", "all_drop")
+
     timestep_shift: float = 1.0
     logit_normal: bool = True
     audio_drop: float = 0.1  # drop audio only: learns v(ref, ∅) for the audio CFG term
@@ -297,6 +337,10 @@ ROLLING_FIRST_CHUNK = ("gaussian", "reference")
 @dataclass
 class SampleConfig(Section):
     """Sampling: Euler steps and multi-condition CFG (FADA Eq. 9)."""
+
+    positive = ("steps",)
+    non_negative = ("audio_scale", "ref_scale")
+    fractions = ("rolling_noise",)
 
     steps: int = 20
     audio_scale: float = 2.0
@@ -328,6 +372,11 @@ class SampleConfig(Section):
 @dataclass
 class TrainConfig(Section):
     """Optimisation and distribution. Progress is counted in clips so runs survive rescaling."""
+
+    positive = ("num_workers", "cpus_per_worker", "global_batch", "total_clips", "lr",
+                "checkpoint_every_clips", "log_every_steps", "torch_threads")
+    non_negative = ("warmup_clips", "weight_decay", "grad_clip", "max_failures", "min_workers")
+    fractions = ("min_lr_ratio", "ema_decay")
 
     stage: str = "teacher"
     num_workers: int = 2
@@ -403,6 +452,9 @@ def _counts(counts: range) -> str:
 class DMDConfig(Section):
     """Stage `dmd` (TurboTalk §3.1, DMD2): distribution matching from a frozen teacher."""
 
+    positive = ("lr", "critic_lr")
+    non_negative = ("audio_scale", "ref_scale")
+
     teacher: str = ""  # teacher checkpoint or run (folder or s3://); required by this stage
     student_steps: int = 4  # the student's Euler steps; 1 gives direct 1-step DMD
     critic_steps: int = 5  # two-time-scale: fake-score updates per generator update
@@ -420,6 +472,9 @@ class DMDConfig(Section):
 @dataclass
 class AdversarialConfig(Section):
     """Stage `adversarial` (TurboTalk §3.2–3.4): progressive step reduction with a GAN."""
+
+    positive = ("clips_per_phase", "lr", "disc_lr")
+    non_negative = ("warmup_steps", "reg_sigma")
 
     student: str = ""  # the DMD student (initialises the generator; the self-compare reference)
     # The student's Euler steps and, for one that samples in time windows (a FADA student),
@@ -509,6 +564,9 @@ class FADAConfig(Section):
     a ground-truth loss on lower tiers weighted per sample, and the teacher's multi-CFG
     distilled into the student's guidance input (one evaluation per step)."""
 
+    positive = ("windows", "solver_steps", "lr", "guidance_lr_scale")
+    non_negative = ("gt_weight_peak", "gt_rise")
+
     teacher: str = ""  # teacher checkpoint or run (folder or s3://); required by this stage
     windows: int = 4  # equal time windows the flow is straightened in
     # The exported student's Euler steps per window, from noise. FADA-Fast: 6 steps, 2 in each
@@ -565,6 +623,11 @@ class OSALCMConfig(Section):
     paper's plain fine-tune baseline, see the stage). The paper's loss
     weights and thresholds are lost from our copy of its text; these defaults are LCM's where it
     has one (Huber c, target decay) and ours otherwise."""
+
+    positive = ("steps", "discretisation_steps", "huber_c", "lr", "disc_lr", "disc_width")
+    non_negative = ("audio_scale", "fragment_frames", "ref_scale", "adv_weight", "motion_weight",
+                    "disc_noise_iterations")
+    fractions = ("rolling_noise",)
 
     teacher: str = ""  # teacher checkpoint or run; required (the ODE and the discriminator)
     phase: str = "adv_lcm"  # adv_lcm | eft | ft
@@ -700,6 +763,9 @@ class SyncConfig(Section):
     trains on mouth crops; `syncnet_v2`: the original SyncNet (224×224 faces), for numbers
     comparable with papers, from weights converted once by jobs/convert_weights.py syncnet."""
 
+    positive = ("size", "width", "embed_dim", "max_offset", "temperature")
+    non_negative = ("train_shift",)
+
     kind: str = "onestep"
     weights: str = ""  # an export of jobs/train_sync.py, or a converted syncnet_v2 file
     # onestep's expert: the mouth crop it sees ([top, bottom, left, right] fractions of a face
@@ -774,18 +840,13 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def validate(self) -> Config:
-        """Value ranges, then each section's own checks (cross-field rules no single field's
-        type can express)."""
-        for keys, ok, expected in (
-                (POSITIVE, lambda v: v > 0, "> 0"), (NON_NEGATIVE, lambda v: v >= 0, "≥ 0"),
-                (FRACTIONS, lambda v: 0 <= v <= 1, "in [0, 1]")):
-            for key in keys:
-                section, name = key.split(".")
-                value = getattr(getattr(self, section), name)
-                if not ok(value):
-                    raise ConfigError(f"{key}: expected {expected}, got {value}")
-        for f in dataclasses.fields(self):
-            getattr(self, f.name).check(self)
+        """Every section's value ranges, then each section's own checks (cross-field rules no
+        single field's type can express)."""
+        sections = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
+        for name, section in sections:
+            section.check_ranges(name)
+        for _, section in sections:
+            section.check(self)
         return self
 
 
@@ -806,41 +867,10 @@ def _checked_space(space: dict[str, list]) -> dict[str, list]:
                   for i, v in enumerate(values)] for key, values in space.items()}
 
 
-# Fields that cannot train (or generate) outside these ranges; checked before anything divides by
-# them, so a wrong value gets its name instead of a ZeroDivisionError.
-POSITIVE = (
-    "synth.num_clips", "synth.clip_seconds", "synth.resolution", "synth.fps", "synth.sample_rate",
-    "synth.num_identities", "synth.clips_per_shard", "data.frames", "data.windows_per_clip",
-    "data.shuffle_buffer", "encode.actors", "encode.cpus_per_actor", "encode.references",
-    "audio.sample_rate", "audio.feature_rate", "codec.factor",
-    "model.dim", "model.depth", "model.heads", "model.audio_dim", "model.audio_tokens",
-    "sample.steps", "train.num_workers", "train.cpus_per_worker", "train.global_batch",
-    "train.total_clips", "train.lr", "train.checkpoint_every_clips", "train.log_every_steps",
-    "train.torch_threads", "dmd.lr", "dmd.critic_lr", "adversarial.clips_per_phase",
-    "adversarial.lr", "adversarial.disc_lr", "model.text_dim", "model.prompt_tokens",
-    "ingest.detect_fps", "ingest.detect_width", "ingest.crop_scale", "ingest.max_jump",
-    "sync.size", "sync.width", "sync.embed_dim", "sync.max_offset", "sync.temperature",
-    "fada.windows", "fada.solver_steps", "fada.lr", "fada.guidance_lr_scale", "osa_lcm.steps",
-    "osa_lcm.discretisation_steps", "osa_lcm.huber_c", "osa_lcm.lr", "osa_lcm.disc_lr",
-    "osa_lcm.disc_width")
-NON_NEGATIVE = (
-    "model.audio_context", "sample.audio_scale", "sample.ref_scale", "train.warmup_clips",
-    "train.weight_decay", "train.grad_clip", "train.max_failures", "train.min_workers",
-    "dmd.audio_scale", "dmd.ref_scale", "adversarial.warmup_steps", "adversarial.reg_sigma",
-    "model.ffn_dim", "model.image_dim", "ingest.smooth_seconds", "sync.train_shift",
-    "ingest.max_sync_offset", "fada.gt_weight_peak", "fada.gt_rise", "osa_lcm.audio_scale",
-    "osa_lcm.fragment_frames",
-    "osa_lcm.ref_scale", "osa_lcm.adv_weight", "osa_lcm.motion_weight",
-    "osa_lcm.disc_noise_iterations")
-FRACTIONS = (
-    "synth.test_identity_fraction", "synth.degraded_fraction", "sample.rolling_noise",
-    "osa_lcm.rolling_noise", "data.motion_prob",
-    "flow.audio_drop", "flow.all_drop", "train.min_lr_ratio", "train.ema_decay",
-    "ingest.min_face", "ingest.scene_threshold", "ingest.test_fraction")
-
-
 def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """A section's fields and their types (its range lists are class attributes, not keys)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:

@@ -14,7 +14,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from onestep.config import Config, ConfigError, field_type, from_dict, with_values
-from onestep.stages import stage_class
+from onestep.stages import STAGES, stage_class
 
 METRIC, MODE = "val_score", "min"
 
@@ -92,9 +92,12 @@ def sweep_ready(cfg: Config) -> Config:
     """The base config every trial starts from, checked for a sweep: its stage must validate
     during training (ASHA ranks trials by validation), and every value of the space must make a
     valid config (found now, not when its trial starts hours later)."""
-    if cfg.train.stage == "sync":
-        raise ConfigError("train.stage: the sync stage has no validation score to rank trials "
-                          "by; sweep a generator stage (teacher, dmd, adversarial)")
+    exported = stage_class(cfg.train.stage).export
+    if exported != "generator":
+        generators = [name for name, stage in STAGES.items() if stage.export == "generator"]
+        raise ConfigError(f"train.stage: stage {cfg.train.stage} trains a {exported}, which has "
+                          "no validation score to rank trials by; sweep a generator stage ("
+                          + ", ".join(generators) + ")")
     out = from_dict(cfg.to_dict())
     if not out.validation.every_clips:
         out.validation.every_clips = grace_clips(out)
