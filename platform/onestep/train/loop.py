@@ -137,6 +137,18 @@ def _restore(directory: Path, stage, engines: dict, emas: dict) -> dict:
     return state
 
 
+def _average(stage, engines: dict, emas: dict, state: dict) -> None:
+    """After the step `state["step"]`: every EMA takes it in (restarted first where a stage
+    begins a new model), and each target network its average."""
+    if stage.restarts_ema(state["step"]):
+        state["ema_since"] = state["step"]
+        for ema in emas.values():
+            ema.reset()
+    for ema in emas.values():
+        ema.update(state["step"] - state.get("ema_since", 0))
+    _sync_targets(stage, engines, emas)
+
+
 def _sync_targets(stage, engines: dict, emas: dict) -> None:
     """Each target network takes the average of the network it follows."""
     for name in stage.targets:
@@ -173,12 +185,11 @@ def _eta(seconds: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(max(0, seconds)))
 
 
-def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None = None) -> dict:
-    """Train `stage` on `batches` (per-rank micro-batches) until stage.total_clips(cfg)."""
-    hooks = hooks or Hooks()
-    init_distributed(cfg)
-    rank, world_size = world()
-    torch.set_num_threads(cfg.train.torch_threads)
+def _build(cfg: Config, stage) -> tuple[dict, dict]:
+    """The stage's networks under DeepSpeed engines (trained ones with optimisers, frozen ones
+    sharded for inference), and the EMAs the loop keeps: the exported network's and each
+    target network's."""
+    rank, _ = world()
     torch.manual_seed(cfg.data.seed)  # identical initial weights on every rank
     networks = stage.build_networks()
     for name in stage.trained:
@@ -199,11 +210,13 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
     for name in (n for n in stage.targets if n in frozen):
         source, decay = stage.target_of(name)
         emas[name] = ShardedEMA(engines[source].module, decay)
-    exported = engines[stage.export].module
-    # What ZeRO leaves on this rank: ≈ 1/world_size of the parameters under stage 3.
-    params_local_fraction = (sum(local_shard(p).numel() for p in exported.parameters())
-                             / count_parameters(exported))
+    return engines, emas
 
+
+def _start(hooks: Hooks, stage, engines: dict, emas: dict) -> tuple[dict, bool]:
+    """Collective: the training state to go on from (the checkpoint `hooks.restore_dir`
+    finds, else step 0), and whether it was restored."""
+    rank, world_size = world()
     state = {"stage": stage.name, "step": 0, "clips_seen": 0, "world_size": world_size,
              "resumed_at_steps": []}
     with hooks.restore_dir() as directory:
@@ -215,13 +228,107 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
                 log.info("resumed from %s at step %d (%d clips)", directory, state["step"],
                          state["clips_seen"])
     state.setdefault("guards", guards.initial_state())
+    return state, restored
+
+
+class _Progress:
+    """What a launch tells the user, TensorBoard and Ray: per-step logs averaged between
+    reports, the time spent waiting for data, and the progress line with its rate and ETA.
+    TensorBoard is written by rank 0 only."""
+
+    def __init__(self, cfg: Config, stage, hooks: Hooks, state: dict, total_steps: int,
+                 exported: torch.nn.Module):
+        self.stage, self.hooks, self.total_steps = stage, hooks, total_steps
+        self.batch_size = cfg.train.global_batch
+        self.rank = world()[0]
+        self.writer = None
+        if self.rank == 0 and hooks.tensorboard_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(hooks.tensorboard_dir), purge_step=state["step"])
+        # What ZeRO leaves on this rank: ≈ 1/world_size of the parameters under stage 3.
+        self.params_local_fraction = (sum(local_shard(p).numel() for p in exported.parameters())
+                                      / count_parameters(exported))
+        self.start(state)  # and again once the first validation is done
+        # Blocked on data over the whole launch, epoch boundaries included; the first batch
+        # (the pipeline starting) is counted apart, as it is paid once per launch.
+        self.first_batch_wait, self.blocked, self.since, self.wait = None, 0.0, 0.0, 0.0
+
+    def start(self, state: dict) -> None:
+        """Rates count from here: the first step, after the first validation (and anything
+        it rolled back)."""
+        self.meter, self.started, self.start_step = _Meter(), time.perf_counter(), state["step"]
+
+    def next_batch(self, batches: Iterator[dict]) -> dict:
+        t0 = time.perf_counter()
+        batch = next(batches)
+        self.wait = time.perf_counter() - t0
+        if self.first_batch_wait is None:
+            self.first_batch_wait, self.since = self.wait, time.perf_counter()
+        else:
+            self.blocked += self.wait
+        return batch
+
+    def add(self, logs: dict) -> None:
+        """A step's logs, with the wait for its batch."""
+        self.meter.add(logs, self.wait)
+
+    def restart_meter(self) -> None:
+        self.meter = _Meter()
+
+    def scalars(self, metrics: dict, step: int) -> None:
+        _scalars(self.writer, self.stage, metrics, step)
+
+    def report(self, metrics: dict) -> None:
+        """A result without a checkpoint, to Ray and TensorBoard."""
+        self.hooks.report(metrics, None)
+        self.scalars(metrics, metrics["step"])
+
+    def metrics(self, state: dict, extra: dict, lr: float) -> dict:
+        """The steps since the last report, averaged, with `extra` (validation, guards)."""
+        out = {**self.meter.summary(self.batch_size), **extra}
+        out.update(step=state["step"], clips_seen=state["clips_seen"], lr=lr,
+                   memory_mb=memory_mb(), params_local_fraction=self.params_local_fraction,
+                   first_batch_wait_s=self.first_batch_wait,
+                   data_wait_run_frac=self.blocked / max(1e-9, time.perf_counter() - self.since))
+        return out
+
+    def log(self, metrics: dict, state: dict) -> None:
+        """Rank 0: the progress line, and the scalars to TensorBoard."""
+        if self.rank != 0:
+            return
+        rate = (state["step"] - self.start_step) / (time.perf_counter() - self.started)
+        losses = " | ".join(f"{k} {metrics[k]:.4g}" for k in self.stage.headline if k in metrics)
+        log.info("step %d/%d | clips %d | %s | %.1f clips/s | data wait %.0f%% | ETA %s",
+                 state["step"], self.total_steps, state["clips_seen"], losses,
+                 metrics["samples_per_s"], 100 * metrics["data_wait_frac"],
+                 _eta((self.total_steps - state["step"]) / rate))
+        if self.writer is not None:
+            self.scalars(metrics, state["step"])
+            self.writer.flush()
+            self.hooks.tensorboard_sync(False)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.hooks.tensorboard_sync(True)
+
+
+def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None = None) -> dict:
+    """Train `stage` on `batches` (per-rank micro-batches) until stage.total_clips(cfg).
+
+    Validation (rank 0) runs before the first step and every `validation.every_clips`; its
+    collapse guards may roll the run back or stop it (onestep.train.guards). A checkpoint is
+    written every `train.checkpoint_every_clips`, at a stage's milestones (published as
+    exports), at the end, on a preemption notice and, under rollback, after each validation
+    that passes."""
+    hooks = hooks or Hooks()
+    init_distributed(cfg)
+    rank, _ = world()
+    torch.set_num_threads(cfg.train.torch_threads)
+    engines, emas = _build(cfg, stage)
+    state, restored = _start(hooks, stage, engines, emas)
     rollback_mode = cfg.validation.on_collapse == "rollback"
-
-    writer = None
-    if rank == 0 and hooks.tensorboard_dir is not None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(hooks.tensorboard_dir), purge_step=state["step"])
 
     batch_size = cfg.train.global_batch
     total_steps = math.ceil(stage.total_clips(cfg) / batch_size)
@@ -229,16 +336,19 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
         log.info("nothing to do: the run already reached %d clips (the stage trains on %d)",
                  state["clips_seen"], stage.total_clips(cfg))
     ckpt_every = max(1, cfg.train.checkpoint_every_clips // batch_size)
-    # Validation runs before the first step too, so every report carries a val_score (Tune's
-    # scheduler requires its metric in each result) and the curve starts at the initialisation.
     every = cfg.validation.every_clips
     val_every = max(1, every // batch_size) if every else 0
     validator = Validator(cfg, stage.teacher_uri()) if val_every and rank == 0 else None
+    progress = _Progress(cfg, stage, hooks, state, total_steps, engines[stage.export].module)
     val = {}
 
-    def report(metrics: dict) -> None:  # a result without a checkpoint, to Ray and TensorBoard
-        hooks.report(metrics, None)
-        _scalars(writer, stage, metrics, metrics["step"])
+    def checkpoint(metrics: dict, milestone: str | None = None) -> None:
+        with tempfile.TemporaryDirectory(prefix="onestep-ckpt-") as tmp:
+            _save(Path(tmp), cfg, stage, engines, emas, dict(state))
+            if milestone is not None and rank == 0:
+                hooks.publish(milestone, Path(tmp))
+                log.info("published %s", milestone)
+            hooks.report(metrics, Path(tmp))
 
     def restore(directory: Path, guard_state: dict) -> dict:  # a collapse guard's rollback
         restored = _restore(directory, stage, engines, emas)
@@ -246,52 +356,34 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
         _set_lrs(stage, engines, restored)
         return restored
 
-    def finish() -> None:
-        if writer is not None:
-            writer.close()
-            hooks.tensorboard_sync(True)
-
+    # Validation runs before the first step too, so every report carries a val_score (Tune's
+    # scheduler requires its metric in each result) and the curve starts at the initialisation.
     if val_every:
         val = _validate(stage, emas, validator, state["step"])
-        outcome, state, failed = guards.apply(cfg, stage, state, val, hooks, report, restore)
+        outcome, state, failed = guards.apply(cfg, stage, state, val, hooks, progress.report,
+                                              restore)
         if outcome == "stopped":
-            finish()
+            progress.close()
             return state
         if outcome == "go":
             head = {"step": state["step"], "clips_seen": state["clips_seen"], **val,
                     **guards.metrics(state, failed)}
-            _scalars(writer, stage, head, state["step"])
+            progress.scalars(head, state["step"])
             if rollback_mode and not restored and not failed:  # a first rollback target
-                with tempfile.TemporaryDirectory(prefix="onestep-ckpt-") as tmp:
-                    _save(Path(tmp), cfg, stage, engines, emas, dict(state))
-                    hooks.report(head, Path(tmp))
+                checkpoint(head)
             else:
                 hooks.report(head, None)
     rng = torch.Generator().manual_seed(cfg.data.seed * 100003 + rank * 7919 + state["step"])
-    meter, metrics, run_start, start_step = _Meter(), {}, time.perf_counter(), state["step"]
-    # Blocked on data over the whole launch, epoch boundaries included; the first batch (the
-    # pipeline starting) is counted apart, as it is paid once per launch.
-    waits = {"first_batch_wait_s": None, "blocked": 0.0, "since": 0.0}
+    progress.start(state)
+    metrics = {}
 
     while state["step"] < total_steps:
-        t0 = time.perf_counter()
-        batch = next(batches)
-        wait = time.perf_counter() - t0
-        if waits["first_batch_wait_s"] is None:
-            waits.update(first_batch_wait_s=wait, since=time.perf_counter())
-        else:
-            waits["blocked"] += wait
+        batch = progress.next_batch(batches)
         logs = stage.train_step(batch, engines, rng, state["step"])
-        if stage.restarts_ema(state["step"]):
-            state["ema_since"] = state["step"]
-            for ema in emas.values():
-                ema.reset()
-        for ema in emas.values():
-            ema.update(state["step"] - state.get("ema_since", 0))
-        _sync_targets(stage, engines, emas)
+        _average(stage, engines, emas, state)
         state["step"] += 1
         state["clips_seen"] += batch_size
-        meter.add(logs, wait)
+        progress.add(logs)
 
         last = state["step"] == total_steps
         milestone = stage.milestone(state["step"], total_steps)
@@ -305,43 +397,24 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
         failed = []
         if validate_now:
             val = _validate(stage, emas, validator, state["step"])
-            outcome, state, failed = guards.apply(cfg, stage, state, val, hooks, report, restore)
+            outcome, state, failed = guards.apply(cfg, stage, state, val, hooks,
+                                                  progress.report, restore)
             if outcome == "stopped":
-                finish()
+                progress.close()
                 return state
             if outcome == "rolled back":
-                meter = _Meter()
+                progress.restart_meter()
                 continue
             # Under rollback, every validation that passes leaves a checkpoint to go back to.
             checkpoint_now = checkpoint_now or (rollback_mode and not failed)
         if state["step"] % cfg.train.log_every_steps == 0 or checkpoint_now or validate_now:
-            metrics = {**meter.summary(batch_size), **val, **guards.metrics(state, failed)}
-            metrics.update(step=state["step"], clips_seen=state["clips_seen"],
-                           lr=engines[stage.trained[0]].get_lr()[0], memory_mb=memory_mb(),
-                           params_local_fraction=params_local_fraction,
-                           first_batch_wait_s=waits["first_batch_wait_s"],
-                           data_wait_run_frac=waits["blocked"] / max(
-                               1e-9, time.perf_counter() - waits["since"]))
-            if rank == 0:
-                rate = (state["step"] - start_step) / (time.perf_counter() - run_start)
-                losses = " | ".join(f"{k} {metrics[k]:.4g}" for k in stage.headline if k in metrics)
-                log.info("step %d/%d | clips %d | %s | %.1f clips/s | data wait %.0f%% | ETA %s",
-                         state["step"], total_steps, state["clips_seen"], losses,
-                         metrics["samples_per_s"], 100 * metrics["data_wait_frac"],
-                         _eta((total_steps - state["step"]) / rate))
-                if writer is not None:
-                    _scalars(writer, stage, metrics, state["step"])
-                    writer.flush()
-                    hooks.tensorboard_sync(False)
-            meter = _Meter()
+            metrics = progress.metrics(state, {**val, **guards.metrics(state, failed)},
+                                       engines[stage.trained[0]].get_lr()[0])
+            progress.log(metrics, state)
+            progress.restart_meter()
             if checkpoint_now:
-                with tempfile.TemporaryDirectory(prefix="onestep-ckpt-") as tmp:
-                    _save(Path(tmp), cfg, stage, engines, emas, dict(state))
-                    if milestone is not None and rank == 0:
-                        hooks.publish(milestone, Path(tmp))
-                        log.info("published %s", milestone)
-                    hooks.report(metrics, Path(tmp))
+                checkpoint(metrics, milestone)
             else:
                 hooks.report(metrics, None)
-    finish()
+    progress.close()
     return metrics
