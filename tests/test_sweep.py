@@ -102,8 +102,10 @@ def own_ray(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.timeout(900)
-def test_sweep_interrupted_resumed_and_reported(s3_endpoint, bucket, tmp_path, tiny_config,
-                                                 own_ray):
+def test_sweep_interrupted_resumed_and_reported(ray_cluster, s3_endpoint, bucket, tmp_path,
+                                                 tiny_config, own_ray):
+    # The data is written with the session's Ray (ray_cluster): without it, the first Ray task
+    # would start a Ray of its own here, and the session's could not start after this test.
     cfg = tiny_config(**{"data.uri": f"s3://{bucket}/synthtalk"})
     prepare_synthtalk(cfg.synth, resolve(cfg.data.uri))
     args = _sweep_args(bucket, tmp_path, *_random_exports(cfg, tmp_path))
