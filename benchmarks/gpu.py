@@ -1,16 +1,21 @@
-"""The GPU checks of the Wan path: attention kernels, bf16 ZeRO-3 training, one step vs forty.
+"""The GPU checks: every stage's training step, attention kernels, bf16 ZeRO-3 training of a
+Wan-sized network, one step vs forty.
 
     python benchmarks/gpu.py --out reports/gpu                        # on a GPU machine
     python benchmarks/gpu.py --device cpu --quick --out /tmp/gpu-cpu  # the plumbing, on CPU
 
-Three parts, one process (DeepSpeed on one rank, NCCL on a GPU):
+Four parts, one process (DeepSpeed on one rank, NCCL on a GPU):
+  stages      every registered stage (teacher, dmd, adversarial, fada, osa_lcm, sync) through
+              the training loop itself, from the tiny models in reports/pretrained, on SynthTalk
+              batches handed over on the CPU as Ray Data does: the recipes' own code on the
+              device, in the precision a GPU run uses (bf16).
   attention   torch SDPA on Wan2.1-1.3B's shapes at 480p × 81 frames (18,900 tokens, 12 heads of
               128) in bf16: which kernels run (flash, cuDNN, memory-efficient, math), their
               TFLOP/s and their largest difference from the math kernel.
   training    Wan2.1-1.3B's architecture (30 blocks, width 1536) at the same token count in
-              onestep's own engine (DeepSpeed ZeRO-3, bf16 with fp32 masters, AdamW, the EMA),
-              with and without activation checkpointing: step time, clips/s and the peak memory
-              the GPU allocator saw, against the memory plan printed at launch. Latents come
+              onestep's own engine (DeepSpeed ZeRO-3, bf16 autocast over fp32 weights, AdamW, the
+              EMA), with and without activation checkpointing: step time, clips/s and the peak
+              memory the GPU allocator saw, against the memory plan printed at launch. Latents come
               from the pixel codec at factor 8 (192 channels): only the patch embedding and the
               head are wider than with Wan's VAE, and training on latent shards never runs the
               VAE.
@@ -20,10 +25,11 @@ Three parts, one process (DeepSpeed on one rank, NCCL on a GPU):
               CFG (120 NFE per chunk), in bf16 autocast (the student in fp32 too): end-to-end and
               decode time.
 
-The device image has torch but not all of onestep's dependencies: carry diffusers, deepspeed
-(built here as a wheel: DS_BUILD_OPS=0 pip wheel --no-deps deepspeed), av, ftfy and their
-missing requirements as wheels, and run with PYTHONPATH=platform:jobs (see the device tool's
-notes). `--quick` shrinks every part to a few blocks and tokens.
+The GPU image has torch but not all of onestep's dependencies. reports/gpu-reading.md says how
+reports/gpu.md was made: deepspeed, diffusers, pydantic and the like carried from a venv, PyAV
+left behind (the stages' batches, which come from MP4, made beforehand with `--batches DIR` on a
+machine that has it, and read from DIR there). `--quick` shrinks every part to a few blocks and
+tokens.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -113,15 +120,16 @@ def _train_config(device: str, quick: bool, checkpointing: bool):
         "data.motion_frames=1", "audio.encoder=logmel"])
 
 
-def _train_steps(cfg, device: str, steps: int) -> float:
-    """Median seconds of a training step (flow matching, ZeRO-3 backward and step, the EMA); the
+def _train_steps(cfg, device: str, steps: int) -> tuple[float, int]:
+    """(median seconds of a training step: flow matching, ZeRO-3 backward and step, the EMA;
+    bytes allocated between steps: the states, Adam's included, with no activation alive). The
     engine is gone when this returns."""
     from onestep.flow import flow_matching_loss
     from onestep.model import build_codec, build_model
     from onestep.model.dit import set_activation_checkpointing
     from onestep.stages.batch import prepare_batch
     from onestep.train.ema import ShardedEMA
-    from onestep.train.engine import make_engine
+    from onestep.train.engine import make_engine, update
 
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -133,35 +141,39 @@ def _train_steps(cfg, device: str, steps: int) -> float:
     batch = {"video": torch.rand(1, 3, f, s, s) * 2 - 1, "ref": torch.rand(1, 3, s, s) * 2 - 1,
              "audio": torch.randn(1, f * r, cfg.audio.n_mels), "use_motion": torch.tensor([True])}
     x0, cond = prepare_batch({k: v.to(engine.device) for k, v in batch.items()}, codec, cfg)
-    rng = torch.Generator(device=engine.device).manual_seed(0)
+    rng = torch.Generator().manual_seed(0)  # training draws on the CPU (onestep.draws)
 
     def step():
         loss, _ = flow_matching_loss(engine, x0, cond, cfg.flow, rng)
-        engine.backward(loss)
-        engine.step()
+        update(engine, loss)
         ema.update(1)
 
-    return _timed(step, device, steps)
+    seconds = _timed(step, device, steps)
+    return seconds, torch.cuda.memory_allocated() if device == "cuda" else 0
 
 
 def training(device: str, quick: bool, steps: int) -> list[dict]:
     from onestep.train.engine import init_distributed
-    from onestep.train.memory_plan import device_bytes, plan_run
+    from onestep.train.memory_plan import device_bytes, peak_activation_bytes, plan_run
 
     rows = []
-    for checkpointing in (False, True):
+    for checkpointing in (True, False):  # the one that fits first: an OOM can leave memory held
         cfg = _train_config(device, quick, checkpointing)
         init_distributed(cfg)
+        plans = plan_run(cfg, 1)
         row = {"activation_checkpointing": checkpointing,
-               "plan_peak_gib": device_bytes(plan_run(cfg, 1), cfg) / GIB,
+               "plan_peak_gib": device_bytes(plans, cfg) / GIB,
+               "plan_activations_gib": peak_activation_bytes(plans, cfg) / GIB,
                "tokens": cfg.data.frames * (cfg.resolution // 16) ** 2}
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         try:
-            seconds = _train_steps(cfg, device, steps)
+            seconds, states = _train_steps(cfg, device, steps)
             row.update(ok=True, step_s=seconds, clips_per_s=1 / seconds)
             if device == "cuda":
                 row["peak_gib"] = torch.cuda.max_memory_allocated() / GIB
+                row["states_gib"] = states / GIB
+                row["plan_states_gib"] = row["plan_peak_gib"] - row["plan_activations_gib"]
                 row["plan_error"] = (row["plan_peak_gib"] - row["peak_gib"]) / row["peak_gib"]
         except torch.OutOfMemoryError as e:
             row.update(ok=False, error=f"out of memory ({str(e).splitlines()[0][:120]})")
@@ -170,6 +182,96 @@ def training(device: str, quick: bool, steps: int) -> list[dict]:
             torch.cuda.empty_cache()
         rows.append(row)
         print(f"training {row}", flush=True)
+    return rows
+
+
+# What the lip-sync expert's stage trains on (jobs/train_sync.py sets the same).
+SYNC = ["audio.encoder=mfcc", "audio.feature_rate=100", "data.frames=21", "data.motion_frames=0"]
+
+
+def _stage_batch(cfg) -> dict:
+    """One micro-batch of SynthTalk training windows, as Ray Data hands it to a worker (CPU
+    tensors; the loop moves them to the device)."""
+    from onestep.audio_features import build_audio_encoder
+    from onestep.data import clip_windows
+    from onestep.shards import clip_row
+    from onestep.synth import make_clip
+
+    encoder, rows = build_audio_encoder(cfg.audio), []
+    for i in range(cfg.train.global_batch):
+        rows += clip_windows(clip_row(make_clip(i, cfg.synth), cfg.synth.fps,
+                                      cfg.synth.sample_rate), cfg, encoder,
+                             np.random.default_rng(i))
+    return {k: torch.from_numpy(np.stack([w[k] for w in rows[:cfg.train.global_batch]]))
+            for k in rows[0]}
+
+
+def _cached_batch(cfg, folder: Path | None) -> dict:
+    """`_stage_batch`, kept in `folder` as safetensors: making one encodes and decodes MP4, and
+    a machine without PyAV (the GPU image) reads what a machine with it wrote."""
+    if folder is None:
+        return _stage_batch(cfg)
+    from safetensors.torch import load_file, save_file
+
+    path = folder / f"{cfg.train.stage}.safetensors"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in _stage_batch(cfg).items()}, str(path))
+    return load_file(str(path))
+
+
+def stages(device: str, steps: int, precision: str, batches: Path | None) -> list[dict]:
+    """Every registered stage through the training loop itself (`run_stage`: the stage's own
+    train_step, its updates, the EMAs and target networks, a final checkpoint), ZeRO-3 on one
+    rank, on SynthTalk batches, from the tiny models in reports/pretrained: what a GPU job of
+    each recipe runs, Ray aside. Each stage trains `steps` steps; the first is excluded from
+    the step time (allocation, kernel selection)."""
+    from onestep import cli
+    from onestep.stages import STAGES, build_stage, stage_class
+    from onestep.train.engine import precision as precision_of
+    from onestep.train.loop import Hooks, run_stage
+
+    pretrained = ROOT / "reports" / "pretrained"
+    sources = ([f"{k}={pretrained / 'teacher'}" for k in cli.source_keys("teacher")]
+               + [f"{k}={pretrained / 'student'}" for k in cli.source_keys("student")])
+    gpu = device == "cuda"
+    rows = []
+    for name in STAGES:
+        clips = 4 * steps
+        cfg = load_config("tiny", sources + [
+            f"train.stage={name}", f"train.use_gpu={str(gpu).lower()}", "train.num_workers=1",
+            "train.global_batch=4", f"train.total_clips={clips}", "train.warmup_clips=4",
+            f"train.checkpoint_every_clips={clips}", "train.log_every_steps=1",
+            "validation.every_clips=0", "adversarial.phases=[1]",
+            f"adversarial.clips_per_phase={clips}", "adversarial.disc_warmup_steps=0",
+            f"train.precision={precision}", "sync.weights=", *(SYNC if name == "sync" else [])])
+        stage_class(name).resolve_sources(cfg)
+        batch = _cached_batch(cfg, batches)
+        times = []  # each step's time: the loop reports after every step
+
+        def timed(metrics, checkpoint, times=times):
+            if "step_time_s" in metrics:
+                times.append(metrics["step_time_s"])
+
+        if gpu:
+            torch.cuda.reset_peak_memory_stats()
+        row = {"stage": name, "precision": precision_of(cfg), "steps": steps}
+        try:
+            metrics = run_stage(cfg, build_stage(cfg), iter(lambda: batch, None),
+                                Hooks(report=timed))
+            losses = {k: float(v) for k, v in metrics.items() if "loss" in k}
+            row.update(ok=bool(np.isfinite(list(losses.values())).all()), losses=losses,
+                       step_s=statistics.median(times[1:] or times))
+            if gpu:
+                row["peak_gib"] = torch.cuda.max_memory_allocated() / GIB
+        except Exception as e:  # one stage's failure is a row, not the end of the check
+            row.update(ok=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            traceback.print_exc()
+        gc.collect()
+        if gpu:
+            torch.cuda.empty_cache()
+        rows.append(row)
+        print(f"stage {row}", flush=True)
     return rows
 
 
@@ -201,7 +303,10 @@ def generation(device: str, quick: bool, seconds: float) -> list[dict]:
         for name, steps, scale, autocast in runs:
             sampling = Sampling(steps, scale, scale, 1.0, 0)
             with torch.autocast(device, torch.bfloat16, enabled=autocast):
-                gen.generate(image, audio[:cfg.synth.sample_rate], sampling)  # warm-up
+                # Warm-up (kernel selection, allocator): one step is enough, and 40 would cost
+                # as much as the timed run.
+                gen.generate(image, audio[:cfg.synth.sample_rate],
+                             Sampling(1, scale, scale, 1.0, 0))
                 _sync(device)
                 t0 = time.perf_counter()
                 _, stats = gen.generate(image, audio, sampling)
@@ -222,25 +327,45 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--quick", action="store_true", help="tiny shapes: check the plumbing")
-    p.add_argument("--parts", default="attention,training,generation")
+    p.add_argument("--parts", default="stages,attention,training,generation")
     p.add_argument("--steps", type=int, default=5, help="timed training steps")
     p.add_argument("--seconds", type=float, default=3.2,
                    help="seconds of video generated (3.2: one 81-frame chunk)")
+    p.add_argument("--stage-steps", type=int, default=6, help="training steps per stage")
+    p.add_argument("--precision", default="auto",
+                   help="the stages' train.precision (auto: bf16 on a GPU, fp32 on CPU)")
+    p.add_argument("--batches", type=Path, default=None, metavar="DIR",
+                   help="keep the stages' batches here (made where PyAV is, read where not)")
     p.add_argument("--out", default="reports/gpu")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU machine, or --device cpu --quick")
     os.environ.setdefault("MASTER_PORT", "29631")
     parts = args.parts.split(",")
-    results = {"attention": attention(args.device, args.quick) if "attention" in parts else [],
-               "training": (training(args.device, args.quick, args.steps)
-                            if "training" in parts else []),
-               "generation": (generation(args.device, args.quick, args.seconds)
-                              if "generation" in parts else [])}
+    runs = {"stages": lambda: stages(args.device, args.stage_steps, args.precision,
+                                     args.batches),
+            "attention": lambda: attention(args.device, args.quick),
+            "training": lambda: training(args.device, args.quick, args.steps),
+            "generation": lambda: generation(args.device, args.quick, args.seconds)}
     name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
-    meta, lines = header("GPU checks: attention kernels, bf16 ZeRO-3 training, 1 vs 40 steps",
-                         "gpu.py", f"{name}, torch {torch.__version__}")
-    lines += ["## Attention (SDPA) on Wan2.1-1.3B's shapes", "",
+    meta, head = header("GPU checks: every stage's step, attention kernels, bf16 ZeRO-3 "
+                        "training, 1 vs 40 steps", "gpu.py", f"{name}, torch {torch.__version__}")
+    results = {part: [] for part in runs}
+    for part in (p for p in runs if p in parts):  # the report so far, after every part
+        results[part] = runs[part]()
+        save(Path(args.out), meta, results, head + _tables(results))
+
+
+def _tables(results: dict) -> list[str]:
+    lines = ["## Every stage through the training loop (tiny models, ZeRO-3 on one rank)", "",
+              "| stage | precision | steps | runs | step s | peak GiB | final losses |",
+              "|---|---|---|---|---|---|---|"]
+    for r in results["stages"]:
+        lines.append(f"| {r['stage']} | {r['precision']} | {r['steps']} | " + (
+            f"yes | {r['step_s']:.3f} | {r.get('peak_gib', float('nan')):.2f} | "
+            + ", ".join(f"{k} {v:.4g}" for k, v in r["losses"].items()) + " |"
+            if r["ok"] else f"no: {r.get('error', 'a loss is not finite')} | | | |"))
+    lines += ["", "## Attention (SDPA) on Wan2.1-1.3B's shapes", "",
               "| kernel | tokens | dtype | runs | ms | TFLOP/s | max diff vs fp32 math |",
               "|---|---|---|---|---|---|---|"]
     for r in results["attention"]:
@@ -248,13 +373,20 @@ def main() -> None:
                      + (f"yes | {r['ms']:.2f} | {r['tflops']:.1f} | {r['max_abs_diff']:.2e} |"
                         if r["ok"] else f"no: {r['error']} | | | |"))
     lines += ["", "## Training: Wan2.1-1.3B's architecture, ZeRO-3 on one rank, micro-batch 1",
-              "", "| activation checkpointing | tokens | step s | clips/s | peak GiB | plan GiB | "
-              "plan error |", "|---|---|---|---|---|---|---|"]
+              "", "States: what stays allocated between steps (weights, gradients, Adam, EMA); "
+              "the rest of the peak is the step's activations and transient buffers.", "",
+              "| activation checkpointing | tokens | step s | clips/s | peak GiB | plan GiB | "
+              "plan error | states GiB (plan) | peak − states GiB (plan activations) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    nan = float("nan")
     for r in results["training"]:
         lines.append(f"| {r['activation_checkpointing']} | {r['tokens']} | " + (
-            f"{r['step_s']:.3f} | {r['clips_per_s']:.2f} | {r.get('peak_gib', float('nan')):.1f}"
-            f" | {r['plan_peak_gib']:.1f} | {100 * r.get('plan_error', float('nan')):+.1f}% |"
-            if r["ok"] else f"{r['error']} | | | {r['plan_peak_gib']:.1f} | |"))
+            f"{r['step_s']:.3f} | {r['clips_per_s']:.2f} | {r.get('peak_gib', nan):.1f}"
+            f" | {r['plan_peak_gib']:.1f} | {100 * r.get('plan_error', nan):+.1f}% | "
+            f"{r.get('states_gib', nan):.1f} ({r.get('plan_states_gib', nan):.1f}) | "
+            f"{r.get('peak_gib', nan) - r.get('states_gib', nan):.1f} "
+            f"({r['plan_activations_gib']:.1f}) |"
+            if r["ok"] else f"{r['error']} | | | {r['plan_peak_gib']:.1f} | | | |"))
     lines += ["", "## Generation: 1 step vs 40 steps with CFG, Wan2.1's VAE at full size", "",
               "| model | bf16 autocast | NFE / chunk | s per video s | decode s per video s | "
               "decode share |", "|---|---|---|---|---|---|"]
@@ -262,7 +394,7 @@ def main() -> None:
         lines.append(f"| {r['model']} | {r['bf16_autocast']} | {r['nfe_per_chunk']} | "
                      f"{r['s_per_video_s']:.3f} | {r['decode_s_per_video_s']:.3f} | "
                      f"{100 * r['decode_share']:.0f}% |")
-    save(Path(args.out), meta, results, lines)
+    return lines
 
 
 if __name__ == "__main__":

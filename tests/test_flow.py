@@ -105,3 +105,22 @@ def test_a_mouth_region_outside_the_frame_is_refused_with_the_field_named():
         load_config("tiny", ["flow.mouth_region=[0.9, 0.5, 0.3, 0.7]"])
     with pytest.raises(ConfigError, match="flow.mouth_weight"):
         load_config("tiny", ["flow.mouth_weight=0"])
+
+
+def test_training_draws_come_from_the_cpu_generator_and_land_where_the_data_is():
+    """A GPU run draws the same noise and times as a CPU run of its config: the generator stays
+    on the CPU and the draws follow the data. The meta device stands in for a GPU here."""
+    from onestep import draws
+
+    like = torch.empty(2, 3, device="meta", dtype=torch.bfloat16)
+    noise = draws.normal(like, torch.Generator().manual_seed(5))
+    times = draws.uniform(2, torch.Generator().manual_seed(5), like, 0.2, 0.6)
+    ints = draws.integers(7, 2, torch.Generator().manual_seed(5), like)
+    assert noise.device.type == times.device.type == ints.device.type == "meta"
+    assert noise.dtype == torch.bfloat16 and times.dtype == torch.float32
+    g = torch.Generator().manual_seed(5)
+    assert torch.equal(draws.normal(torch.empty(2, 3), g),
+                       torch.randn(2, 3, generator=torch.Generator().manual_seed(5)))
+    g = torch.Generator().manual_seed(5)
+    expected = 0.2 + 0.4 * torch.rand(2, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(draws.uniform(2, g, torch.empty(0), 0.2, 0.6), expected)

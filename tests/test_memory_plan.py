@@ -49,6 +49,19 @@ def test_the_plan_shrinks_with_workers_and_moves_what_is_offloaded(tiny_config):
     assert peak == pytest.approx(plans[0].activation_bytes + plans[1].activation_bytes)
 
 
+def test_under_bf16_trained_networks_keep_fp32_states_and_frozen_ones_halve(tiny_config):
+    """bf16 is autocast compute: the states of a trained network are fp32's; only what is never
+    stepped (a frozen teacher) is stored in bf16. Activations are saved in bf16."""
+    fp32 = {p.name: p for p in plan_run(tiny_config(**{"train.stage": "dmd"}), 2)}
+    bf16 = {p.name: p for p in plan_run(tiny_config(**{"train.stage": "dmd",
+                                                          "train.precision": "bf16"}), 2)}
+    for name in ("generator", "fake_score"):
+        for term in ("params_bytes", "grads_bytes", "optimizer_bytes", "ema_bytes"):
+            assert getattr(bf16[name], term) == getattr(fp32[name], term)
+        assert bf16[name].activation_bytes < fp32[name].activation_bytes
+    assert bf16["teacher"].params_bytes == pytest.approx(fp32["teacher"].params_bytes / 2)
+
+
 @pytest.mark.parametrize("kind", ["dit", "wan"])
 def test_activation_checkpointing_gives_the_same_gradients(tiny_config, kind):
     cfg = tiny_config(**{"model.kind": kind, "model.prompt_tokens": 4, "model.text_dim": 16})
@@ -103,9 +116,61 @@ def test_zero3_offload_and_checkpointing_train_through_the_loop():
                                   "train.offload_params": True,
                                   "train.activation_checkpointing": True,
                                   "validation.every_clips": 0})
-    run = subprocess.run([sys.executable, "-c", OFFLOAD, json.dumps(overrides)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONWARNINGS": "ignore", "MASTER_PORT": "29619"})
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result = _in_one_process(OFFLOAD, overrides, port=29619)
     assert result["step"] == 2 and result["loss"] > 0
+
+
+def _in_one_process(script: str, overrides: list[str], port: int) -> dict:
+    """The JSON `script` prints last, run in a process of its own (its process group must not
+    outlive it)."""
+    run = subprocess.run([sys.executable, "-c", script, json.dumps(overrides)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore", "MASTER_PORT": str(port)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+BF16 = r"""
+import json, sys
+import numpy as np, torch
+from onestep.config import SynthConfig, load_config
+from onestep.audio_features import build_audio_encoder
+from onestep.data import clip_windows
+from onestep.model import build_model
+from onestep.shards import clip_row
+from onestep.stages import build_stage, stage_class
+from onestep.synth import make_clip
+from onestep.train.engine import init_distributed, make_engine
+from onestep.train.loop import Hooks, run_stage
+
+cfg = load_config("tiny", json.loads(sys.argv[1]))
+stage_class(cfg.train.stage).resolve_sources(cfg)
+init_distributed(cfg)
+wan = load_config("tiny", json.loads(sys.argv[1])
+                  + ["model.kind=wan", "model.prompt_tokens=4", "model.text_dim=16"])
+frozen = make_engine(build_model(wan), wan, trainable=False)  # Wan keeps its prompt as a buffer
+dtypes = sorted({str(p.dtype) for p in frozen.module.parameters()})
+buffers = sorted({str(b.dtype) for b in frozen.module.buffers() if b.is_floating_point()})
+rows = [clip_row(make_clip(i, cfg.synth), cfg.synth.fps, cfg.synth.sample_rate) for i in range(2)]
+encoder = build_audio_encoder(cfg.audio)
+windows = [w for i, r in enumerate(rows)
+           for w in clip_windows(r, cfg, encoder, np.random.default_rng(i))]
+batch = {k: torch.from_numpy(np.stack([w[k] for w in windows[:cfg.train.global_batch]]))
+         for k in windows[0]}
+metrics = run_stage(cfg, build_stage(cfg), iter(lambda: batch, None), Hooks())
+print(json.dumps({"frozen": dtypes, "buffers": buffers, "step": metrics["step"],
+                  "losses": [metrics["dmd_loss"], metrics["critic_loss"]]}))
+"""
+
+
+def test_bf16_trains_a_distillation_stage_with_its_teacher_frozen_in_bf16():
+    """The precision a GPU run uses (train.precision: auto → bf16), here on the CPU: autocast
+    over fp32 weights for the trained networks, the frozen teacher stored in bf16 (buffers, a
+    Wan network's stored prompt, kept fp32). reports/gpu.md runs every stage so on a GPU."""
+    overrides = tiny_overrides(**{"train.num_workers": 1, "train.stage": "dmd",
+                                  "train.precision": "bf16", "dmd.critic_steps": 1,
+                                  "dmd.teacher": str(ROOT / "reports/pretrained/teacher"),
+                                  "validation.every_clips": 0})
+    result = _in_one_process(BF16, overrides, port=29621)
+    assert result["frozen"] == ["torch.bfloat16"] and result["buffers"] == ["torch.float32"]
+    assert result["step"] == 2 and all(0 < loss < 100 for loss in result["losses"])

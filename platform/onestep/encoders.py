@@ -111,4 +111,5 @@ class ImageEncoder:
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [-1, 1] → (B, H, W, 3) uint8, what an image encoder reads."""
-    return ((frames.float() + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    pixels = ((frames.float() + 1) * 127.5).round().clamp(0, 255).byte()
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()

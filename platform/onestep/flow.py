@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from onestep import draws
 from onestep.config import FlowConfig
 from onestep.model.dit import Conditions
 
@@ -38,11 +39,11 @@ def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 def sample_training_timesteps(batch: int, cfg: FlowConfig, rng: torch.Generator | None,
-                              device=None) -> torch.Tensor:
-    u = torch.randn(batch, generator=rng, device=device)
-    t = torch.sigmoid(u) if cfg.logit_normal else torch.rand(batch, generator=rng,
-                                                             device=device)
-    return shift_timesteps(t, cfg.timestep_shift)
+                              like: torch.Tensor) -> torch.Tensor:
+    """(batch,) training times on `like`'s device (drawn as onestep.draws says)."""
+    u = torch.randn(batch, generator=rng)
+    t = torch.sigmoid(u) if cfg.logit_normal else torch.rand(batch, generator=rng)
+    return shift_timesteps(t, cfg.timestep_shift).to(like.device)
 
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -51,9 +52,10 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.T
 
 
 def condition_dropout(batch: int, cfg: FlowConfig, rng: torch.Generator | None,
-                      device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample (drop_audio, drop_ref): teaches v(ref, ∅) and v(∅, ∅) for multi-CFG."""
-    u = torch.rand(batch, generator=rng, device=device)
+                      like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (drop_audio, drop_ref) on `like`'s device: teaches v(ref, ∅) and v(∅, ∅)
+    for multi-CFG."""
+    u = draws.uniform(batch, rng, like)
     drop_all = u < cfg.all_drop
     drop_audio = u < cfg.all_drop + cfg.audio_drop
     return drop_audio, drop_all
@@ -100,9 +102,9 @@ def flow_matching_loss(model, x0: torch.Tensor, cond: Conditions, cfg: FlowConfi
     """Teacher objective: (mouth-weighted) MSE between predicted and true velocity. Returns
     (loss, logs)."""
     b = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=rng, device=x0.device, dtype=x0.dtype)
-    t = sample_training_timesteps(b, cfg, rng, x0.device).to(x0.dtype)
-    drop_audio, drop_ref = condition_dropout(b, cfg, rng, x0.device)
+    noise = draws.normal(x0, rng)
+    t = sample_training_timesteps(b, cfg, rng, x0).to(x0.dtype)
+    drop_audio, drop_ref = condition_dropout(b, cfg, rng, x0)
     cond = dataclasses.replace(cond, drop_audio=drop_audio, drop_ref=drop_ref)
     loss = velocity_loss(model, x0, noise, t, cond, mouth_weights(x0, cfg))
     return loss, {"loss": loss.detach(), "t_mean": t.mean().detach()}

@@ -8,6 +8,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from onestep import draws
+
 
 def dmd_loss(x0: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor) -> torch.Tensor:
     """Reverse-KL distribution matching. Its gradient w.r.t. the student sample x0 is
@@ -57,5 +59,4 @@ def perturbation_penalty(disc: Callable[[torch.Tensor], torch.Tensor], x: torch.
     generated x) estimates, at the cost of one forward pass instead of a second-order backward.
     `logits` are D(x), already computed for the adversarial loss.
     """
-    noise = torch.randn(x.shape, generator=rng, device=x.device, dtype=x.dtype)
-    return ((disc(x + sigma * noise) - logits) ** 2).mean() / sigma ** 2
+    return ((disc(x + sigma * draws.normal(x, rng)) - logits) ** 2).mean() / sigma ** 2

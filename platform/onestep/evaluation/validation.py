@@ -46,10 +46,12 @@ def lip_sync(result: dict) -> tuple[float, float]:
 
 class Validator:
     """Loads the held-out clips, the scorers and the collapse reference once; scores weights on
-    demand. `teacher`: the checkpoint whose samples are the collapse reference ("" → the clips)."""
+    demand. `teacher`: the checkpoint whose samples are the collapse reference ("" → the clips);
+    `device`: where the samples are generated (the training rank's)."""
 
-    def __init__(self, cfg: Config, teacher: str = ""):
+    def __init__(self, cfg: Config, teacher: str = "", device: str = "cpu"):
         v, endpoint = cfg.validation, cfg.run.s3_endpoint_url
+        self.device = device
         labelled = is_labelled(cfg.data.uri, endpoint)
         if not labelled and not cfg.sync.weights:
             raise ValueError(f"{cfg.data.uri}: footage without mouth labels; validation needs a "
@@ -66,7 +68,7 @@ class Validator:
                      len(self.clips))
             model, teacher_cfg = load_generator(teacher, endpoint)
             self.reference = []
-            result = evaluate(AvatarGenerator(model, teacher_cfg), Sampling.from_config(
+            result = evaluate(AvatarGenerator(model, teacher_cfg, device), Sampling.from_config(
                 teacher_cfg), self.clips, self.reader, self.reference, self.scorer)
             self.reference_sync = lip_sync(result)[0]
             self.reference_name = f"the teacher's samples ({teacher})"
@@ -77,8 +79,8 @@ class Validator:
         load_weights_into(model, weights, "validation weights")
         sampling = Sampling.from_config(export_cfg, steps=self.steps)
         videos = []
-        result = evaluate(AvatarGenerator(model.eval(), export_cfg), sampling, self.clips,
-                          self.reader, videos, self.scorer)
+        result = evaluate(AvatarGenerator(model.eval(), export_cfg, self.device), sampling,
+                          self.clips, self.reader, videos, self.scorer)
         out = {f"val_{k}": float(result[k]) for k in REPORTED if k in result}
         sync, ground_truth = lip_sync(result)
         if "sync" not in result:  # the expert alone: its LSE-C relative to the ground truth's

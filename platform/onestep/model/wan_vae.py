@@ -51,10 +51,12 @@ class WanVAECodec(nn.Module):
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, 1 + 4k, H, W) in [-1, 1] → (B, C, 1 + k, H/8, W/8), normalised. The
-        posterior's mode: training data and conditions are deterministic."""
+        posterior's mode: training data and conditions are deterministic. Computed where the
+        VAE's weights are (a process loads it once, for all its users), returned where `video`
+        is."""
         self.latent_frames(video.shape[2])
-        moments = self.vae.encode(video.to(self.mean.dtype)).latent_dist.mode()
-        return (moments - self.mean) / self.std
+        moments = self.vae.encode(video.to(self.mean.device, self.mean.dtype)).latent_dist.mode()
+        return ((moments - self.mean) / self.std).to(video.device)
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ import math
 
 import torch
 
+from onestep import draws
 from onestep.config import Config
 from onestep.distill.losses import discriminator_loss, generator_loss, perturbation_penalty
 from onestep.distill.trajectory import dynamic_schedule, final_step_sample
@@ -91,7 +92,7 @@ class AdversarialStage(Stage):
         if not self.cfg.model.guidance_input:
             return cond
         a, b = self.cfg.adversarial, cond.ref.shape[0]
-        scales = [lo + (hi - lo) * torch.rand(b, generator=rng)
+        scales = [draws.uniform(b, rng, cond.ref, lo, hi)
                   for lo, hi in (a.audio_scale_range, a.ref_scale_range)]
         return dataclasses.replace(cond, guidance=torch.stack(scales, -1))
 
@@ -181,7 +182,7 @@ class AdversarialStage(Stage):
         cond = self._guided(cond, rng)
         b = x_real.shape[0]
         timesteps = self.schedule(step, float(torch.rand(1, generator=self.shared_rng(step))))
-        noise = torch.randn(x_real.shape, generator=rng)
+        noise = draws.normal(x_real, rng)
         train_generator = self.generator_updates(step)[1]  # the same on every rank
         with torch.set_grad_enabled(train_generator):
             x_fake = final_step_sample(gen, noise, timesteps, cond)
@@ -193,8 +194,8 @@ class AdversarialStage(Stage):
 
         # The discriminator sees every input noised to one shared random timestep.
         lo, hi = a.disc_timestep
-        t_d = lo + (hi - lo) * torch.rand(b, generator=rng)
-        eps_d = torch.randn(x_real.shape, generator=rng)
+        t_d = draws.uniform(b, rng, x_real, lo, hi)
+        eps_d = draws.normal(x_real, rng)
 
         def logits(x: torch.Tensor) -> torch.Tensor:
             return disc(add_noise(x, eps_d, t_d), t_d, cond)

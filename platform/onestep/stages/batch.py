@@ -25,7 +25,7 @@ def prepare_batch(batch: dict, codec, cfg: Config,
         ref = encode_reference(codec, batch["ref"].float())
         audio = align_audio(batch["audio"].float(), cfg.data.frames, codec.temporal_factor)
         if image_encoder is not None:
-            image = image_encoder(to_uint8(batch["ref"]))
+            image = image_encoder(to_uint8(batch["ref"])).to(x0.device)
     motion = cfg.data.motion_frames
     cond = make_conditions(ref, audio, x0.shape[2], codec.latent_frames(motion) if motion else 0,
                            motion_latent=x0, use_motion=batch["use_motion"], image=image)

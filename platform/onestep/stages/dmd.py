@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from onestep import draws
 from onestep.config import Config
 from onestep.distill.losses import dmd_loss
 from onestep.distill.trajectory import denoise_until, predict_x0
@@ -20,10 +21,6 @@ from onestep.stages.sources import inherit, load_networks, pin_teacher
 from onestep.train.engine import update
 
 T_MIN, T_MAX = 0.02, 0.98  # where the scores are compared (DMD2's range)
-
-
-def _uniform(batch: int, rng: torch.Generator, low: float, high: float) -> torch.Tensor:
-    return low + (high - low) * torch.rand(batch, generator=rng)
 
 
 class DMDStage(Stage):
@@ -62,11 +59,12 @@ class DMDStage(Stage):
         """
         d = self.cfg.dmd
         timesteps = sampling_timesteps(d.student_steps, self.cfg.sample.timestep_shift)
-        noise = torch.randn(x0_real.shape, generator=rng)
+        noise = draws.normal(x0_real, rng)
         if d.backward_simulation:
             x = denoise_until(engine, noise, timesteps, cond, k)
         else:
-            x = add_noise(x0_real, noise, timesteps[k].expand(x0_real.shape[0]))
+            x = add_noise(x0_real, noise, torch.full((x0_real.shape[0],), float(timesteps[k]),
+                                                     device=x0_real.device))
         return predict_x0(engine, x, float(timesteps[k]), cond)
 
     def train_step(self, batch: dict, engines: dict, rng: torch.Generator,
@@ -80,8 +78,8 @@ class DMDStage(Stage):
         k = int(torch.randint(d.student_steps, (1,), generator=self.shared_rng(step)))
         if step % d.critic_steps == 0:
             x0 = self._student_sample(student, x0_real, cond, rng, k)
-            t = _uniform(b, rng, T_MIN, T_MAX)
-            x_t = add_noise(x0.detach(), torch.randn(x0.shape, generator=rng), t)
+            t = draws.uniform(b, rng, x0, T_MIN, T_MAX)
+            x_t = add_noise(x0.detach(), draws.normal(x0, rng), t)
             tt = t.view(-1, 1, 1, 1, 1)
             with torch.no_grad():
                 real = GuidedVelocity(teacher, cond, d.audio_scale, d.ref_scale)(x_t, t)
@@ -96,9 +94,8 @@ class DMDStage(Stage):
                 x0 = self._student_sample(student, x0_real, cond, rng, k)
         # The critic learns the flow of the student's current samples (conditional only: the
         # fake score is never guided).
-        t = _uniform(b, rng, T_MIN, T_MAX)
-        critic_loss = velocity_loss(critic, x0, torch.randn(x0.shape, generator=rng), t,
-                                    cond)
+        t = draws.uniform(b, rng, x0, T_MIN, T_MAX)
+        critic_loss = velocity_loss(critic, x0, draws.normal(x0, rng), t, cond)
         logs.update(loss=critic_loss.detach(), critic_loss=critic_loss.detach(),
                     critic_grad_norm=update(critic, critic_loss))
         return logs

@@ -23,6 +23,7 @@ import dataclasses
 
 import torch
 
+from onestep import draws
 from onestep.config import TIERS, Config
 from onestep.distill.windows import gt_weight, per_sample_mse, solve, straight_flow, window_bounds
 from onestep.flow import GuidedVelocity, add_noise, condition_dropout, mouth_weights
@@ -87,11 +88,11 @@ class FADAStage(Stage):
         out.sample.timestep_shift = 1.0
         return out
 
-    def _scales(self, b: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.cfg.fada
-        (a_lo, a_hi), (r_lo, r_hi) = f.audio_scale_range, f.ref_scale_range
-        return (a_lo + (a_hi - a_lo) * torch.rand(b, generator=rng),
-                r_lo + (r_hi - r_lo) * torch.rand(b, generator=rng))
+    def _scales(self, rng: torch.Generator, x0: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        f, b = self.cfg.fada, x0.shape[0]
+        return (draws.uniform(b, rng, x0, *f.audio_scale_range),
+                draws.uniform(b, rng, x0, *f.ref_scale_range))
 
     def train_step(self, batch: dict, engines: dict, rng: torch.Generator,
                    step: int) -> dict:
@@ -99,17 +100,17 @@ class FADAStage(Stage):
         student, teacher = engines["generator"], engines["teacher"]
         x0, cond = self.prepare(batch)
         b = x0.shape[0]
-        t_start, t_end = window_bounds(torch.randint(f.windows, (b,), generator=rng), f.windows)
-        noise = torch.randn(x0.shape, generator=rng)
+        t_start, t_end = window_bounds(draws.integers(f.windows, b, rng, x0), f.windows)
+        noise = draws.normal(x0, rng)
         z_start = add_noise(x0, noise, t_start)
-        t = t_end + (t_start - t_end) * torch.rand(b, generator=rng)
+        t = t_end + (t_start - t_end) * draws.uniform(b, rng, x0)
         if f.cfg_mode == "none":  # the student learns each branch CFG will ask of it
-            drop_audio, drop_ref = condition_dropout(b, self.cfg.flow, rng)
+            drop_audio, drop_ref = condition_dropout(b, self.cfg.flow, rng, x0)
             cond = dataclasses.replace(cond, drop_audio=drop_audio, drop_ref=drop_ref)
             target_velocity = lambda x, s: teacher(x, s, cond)  # noqa: E731
             student_cond = cond
         else:
-            audio_scale, ref_scale = self._scales(b, rng)
+            audio_scale, ref_scale = self._scales(rng, x0)
             target_velocity = GuidedVelocity(teacher, cond, audio_scale, ref_scale)
             student_cond = dataclasses.replace(
                 cond, guidance=torch.stack([audio_scale, ref_scale], -1))
@@ -124,7 +125,8 @@ class FADAStage(Stage):
             # Every rank runs this forward (ZeRO-3 gathers parameters collectively); samples
             # outside gt_tiers weigh 0.
             eligible = torch.isin(batch["tier"].long(),
-                                  torch.tensor([TIERS.index(x) for x in f.gt_tiers]))
+                                  torch.tensor([TIERS.index(x) for x in f.gt_tiers],
+                                               device=x0.device))
             gt_loss = per_sample_mse(student(add_noise(x0, noise, t), t, student_cond),
                                      noise - x0, weights)
             ratio = gt_loss.detach() / teacher_loss.detach().clamp_min(1e-8)

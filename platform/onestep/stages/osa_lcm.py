@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from onestep import draws
 from onestep.conditioning import make_conditions
 from onestep.config import Config
 from onestep.distill.consistency import (
@@ -136,7 +137,7 @@ class OSALCMStage(Stage):
             else 0
         offset, per = frames - motion, cond.audio.shape[1] // x.shape[2]
         x_prev, x_next = x[:, :, :frames], x[:, :, offset:offset + frames]
-        no_past = (torch.rand(x.shape[0], generator=rng) < o.eft_reference_prob).to(x.device)
+        no_past = draws.uniform(x.shape[0], rng, x) < o.eft_reference_prob
         x_prev = torch.where(no_past[:, None, None, None, None],
                              cond.ref[:, :, None].expand_as(x_prev), x_prev)
         cond = make_conditions(cond.ref, cond.audio[:, offset * per:(offset + frames) * per],
@@ -148,17 +149,19 @@ class OSALCMStage(Stage):
     def _consistency_point(self, x0: torch.Tensor, rng: torch.Generator):
         """(noise, t_{n+k}, t_n) per sample on the discretised ODE."""
         o, b = self.cfg.osa_lcm, x0.shape[0]
-        index = torch.randint(o.discretisation_steps - o.skip + 1, (b,), generator=rng)
-        t_from, t_to = consistency_pair(discretisation(o.discretisation_steps), index, o.skip)
-        return torch.randn(x0.shape, generator=rng), t_from, t_to
+        index = draws.integers(o.discretisation_steps - o.skip + 1, b, rng, x0)
+        grid = discretisation(o.discretisation_steps).to(x0.device)
+        t_from, t_to = consistency_pair(grid, index, o.skip)
+        return draws.normal(x0, rng), t_from, t_to
 
-    def _disc_noise(self, b: int, step: int, rng: torch.Generator) -> tuple[torch.Tensor, float]:
+    def _disc_noise(self, x0: torch.Tensor, step: int, rng: torch.Generator
+                    ) -> tuple[torch.Tensor, float]:
         """The discriminator's noise levels: up to the progressive bound on its own updates
         (Eq. 6), over the whole range when it judges for the generator."""
         o = self.cfg.osa_lcm
         bound = (progressive_noise_bound(step // 2, *o.disc_noise, o.disc_noise_iterations)
                  if step % 2 else o.disc_noise[1])
-        return bound * torch.rand(b, generator=rng), bound
+        return draws.uniform(x0.shape[0], rng, x0, 0.0, bound), bound
 
     def train_step(self, batch: dict, engines: dict, rng: torch.Generator,
                    step: int) -> dict:
@@ -167,21 +170,20 @@ class OSALCMStage(Stage):
         if o.phase == "eft":
             x_prev, x0, cond = self._fragments(batch, rng)
             lo, hi = o.eft_timestep
-            t_from = lo + (hi - lo) * torch.rand(x0.shape[0], generator=rng)
-            x_from = add_noise(x_prev, torch.randn(x0.shape, generator=rng), t_from)
+            t_from = draws.uniform(x0.shape[0], rng, x0, lo, hi)
+            x_from = add_noise(x_prev, draws.normal(x0, rng), t_from)
         elif o.phase == "ft":  # the same fragment, from noise
             _, x0, cond = self._fragments(batch, rng)
-            t_from, x_from = torch.ones(x0.shape[0]), torch.randn(x0.shape, generator=rng)
+            t_from, x_from = x0.new_ones(x0.shape[0]), draws.normal(x0, rng)
         else:
             x0, cond = self.prepare(batch)
             noise, t_from, t_to = self._consistency_point(x0, rng)
             x_from = add_noise(x0, noise, t_from)
-        b = x0.shape[0]
-        t_d, bound = self._disc_noise(b, step, rng)
+        t_d, bound = self._disc_noise(x0, step, rng)
         velocity = lambda x, t: student(x, t, cond)  # noqa: E731
 
         def judged(x: torch.Tensor) -> torch.Tensor:
-            return disc(add_noise(x, torch.randn(x.shape, generator=rng), t_d), t_d, cond)
+            return disc(add_noise(x, draws.normal(x, rng), t_d), t_d, cond)
 
         if step % 2 == 0:  # the generator's turn
             if o.phase != "adv_lcm":  # one step to the next fragment, edited or from noise

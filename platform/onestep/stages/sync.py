@@ -65,7 +65,8 @@ class SyncStage(Stage):
         video, audio = engine(mouths, sound)  # (B, D), (B·(2K+1), D), unit length
         b, shifts = len(video), 2 * k + 1
         logits = video @ audio.T / self.cfg.sync.temperature  # (B, B·(2K+1))
-        own = torch.arange(b)[:, None] * shifts + torch.arange(shifts)  # each clip's shifts
+        own = (torch.arange(b, device=video.device)[:, None] * shifts
+               + torch.arange(shifts, device=video.device))  # each clip's shifts
         near = own[:, [k - 1, k + 1]] if k else own[:, :0]
         logits = logits.scatter(1, near, float("-inf"))
         target = own[:, k]

@@ -1,8 +1,9 @@
 """DeepSpeed in one place: engine config, ZeRO stage, precision, backend and gathering.
 
 Model code never imports DeepSpeed; stages ask this module for engines. On CPU DeepSpeed runs with
-its CPU accelerator and the gloo backend, in fp32; on GPU with NCCL and bf16. Frozen networks (the
-teacher in DMD) are sharded for inference with ZeRO-3 too, so per-rank memory falls with workers.
+its CPU accelerator and the gloo backend, in fp32; on GPU with NCCL and bf16 compute. Frozen
+networks (the teacher in DMD) are sharded for inference with ZeRO-3 too, so per-rank memory falls
+with workers.
 """
 
 from __future__ import annotations
@@ -71,7 +72,11 @@ def ds_config(cfg: Config, micro_batch: int, trainable: bool = True) -> dict:
                               "allgather_bucket_size": bucket,
                               "stage3_prefetch_bucket_size": int(0.9 * bucket),
                               "stage3_param_persistence_threshold": 0},
-        "bf16": {"enabled": prec == "bf16"},
+        # bf16 is autocast (DeepSpeed's `torch_autocast`): weights, gradients and optimizer
+        # states stay fp32, matrix products and convolutions run in bf16, and ZeRO-3 gathers
+        # their weights in bf16. DeepSpeed's `bf16` mode would store bf16 weights but hand the
+        # networks fp32 inputs, which every network would then have to cast itself.
+        "torch_autocast": {"enabled": prec == "bf16", "dtype": "bfloat16"},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,  # we log ourselves
         "wall_clock_breakdown": False,
@@ -158,6 +163,9 @@ def make_engine(model: torch.nn.Module, cfg: Config, lr: float | None = None,
     micro = cfg.train.global_batch // world_size
     if not trainable:
         model.requires_grad_(False)
+        if precision(cfg) == "bf16":  # never stepped: its weights need no fp32 to accumulate in
+            for p in model.parameters():  # buffers (Wan's stored prompt) keep fp32
+                p.data = p.data.to(torch.bfloat16)
         engine, *_ = deepspeed.initialize(model=model, config=ds_config(cfg, micro, False))
         engine.eval()
         return engine

@@ -175,6 +175,13 @@ def _validate(stage, emas: dict, validator: Validator | None, step: int) -> dict
     return out
 
 
+def _on(device: torch.device, batch: dict) -> dict:
+    """The batch's tensors on the training device (Ray Data and plain iterators hand over CPU
+    tensors)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
+
+
 def _scalars(writer, stage, metrics: dict, step: int) -> None:
     if writer is not None:
         for k, v in metrics.items():
@@ -338,7 +345,9 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
     ckpt_every = max(1, cfg.train.checkpoint_every_clips // batch_size)
     every = cfg.validation.every_clips
     val_every = max(1, every // batch_size) if every else 0
-    validator = Validator(cfg, stage.teacher_uri()) if val_every and rank == 0 else None
+    device = engines[stage.export].device  # where the networks train: batches go there
+    validator = (Validator(cfg, stage.teacher_uri(), str(device)) if val_every and rank == 0
+                 else None)
     progress = _Progress(cfg, stage, hooks, state, total_steps, engines[stage.export].module)
     val = {}
 
@@ -378,7 +387,7 @@ def run_stage(cfg: Config, stage, batches: Iterator[dict], hooks: Hooks | None =
     metrics = {}
 
     while state["step"] < total_steps:
-        batch = progress.next_batch(batches)
+        batch = _on(device, progress.next_batch(batches))
         logs = stage.train_step(batch, engines, rng, state["step"])
         _average(stage, engines, emas, state)
         state["step"] += 1

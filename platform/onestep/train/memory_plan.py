@@ -4,14 +4,18 @@ one micro-batch saves for backward; the run's peak adds the states of all networ
 activations of its largest backward pass.
 
 The states follow what DeepSpeed allocates (measured against it by benchmarks/zero_memory.py),
-with P parameters, N ranks and b bytes per weight (bf16: 2, fp32: 4):
+with P parameters and N ranks. A trained network's weights are fp32 in either precision (bf16 is
+autocast compute: onestep.train.engine); a frozen one's are bf16 under bf16 (b = 2), else fp32
+(b = 4). Buffers (Wan's stored prompt) keep their fp32 and are held whole on every rank.
 
-    trained      params    b·P/N under ZeRO-3, else b·P
-                 grads     b·P/N under ZeRO ≥ 1 (reduced into partitions), else b·P; plus an
-                           fp32 copy 4P/N for the master's step under ZeRO-3, or in bf16
-                 optimizer Adam 8P/N + fp32 master 4P/N under ZeRO ≥ 1; ZeRO-0: 8P (+ 4P bf16)
+    trained      params    4P/N under ZeRO-3, else 4P
+                 grads     4P/N under ZeRO ≥ 1 (reduced into partitions), else 4P; plus a copy
+                           4P/N for the master's step under ZeRO-3
+                 optimizer Adam 8P/N + fp32 master 4P/N under ZeRO ≥ 1; ZeRO-0: 8P
     frozen       params    b·P/N under ZeRO-3, else b·P (no gradients, no optimizer)
     EMA          fp32 copy of the exported network's local shard: 4P/N under ZeRO-3, else 4P
+
+Activations are saved in the compute dtype (bf16 under autocast, traced as a bf16 network).
 
 With `train.offload_optimizer` the optimizer terms (and the fp32 gradient copy) live in host
 memory instead, and with `train.offload_params` the parameter shards. Activations are counted by
@@ -54,31 +58,29 @@ class NetworkPlan:
                 + self.activation_bytes)
 
 
-def weight_bytes(cfg: Config) -> int:
+def compute_dtype(cfg: Config) -> torch.dtype:
     from onestep.train.engine import precision
 
-    return 2 if precision(cfg) == "bf16" else 4
+    return torch.bfloat16 if precision(cfg) == "bf16" else torch.float32
 
 
 def state_plan(cfg: Config, world_size: int, name: str, parameters: int, trained: bool,
                exported: bool, buffers: int = 0) -> NetworkPlan:
     """The parameter, gradient, optimizer and EMA terms of one network (module docstring);
     `buffers` elements (Wan's stored prompt) are held whole on every rank."""
-    z, n, p, b = cfg.train.zero_stage, world_size, parameters, weight_bytes(cfg)
+    z, n, p = cfg.train.zero_stage, world_size, parameters
+    b = 2 if not trained and compute_dtype(cfg) == torch.bfloat16 else 4
     plan = NetworkPlan(name, parameters, trained)
-    plan.params_bytes = b * p / (n if z == 3 else 1) + b * buffers
+    plan.params_bytes = b * p / (n if z == 3 else 1) + 4 * buffers
     if cfg.train.offload_params:  # ZeRO-3 fetches each layer's shard from host memory
         plan.host_bytes, plan.params_bytes = plan.params_bytes, 0.0
     if exported:
         plan.ema_bytes = 4 * p / (n if z == 3 else 1)
     if not trained:
         return plan
-    plan.grads_bytes = b * p / (n if z >= 1 else 1)
-    fp32_grads = 4 * p / n if z == 3 or (z >= 1 and b == 2) else 0.0
-    if z >= 1:
-        optimizer = 8 * p / n + 4 * p / n
-    else:
-        optimizer = 8 * p + (4 * p if b == 2 else 0)
+    plan.grads_bytes = 4 * p / (n if z >= 1 else 1)
+    fp32_grads = 4 * p / n if z == 3 else 0.0
+    optimizer = 8 * p / n + 4 * p / n if z >= 1 else 8 * p
     if cfg.train.offload_optimizer:
         plan.host_bytes += optimizer + fp32_grads
     else:
@@ -128,7 +130,7 @@ def saved_activation_bytes(model: torch.nn.Module, cfg: Config, batch: int) -> f
     micro-batch of `batch` training windows; storages counted once."""
     from onestep.stages import stage_class
 
-    dtype = torch.bfloat16 if weight_bytes(cfg) == 2 else torch.float32
+    dtype = compute_dtype(cfg)
     with torch.device("meta"):
         inputs = stage_class(cfg.train.stage).plan_inputs(cfg, model, batch)
     model = model.to(dtype)
@@ -220,7 +222,7 @@ def format_plan(plans: list[NetworkPlan], cfg: Config, world_size: int) -> str:
                                ("optimizer offload", t.offload_optimizer),
                                ("parameter offload", t.offload_params)) if on]
     lines = [f"memory plan per rank: stage {t.stage}, {world_size} workers, ZeRO-{t.zero_stage}, "
-             f"{'bf16' if weight_bytes(cfg) == 2 else 'fp32'}, micro-batch "
+             f"{'bf16' if compute_dtype(cfg) == torch.bfloat16 else 'fp32'}, micro-batch "
              f"{t.global_batch // world_size}" + "".join(f", {o}" for o in options), "",
              "| network | parameters | params | grads | optimizer | EMA | activations | device "
              "| host |", "|---|---|---|---|---|---|---|---|---|"]
