@@ -15,8 +15,9 @@ every rank counts:
 and `onestep.train.memory_plan` plans the same run without building it. Part 1: ZeRO 0–3 on 2
 workers; part 2: ZeRO-3 on 1, 2 and 4 workers, plan against measurement. The network is the
 chosen preset's (default `small`, 49M parameters) on a small input, so a step is cheap on CPU
-while the state memory is the real network's. fp32 on CPU: DeepSpeed's bf16 path did not complete
-a step on the CPU accelerator with gloo here.
+while the state memory is the real network's. In fp32: under bf16, which is autocast, the states
+are the same fp32 tensors (`--precisions fp32,bf16` measures both), and
+reports/gpu-training.md holds the plan against a GPU.
 """
 
 from __future__ import annotations
