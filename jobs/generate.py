@@ -15,7 +15,7 @@ from pathlib import Path
 
 from onestep import cli
 from onestep.checkpoint import CheckpointError, load_generator, resolve_checkpoint
-from onestep.generate import AvatarGenerator, Sampling
+from onestep.generate import PRECISIONS, AvatarGenerator, Sampling
 from onestep.media import MediaError, encode_mp4, load_audio, load_image
 from onestep.storage import StorageError
 
@@ -34,12 +34,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rolling-noise", type=float, default=None,
                    help="rolling sampling's noise level (default: from config; 0: off)")
     p.add_argument("--rolling-first-chunk", choices=["gaussian", "reference"], default=None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16: autocast, what a GPU generates fastest with")
     p.add_argument("--s3-endpoint-url", default="")
     args = p.parse_args(argv)
     cli.setup_logging()
     try:
         ckpt = resolve_checkpoint(args.checkpoint, args.s3_endpoint_url)
-        model, cfg = load_generator(ckpt, args.s3_endpoint_url)
+        model, cfg = load_generator(ckpt, args.s3_endpoint_url, args.device)
         image = load_image(args.image, cfg.resolution)
         audio = load_audio(args.audio, cfg.audio.sample_rate)
         sampling = Sampling.from_config(cfg, steps=args.steps, audio_scale=args.audio_scale,
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
                                         rolling_first_chunk=args.rolling_first_chunk)
     except (CheckpointError, StorageError, MediaError, ValueError) as e:
         sys.exit(f"error: {e}")
-    gen = AvatarGenerator(model, cfg)
+    gen = AvatarGenerator(model, cfg, args.device, args.precision)
     frames, stats = gen.generate(image, audio, sampling)
     data = encode_mp4(frames, cfg.synth.fps, audio, cfg.audio.sample_rate)
     out = Path(args.out)

@@ -40,7 +40,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from onestep.checkpoint import check_export, resolve_checkpoint
-from onestep.generate import ChunkJob
+from onestep.generate import PRECISIONS, ChunkJob
 from onestep.live.incoming import IncomingSound
 from onestep.live.session import AudioMessageError
 from onestep.serving import contract, docs_page, isolation
@@ -133,9 +133,9 @@ def _cause(e: Exception) -> str:
                                                             request_routing_stats_period_s=2))
 class Generator:
     def __init__(self, checkpoint: str, s3_endpoint_url: str = "", device: str = "cpu",
-                 max_batch_size: int = 4, batch_wait_timeout_s: float = 0.02,
-                 sessions: dict | None = None):
-        self.service = AvatarService(checkpoint, s3_endpoint_url, device)
+                 precision: str = "fp32", max_batch_size: int = 4,
+                 batch_wait_timeout_s: float = 0.02, sessions: dict | None = None):
+        self.service = AvatarService(checkpoint, s3_endpoint_url, device, precision)
         self.sessions = SessionTable(serve.get_replica_context().replica_id.unique_id,
                                      **(sessions or {}))
         self._sweeper: asyncio.Task | None = None
@@ -690,9 +690,12 @@ def _wire(args: dict, options: dict) -> serve.Application:
     if args.get("docs_need_token") and not token:
         raise ValueError("docs_need_token: true needs ONESTEP_API_TOKEN set where the app is "
                          "built (there is no token to ask for)")
+    precision = args.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: {precision!r}; expected one of {', '.join(PRECISIONS)}")
     batching = args.get("batching") or {}
     generator = Generator.options(**options.get("Generator", {})).bind(
         args["checkpoint"], args.get("s3_endpoint_url", ""), args.get("device", "cpu"),
-        **batching, sessions=args.get("sessions"))
+        precision, **batching, sessions=args.get("sessions"))
     return AvatarAPI.options(**options.get("AvatarAPI", {})).bind(
         generator, args.get("limits"), token, bool(args.get("docs_need_token", False)))

@@ -81,3 +81,22 @@ def test_ts_stream_plays_from_every_prefix_and_ends_with_all_frames_and_audio(ge
     # AAC in MPEG-TS keeps the encoder's priming (one 1024-sample frame, offset in the
     # timestamps of both streams alike) and pads the last frame: at most two frames more.
     assert 0 <= len(load_audio(b"".join(pieces))) - len(audio) <= 2 * 1024
+
+
+def test_bf16_generation_is_the_fp32_video_within_bf16_rounding():
+    """`precision: bf16` (Serve, jobs/generate.py) runs the network and the codec under bf16
+    autocast; the trained student's video is the same up to bf16's rounding. An unknown
+    precision is named."""
+    from conftest import ROOT
+    from onestep.checkpoint import load_generator
+
+    model, cfg = load_generator(str(ROOT / "reports/pretrained/student"))
+    image, audio = _inputs(0.6, 4, cfg)
+    sampling = Sampling.from_config(cfg, seed=3)
+    expected, _ = AvatarGenerator(model, cfg).generate(image, audio, sampling)
+    got, _ = AvatarGenerator(model, cfg, precision="bf16").generate(image, audio, sampling)
+    assert got.shape == expected.shape
+    diff = np.abs(got.astype(int) - expected.astype(int))
+    assert 0 < diff.mean() < 2 and diff.max() <= 8
+    with pytest.raises(ValueError, match="precision: 'fp16'; expected one of fp32, bf16"):
+        AvatarGenerator(model, cfg, precision="fp16")

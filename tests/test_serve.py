@@ -274,6 +274,13 @@ def test_docs_need_token_without_a_token_is_refused_at_build(endpoint):
         endpoint.deploy(args={"docs_need_token": True})
 
 
+def test_an_unknown_precision_is_refused_at_build(endpoint):
+    from serve.app import build
+
+    with pytest.raises(ValueError, match="precision: 'fp16'; expected one of fp32, bf16"):
+        build({"checkpoint": endpoint.checkpoint, "precision": "fp16"})
+
+
 def test_a_server_is_never_built_on_a_checkpoint_it_cannot_load(tmp_path, endpoint):
     """Checked where the app is built (`serve run`'s process, or the Serve controller for a
     config file), before any replica starts: the line names the file."""
@@ -367,8 +374,8 @@ def test_deploy_configs_are_what_serve_and_the_app_accept(name, endpoint):
 
     app = ServeDeploySchema.model_validate(yaml.safe_load(_serve_configs()[name])).applications[0]
     assert app.import_path == "serve.app:build"
-    assert set(app.args) <= {"checkpoint", "s3_endpoint_url", "device", "limits", "batching",
-                             "sessions", "docs_need_token"}
+    assert set(app.args) <= {"checkpoint", "s3_endpoint_url", "device", "precision", "limits",
+                             "batching", "sessions", "docs_need_token"}
     call_user_app_builder_with_args_if_necessary(  # what `serve run` calls
         build, {**app.args, "checkpoint": endpoint.checkpoint, "s3_endpoint_url": ""})
     Limits(**app.args["limits"])  # unknown limit names raise

@@ -84,11 +84,12 @@ class Mp4Stream:
 
 
 class AvatarService:
-    def __init__(self, checkpoint: str, endpoint_url: str = "", device: str = "cpu"):
+    def __init__(self, checkpoint: str, endpoint_url: str = "", device: str = "cpu",
+                 precision: str = "fp32"):
         checkpoint = resolve_checkpoint(checkpoint, endpoint_url)
         model, self.cfg = load_generator(checkpoint, endpoint_url, device)
         self.checkpoint = checkpoint
-        self.generator = AvatarGenerator(model, self.cfg, device)
+        self.generator = AvatarGenerator(model, self.cfg, device, precision)
         self._warm_up()
 
     def _warm_up(self) -> None:
