@@ -13,11 +13,22 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from onestep import cli
 from onestep.checkpoint import CheckpointError, load_generator, resolve_checkpoint
 from onestep.generate import PRECISIONS, AvatarGenerator, Sampling
 from onestep.media import MediaError, encode_mp4, load_audio, load_image
 from onestep.storage import StorageError
+
+
+def _check_device(name: str) -> None:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device on this machine")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     cli.setup_logging()
     try:
+        _check_device(args.device)
         ckpt = resolve_checkpoint(args.checkpoint, args.s3_endpoint_url)
         model, cfg = load_generator(ckpt, args.s3_endpoint_url, args.device)
         image = load_image(args.image, cfg.resolution)

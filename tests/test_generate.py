@@ -100,3 +100,16 @@ def test_bf16_generation_is_the_fp32_video_within_bf16_rounding():
     assert 0 < diff.mean() < 2 and diff.max() <= 8
     with pytest.raises(ValueError, match="precision: 'fp16'; expected one of fp32, bf16"):
         AvatarGenerator(model, cfg, precision="fp16")
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "--device gpu: not a device"),
+    ("cuda", "--device cuda: no CUDA device on this machine"),
+])
+def test_generate_names_a_device_it_cannot_use(device, message, monkeypatch):
+    import generate
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on CI, also on a GPU
+    with pytest.raises(SystemExit, match=f"^error: {message}"):
+        generate.main(["--checkpoint", "reports/pretrained/student", "--image", "x.png",
+                       "--audio", "x.wav", "--out", "x.mp4", "--device", device])
