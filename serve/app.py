@@ -40,7 +40,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from onestep.checkpoint import check_export, resolve_checkpoint
-from onestep.generate import PRECISIONS, ChunkJob
+from onestep.generate import ChunkJob, check_precision
 from onestep.live.incoming import IncomingSound
 from onestep.live.session import AudioMessageError
 from onestep.serving import contract, docs_page, isolation
@@ -690,9 +690,7 @@ def _wire(args: dict, options: dict) -> serve.Application:
     if args.get("docs_need_token") and not token:
         raise ValueError("docs_need_token: true needs ONESTEP_API_TOKEN set where the app is "
                          "built (there is no token to ask for)")
-    precision = args.get("precision", "fp32")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    precision = check_precision(args.get("precision", "fp32"))
     batching = args.get("batching") or {}
     generator = Generator.options(**options.get("Generator", {})).bind(
         args["checkpoint"], args.get("s3_endpoint_url", ""), args.get("device", "cpu"),

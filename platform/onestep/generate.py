@@ -223,6 +223,12 @@ class Render:
 PRECISIONS = ("fp32", "bf16")
 
 
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    return precision
+
+
 class AvatarGenerator:
     """Holds a generator network, its codec and audio encoder; stateless between requests.
 
@@ -232,9 +238,7 @@ class AvatarGenerator:
 
     def __init__(self, model: torch.nn.Module, cfg: Config, device: str = "cpu",
                  precision: str = "fp32"):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision: {precision!r}; expected one of {', '.join(PRECISIONS)}")
-        self.precision = precision
+        self.precision = check_precision(precision)
         self.model, self.cfg, self.device = model.to(device).eval(), cfg, device
         self.codec = build_codec(cfg).to(device)
         self.encoder = build_audio_encoder(cfg.audio)
